@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Each creates .venv on first use; PYTHON chooses the interpreter (e.g. make test PYTHON=python3.12).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all venv venv-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.core: setup.py | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: setup.py | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(VENV)/.core $@
+
+venv: $(VENV)/.core
+venv-dev: $(VENV)/.dev
+
+demo: venv
+	$(BIN)/python -m moe_jax.routing.demo
+
+# The whole default suite (slow-marked tests excluded; `make test-all` runs them too).
+test: venv-dev
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" --nbmake --nbmake-timeout=600 $(PYTEST_ARGS) tests notebooks
+
+test-all: venv-dev
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --nbmake --nbmake-timeout=600 $(PYTEST_ARGS) tests notebooks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

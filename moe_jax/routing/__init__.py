@@ -1,0 +1,19 @@
+"""Gating functions behind one interface.
+
+    router = moe_jax.routing.get("topk", num_experts=8, k=2)
+    variables = router.init(rng, d_model)          # {'params': ..., 'state': ...}
+    routing = router.route(variables, x_TD, train=True, rng=rng)   # -> Routing
+
+Importing this package registers every built-in router; `register(name)` adds your own.
+"""
+from moe_jax.routing import losses
+from moe_jax.routing.base import (Router, Routing, assignment_metrics, soft_metrics,
+                                  sparse_routing, token_choice_routing)
+from moe_jax.routing.registry import get, names, options, register
+
+# Built-in routers register themselves on import.
+from moe_jax.routing import (cluster, dense, expert_choice, hashing, relu, sinkhorn,  # noqa: E402,F401
+                             soft, topk)
+
+__all__ = ["Router", "Routing", "assignment_metrics", "get", "losses", "names", "options",
+           "register", "soft_metrics", "sparse_routing", "token_choice_routing"]

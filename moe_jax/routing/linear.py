@@ -1,0 +1,38 @@
+"""Pieces shared by the routers whose logits are a linear map of the token: x_TD @ w_DE."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from moe_jax.routing.base import compute_dtype
+from moe_jax.validation import check_float, check_int
+
+Array = jax.Array
+
+
+def init_linear(rng: Array, d_model: int, num_experts: int, scale: float = 1.0) -> Array:
+  """w_DE with variance scale/D, so logits start O(1) for unit-variance tokens."""
+  d_model = check_int("d_model", d_model, low=1)
+  init = jax.nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+  return init(rng, (d_model, num_experts), jnp.float32)
+
+
+def linear_logits(w_DE: Array, x_TD: Array) -> Array:
+  """[T,E] router logits in at least float32."""
+  dtype = compute_dtype(x_TD)
+  return x_TD.astype(dtype) @ w_DE.astype(dtype)
+
+
+def check_common(owner: str, num_experts: int, k: int | None = None,
+                 init_scale: float | None = None) -> None:
+  """Validates the options most routers share; errors name the option and the allowed range."""
+  check_int("num_experts", num_experts, low=1, owner=owner)
+  if k is not None:
+    check_int("k", k, low=1, high=num_experts, owner=owner)
+  if init_scale is not None:
+    check_float("init_scale", init_scale, low=0.0, low_inclusive=False, owner=owner)
+
+
+def require_rng(owner: str, rng, why: str) -> None:
+  if rng is None:
+    raise ValueError(f"router {owner!r}: route(..., train=True) needs `rng` because {why}")
