@@ -1,0 +1,79 @@
+"""Batched expert FFNs on stacked parameters: one matmul per projection for all experts.
+
+Axis letters: E experts, C tokens per expert (capacity), D model dim, F expert hidden dim.
+
+The FFN is written once against a `matmul(x, w_EIO)` primitive so the same expert code runs on a
+capacity buffer x_ECD (batched einsum) and on a flat, expert-sorted x_ND with group sizes
+(grouped / ragged matmul, for dropless dispatch).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from moe_jax.validation import check_choice, check_int
+
+ACTIVATIONS: dict[str, Callable] = {
+    "gelu": jax.nn.gelu,                                   # tanh approximation
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def batched_matmul(x_ECI, w_EIO):
+  """[E,C,I] x [E,I,O] -> [E,C,O]: every expert's tokens through its own weights at once."""
+  return jnp.einsum("eci,eio->eco", x_ECI, w_EIO.astype(x_ECI.dtype))
+
+
+class Experts(NamedTuple):
+  """init(rng, num_experts, d_model) -> params; apply(params, x, matmul=batched_matmul) -> y."""
+  init: Callable
+  apply: Callable
+  d_ff: int
+  activation: str
+  glu: bool
+
+
+def make_experts(d_ff: int, *, activation: str = "gelu", glu: bool = False,
+                 param_dtype=jnp.float32) -> Experts:
+  """FFN  act(x W_in) W_out  or, with glu, GLU  (act(x W_gate) * x W_up) W_down (SwiGLU = silu)."""
+  check_int("d_ff", d_ff, low=1, owner="experts")
+  check_choice("activation", activation, ACTIVATIONS, owner="experts")
+  act = ACTIVATIONS[activation]
+  names_in = ("w_gate", "w_up") if glu else ("w_in",)
+  out_name = "w_down" if glu else "w_out"
+
+  def init(rng, num_experts: int, d_model: int):
+    rngs = jax.random.split(rng, len(names_in) + 1)
+    fan_in = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                                  in_axis=-2, out_axis=-1, batch_axis=(0,))
+    params = {n: fan_in(r, (num_experts, d_model, d_ff), param_dtype)
+              for n, r in zip(names_in, rngs)}
+    params[out_name] = fan_in(rngs[-1], (num_experts, d_ff, d_model), param_dtype)
+    return params
+
+  def apply(params, x, matmul=batched_matmul):
+    if glu:
+      h = act(matmul(x, params["w_gate"])) * matmul(x, params["w_up"])
+    else:
+      h = act(matmul(x, params["w_in"]))
+    return matmul(h, params[out_name])
+
+  return Experts(init, apply, d_ff, activation, glu)
+
+
+def loop_reference(params, experts: Experts, x_TD, combine_TE):
+  """The naive reference: a Python loop over experts, each on every token, weighted.
+
+  y_t = sum_e combine[t, e] * FFN_e(x_t). Only for tests on tiny shapes.
+  """
+  num_experts = combine_TE.shape[1]
+  y = jnp.zeros_like(x_TD)
+  for e in range(num_experts):
+    params_e = jax.tree.map(lambda w: w[e:e + 1], params)
+    y_e = experts.apply(params_e, x_TD[None])[0]
+    y = y + combine_TE[:, e:e + 1].astype(y.dtype) * y_e
+  return y
