@@ -4,10 +4,10 @@
 """
 from __future__ import annotations
 
-from moe_jax.dispatch import einsum, sort
+from moe_jax.dispatch import dropless, einsum, sort
 from moe_jax.dispatch.base import Dispatcher, expert_capacity, position_in_expert
 
-_DISPATCHERS = {d.name: d for d in (einsum.DISPATCHER, sort.DISPATCHER)}
+_DISPATCHERS = {d.name: d for d in (dropless.DISPATCHER, einsum.DISPATCHER, sort.DISPATCHER)}
 DEFAULT = "sort"
 
 

@@ -1,0 +1,85 @@
+"""`dropless`: no capacity, no token dropped. Assignments are sorted by expert and every
+expert runs on exactly its tokens through a grouped matmul: `jax.lax.ragged_dot` on GPU/TPU,
+the block-padded `blocked_matmul` on CPU (where ragged_dot lowers densely). `impl` picks one
+explicitly; 'auto' decides by backend.
+
+Axis letters: T tokens, D model dim, E experts, N assignments, R padded rows.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from moe_jax.dispatch.base import Dispatcher, position_in_expert
+from moe_jax.dispatch.grouped_matmul import blocked_matmul
+
+IMPLS = ("auto", "blocked", "ragged")
+
+
+def block_size(num_assignments: int, num_experts: int) -> int:
+  """A power of two near N/(2E), in [8, 256]: big enough for efficient matmuls, small enough
+  that padding each expert's group to a whole block wastes little."""
+  target = max(1, num_assignments // (2 * num_experts))
+  return int(min(256, max(8, 1 << (target.bit_length() - 1))))
+
+
+def _layout(routing, block: int):
+  """Row of each assignment in the expert-sorted, block-padded layout, and each block's expert."""
+  num, num_experts = routing.num_assignments, routing.num_experts
+  counts_E = jnp.zeros((num_experts,), jnp.int32).at[routing.expert].add(
+      routing.valid.astype(jnp.int32))
+  padded_E = (counts_E + block - 1) // block * block
+  ends_E = jnp.cumsum(padded_E)
+  num_rows = (num + num_experts * (block - 1) + block - 1) // block * block
+  rank_N = position_in_expert(routing.expert, routing.valid, num_experts)
+  row_N = jnp.where(routing.valid, ends_E[routing.expert] - padded_E[routing.expert] + rank_N,
+                    num_rows)
+  block_starts = jnp.arange(num_rows // block) * block
+  block_expert = jnp.minimum(jnp.searchsorted(ends_E, block_starts, side="right"),
+                             num_experts - 1).astype(jnp.int32)
+  return row_N, block_expert, num_rows
+
+
+def _ragged_layout(routing):
+  num, num_experts = routing.num_assignments, routing.num_experts
+  counts_E = jnp.zeros((num_experts,), jnp.int32).at[routing.expert].add(
+      routing.valid.astype(jnp.int32))
+  starts_E = jnp.cumsum(counts_E) - counts_E
+  rank_N = position_in_expert(routing.expert, routing.valid, num_experts)
+  row_N = jnp.where(routing.valid, starts_E[routing.expert] + rank_N, num)
+  return row_N, counts_E, num
+
+
+def _ragged_matmul(x_RI, w_EIO, group_sizes):
+  return jax.lax.ragged_dot(x_RI, w_EIO.astype(x_RI.dtype), group_sizes)
+
+
+def run(routing, x_TD, expert_params, experts, *, capacity_factor: float | None = None,
+        impl: str = "auto"):
+  del capacity_factor  # dropless: no capacity
+  if routing.is_soft:
+    raise ValueError("dispatcher 'dropless' cannot run soft MoE routings; use 'einsum'")
+  if impl == "auto":
+    impl = "blocked" if jax.default_backend() == "cpu" else "ragged"
+  if impl == "blocked":
+    block = block_size(routing.num_assignments, routing.num_experts)
+    row_N, block_expert, num_rows = _layout(routing, block)
+    matmul = partial(blocked_matmul, block_expert=block_expert, block=block)
+  elif impl == "ragged":
+    row_N, group_sizes, num_rows = _ragged_layout(routing)
+    matmul = partial(_ragged_matmul, group_sizes=group_sizes)
+  else:
+    raise ValueError(f"dispatcher 'dropless': impl={impl!r}; allowed: {', '.join(IMPLS)}")
+  token_of_row = jnp.full((num_rows + 1,), routing.num_tokens, jnp.int32).at[row_N].set(
+      routing.token)
+  x_pad = jnp.concatenate([x_TD, jnp.zeros((1, x_TD.shape[1]), x_TD.dtype)])
+  y_R = experts.apply(expert_params, x_pad[token_of_row[:num_rows]], matmul=matmul)
+  y_pad = jnp.concatenate([y_R, jnp.zeros((1, y_R.shape[1]), y_R.dtype)])
+  weight_N = jnp.where(routing.valid, routing.weight, 0).astype(y_pad.dtype)
+  y_TD = jnp.zeros_like(x_TD).at[routing.token].add(y_pad[row_N] * weight_N[:, None])
+  return y_TD, {"dropped_fraction": jnp.zeros((), jnp.float32)}
+
+
+DISPATCHER = Dispatcher("dropless", run, supports_soft=False)
