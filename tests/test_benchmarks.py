@@ -1,0 +1,13 @@
+"""Benchmarks are not tests; this only checks that the layer benchmark runs and writes JSON."""
+import json
+
+from benchmarks import moe_layer
+
+
+def test_moe_layer_benchmark_runs(tmp_path):
+  out = tmp_path / "moe_layer.json"
+  moe_layer.main(["--experts", "4", "--tokens", "64", "--d_model", "16", "--d_ff", "32",
+                  "--repeats", "1", "--out", str(out)])
+  rows = json.loads(out.read_text())["rows"]
+  assert {r["layer"] for r in rows} == {"dense FFN", "moe/sort", "moe/dropless", "moe/einsum"}
+  assert all(r["forward_ms"] > 0 for r in rows)
