@@ -29,12 +29,17 @@ def batched_matmul(x_ECI, w_EIO):
 
 
 class Experts(NamedTuple):
-  """init(rng, num_experts, d_model) -> params; apply(params, x, matmul=batched_matmul) -> y."""
+  """init(rng, num_experts, d_model) -> params; apply(params, x, matmul=batched_matmul) -> y.
+
+  param_axes names each param's axes logically ('expert', 'embed', 'mlp'); a rules table
+  (moe_jax.parallel.mesh.LOGICAL_RULES) maps them to mesh axes.
+  """
   init: Callable
   apply: Callable
   d_ff: int
   activation: str
   glu: bool
+  param_axes: dict[str, tuple[str, str, str]]
 
 
 def make_experts(d_ff: int, *, activation: str = "gelu", glu: bool = False,
@@ -62,7 +67,9 @@ def make_experts(d_ff: int, *, activation: str = "gelu", glu: bool = False,
       h = act(matmul(x, params["w_in"]))
     return matmul(h, params[out_name])
 
-  return Experts(init, apply, d_ff, activation, glu)
+  param_axes = {n: ("expert", "embed", "mlp") for n in names_in}
+  param_axes[out_name] = ("expert", "mlp", "embed")
+  return Experts(init, apply, d_ff, activation, glu, param_axes)
 
 
 def loop_reference(params, experts: Experts, x_TD, combine_TE):

@@ -12,12 +12,17 @@ Axis letters: B batch, L length, D model dim, G groups, S tokens per group, E ex
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 
-from moe_jax.dispatch.base import Dispatcher, expert_capacity
+from moe_jax.dispatch import expert_parallel
+from moe_jax.dispatch.base import Dispatcher
 from moe_jax.experts import Experts
 from moe_jax.routing.base import Router
+from moe_jax.parallel.mesh import BATCH_AXES, axis_size, logical_to_spec
 from moe_jax.validation import check_float, check_int
 
 
@@ -30,15 +35,27 @@ def init_moe_layer(rng, d_model: int, *, router: Router, experts: Experts,
 
 
 def validate_layer(*, router: Router, dispatcher: Dispatcher, capacity_factor: float,
-                   expert_axis_size: int = 1) -> None:
-  """Checks made before anything compiles; each error names the field."""
+                   expert_axis_size: int | None = None, mesh: Mesh | None = None,
+                   experts: Experts | None = None) -> None:
+  """Checks made before anything compiles; each error names the field. The expert axis size
+  is the mesh's unless given."""
   check_float("capacity_factor", capacity_factor, low=0.0, low_inclusive=False, owner="moe")
+  if expert_axis_size is None:
+    expert_axis_size = axis_size(mesh, "expert")
   check_int("expert_axis_size", expert_axis_size, low=1, owner="moe")
   if router.num_experts % expert_axis_size:
     raise ValueError(f"moe: num_experts={router.num_experts} is not divisible by the mesh's "
                      f"'expert' axis size {expert_axis_size}")
   if router.name == "soft" and not dispatcher.supports_soft:
     raise ValueError(f"moe: router 'soft' needs dispatcher 'einsum', got {dispatcher.name!r}")
+  if mesh is not None:
+    model = axis_size(mesh, "model")
+    if router.name == "soft" and expert_axis_size > 1:
+      raise ValueError("moe: router 'soft' has no expert-parallel dispatcher (its slots mix "
+                       "every token); use a mesh with expert=1")
+    if experts is not None and experts.d_ff % model:
+      raise ValueError(f"moe: experts' d_ff={experts.d_ff} is not divisible by the mesh's "
+                       f"'model' axis size {model}")
 
 
 def _merge_state(state_G):
@@ -52,17 +69,42 @@ def _merge_state(state_G):
 def moe_layer(variables, x_BLD, *, router: Router, dispatcher: Dispatcher, experts: Experts,
               shared_experts: Experts | None = None, token_ids_BL=None, rng=None,
               train: bool = False, group_size: int | None = None,
-              capacity_factor: float = 1.25):
+              capacity_factor: float = 1.25, mesh: Mesh | None = None, exchange: str = "auto"):
+  """y_BLD, routing. With `mesh`, experts are split over its 'expert' axis (and their hidden
+  dim over 'model'), tokens over ('data', 'expert'); the result equals the unsharded layer's.
+  `exchange` picks the dropless all-to-all under a mesh ('padded', 'ragged', 'auto')."""
+  batch, length, _ = x_BLD.shape
+  group_size = length if group_size is None else group_size
+  check_int("group_size", group_size, low=1, owner="moe")
+  shards = 1 if mesh is None else axis_size(mesh, "data") * axis_size(mesh, "expert")
+  if batch % shards:
+    raise ValueError(f"moe: batch size {batch} is not divisible by the {shards} devices of the "
+                     "mesh's ('data', 'expert') axes")
+  local_tokens = batch // shards * length
+  if local_tokens % group_size:
+    raise ValueError(f"moe: group_size={group_size} does not divide the {local_tokens} tokens "
+                     "each device holds" if mesh is not None else
+                     f"moe: group_size={group_size} does not divide the {local_tokens} tokens")
+  num_groups = batch * length // group_size
+  rngs_G = None if rng is None else jax.random.split(rng, num_groups)
+  validate_layer(router=router, dispatcher=dispatcher, capacity_factor=capacity_factor,
+                 mesh=mesh, experts=experts)
+  layer = partial(_local_layer, router=router, experts=experts, shared_experts=shared_experts,
+                  train=train, group_size=group_size, capacity_factor=capacity_factor)
+  if mesh is None:
+    return layer(variables, x_BLD, token_ids_BL, rngs_G, dispatcher=dispatcher)
+  return _sharded_layer(layer, variables, x_BLD, token_ids_BL, rngs_G, mesh=mesh, router=router,
+                        dispatcher=dispatcher, experts=experts, exchange=exchange)
+
+
+def _local_layer(variables, x_BLD, token_ids_BL, rngs_G, *, router, dispatcher, experts,
+                 shared_experts, train, group_size, capacity_factor, reduce=None):
+  """The layer on the tokens one device holds; `reduce` finishes cross-device means."""
   batch, length, d_model = x_BLD.shape
   num_tokens = batch * length
-  group_size = length if group_size is None else group_size
-  if num_tokens % group_size:
-    raise ValueError(f"moe: group_size={group_size} does not divide the {num_tokens} tokens")
-  expert_capacity(1, 1, capacity_factor)  # validates capacity_factor
   num_groups = num_tokens // group_size
   x_GSD = x_BLD.reshape(num_groups, group_size, d_model)
   ids_GS = None if token_ids_BL is None else token_ids_BL.reshape(num_groups, group_size)
-  rngs = None if rng is None else jax.random.split(rng, num_groups)
 
   def one_group(x_SD, ids_S, group_rng):
     r = router.route(variables["router"], x_SD, token_ids=ids_S, rng=group_rng, train=train)
@@ -71,15 +113,58 @@ def moe_layer(variables, x_BLD, *, router: Router, dispatcher: Dispatcher, exper
     return y_SD, r.replace(metrics={**r.metrics, **dispatch_metrics})
 
   y_GSD, routing_G = jax.vmap(one_group, in_axes=(0, None if ids_GS is None else 0,
-                                                  None if rngs is None else 0))(x_GSD, ids_GS,
-                                                                                rngs)
-  routing = routing_G.replace(
-      aux_losses=jax.tree.map(lambda a: a.mean(0), routing_G.aux_losses),
-      metrics=jax.tree.map(lambda a: a.mean(0), routing_G.metrics),
-      new_state=_merge_state(routing_G.new_state))
+                                                  None if rngs_G is None else 0))(x_GSD, ids_GS,
+                                                                                  rngs_G)
+  mean = lambda tree: jax.tree.map(lambda a: a.mean(0), tree)
+  routing = routing_G.replace(aux_losses=mean(routing_G.aux_losses),
+                              metrics=mean(routing_G.metrics),
+                              new_state=_merge_state(routing_G.new_state))
+  if reduce is not None:
+    routing = reduce(routing)
   y_BLD = y_GSD.reshape(batch, length, d_model)
   if shared_experts is not None:
     y_BLD = y_BLD + shared_experts.apply(variables["shared"],
                                          x_BLD.reshape(1, num_tokens, d_model))[0].reshape(
                                              y_BLD.shape)
   return y_BLD, routing
+
+
+def variable_specs(variables, experts: Experts):
+  """PartitionSpecs for the layer's variables: experts by their logical axes, rest replicated."""
+  return {"router": P(), "shared": P(),
+          "experts": {name: logical_to_spec(experts.param_axes[name])
+                      for name in variables["experts"]}}
+
+
+def _reduce_across_devices(routing):
+  """Per-device means over groups -> global means (every device holds as many groups)."""
+  pmean = lambda a: jax.lax.pmean(a, BATCH_AXES)
+  def merge_state(leaf):
+    if leaf.dtype == jnp.bool_:
+      return jax.lax.pmin(leaf.astype(jnp.int32), BATCH_AXES).astype(bool)
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      return pmean(leaf)
+    return pmean(leaf.astype(jnp.float32)).astype(leaf.dtype)
+  return routing.replace(aux_losses=jax.tree.map(pmean, routing.aux_losses),
+                         metrics=jax.tree.map(pmean, routing.metrics),
+                         new_state=jax.tree.map(merge_state, routing.new_state))
+
+
+def _sharded_layer(layer, variables, x_BLD, token_ids_BL, rngs_G, *, mesh, router, dispatcher,
+                   experts, exchange):
+  ep_dispatcher = expert_parallel.make(dispatcher, ep=axis_size(mesh, "expert"),
+                                       exchange=exchange)
+
+  def body(variables, x_BLD, token_ids_BL, rngs_G):
+    y_BLD, routing = layer(variables, x_BLD, token_ids_BL, rngs_G, dispatcher=ep_dispatcher,
+                           reduce=_reduce_across_devices)
+    per_group = routing.replace(aux_losses={}, metrics={}, new_state={})
+    return y_BLD, per_group, (routing.aux_losses, routing.metrics, routing.new_state)
+
+  batch_spec = P(BATCH_AXES)
+  opt = lambda a: None if a is None else batch_spec
+  y_BLD, per_group, (aux, metrics, state) = jax.shard_map(
+      body, mesh=mesh,
+      in_specs=(variable_specs(variables, experts), batch_spec, opt(token_ids_BL), opt(rngs_G)),
+      out_specs=(batch_spec, batch_spec, P()))(variables, x_BLD, token_ids_BL, rngs_G)
+  return y_BLD, per_group.replace(aux_losses=aux, metrics=metrics, new_state=state)

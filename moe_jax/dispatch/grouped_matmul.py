@@ -20,9 +20,19 @@ def _blocks(x_RI, block: int):
   return x_RI.reshape(x_RI.shape[0] // block, block, x_RI.shape[1])
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
 def blocked_matmul(x_RI, w_EIO, block_expert, block: int):
   """y[r] = x[r] @ w[block_expert[r // block]]."""
+  # Inside shard_map, x and w may vary over different mesh axes (w replicated over 'data', x
+  # over 'model'); the custom VJP's dw (dx) must then be summed over the axes only x (only w)
+  # varies over. Adding to each a zero that varies like the other makes autodiff insert those
+  # psums, outside the custom rule. Without shard_map this is a no-op.
+  x_RI, w_EIO = (x_RI + jnp.zeros_like(w_EIO[0, 0, 0], dtype=x_RI.dtype),
+                 w_EIO + jnp.zeros_like(x_RI[0, 0], dtype=w_EIO.dtype))
+  return _blocked_matmul(x_RI, w_EIO, block_expert, block)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _blocked_matmul(x_RI, w_EIO, block_expert, block: int):
   def one(args):
     x_BI, e = args
     return x_BI @ w_EIO[e].astype(x_BI.dtype)
@@ -30,7 +40,7 @@ def blocked_matmul(x_RI, w_EIO, block_expert, block: int):
 
 
 def _fwd(x_RI, w_EIO, block_expert, block):
-  return blocked_matmul(x_RI, w_EIO, block_expert, block), (x_RI, w_EIO, block_expert)
+  return _blocked_matmul(x_RI, w_EIO, block_expert, block), (x_RI, w_EIO, block_expert)
 
 
 def _bwd(block, residuals, g_RO):
@@ -47,4 +57,4 @@ def _bwd(block, residuals, g_RO):
   return dx.reshape(x_RI.shape).astype(x_RI.dtype), dw, None
 
 
-blocked_matmul.defvjp(_fwd, _bwd)
+_blocked_matmul.defvjp(_fwd, _bwd)

@@ -3,43 +3,78 @@ those past capacity, gather tokens into an [E,C,D] buffer, run all experts in on
 matmul per projection, and scatter-add the weighted outputs back. Memory is O(E*C*D + N*D):
 no [T,E,C] tensor.
 
-Axis letters: T tokens, D model dim, E experts, C capacity, N assignments.
+`pack` and `unpack` are the two halves around the experts; the expert-parallel dispatcher puts
+its all-to-all exchange between them.
+
+Axis letters: T tokens, D model dim, E experts (or buckets), C capacity, N assignments.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 
 from moe_jax.dispatch.base import (Dispatcher, dropped_fraction, expert_capacity,
                                    position_in_expert)
 
 
-def slots(routing, capacity: int):
-  """Buffer slot of every assignment (E*C for dropped ones) and which are kept."""
-  position_N = position_in_expert(routing.expert, routing.valid, routing.num_experts)
-  kept_N = routing.valid & (position_N < capacity)
-  slot_N = jnp.where(kept_N, routing.expert * capacity + position_N,
-                     routing.num_experts * capacity)
-  return slot_N, kept_N
+class Plan(NamedTuple):
+  """Where each assignment went: slot_N (E*C if dropped), kept_N, and the assignment filling
+  each slot (N for an empty slot)."""
+  slot_N: jax.Array
+  kept_N: jax.Array
+  assignment_of_slot: jax.Array
+
+
+def plan(bucket_N, valid_N, num_buckets: int, capacity: int) -> Plan:
+  """Slots of a [num_buckets, capacity] buffer in priority order; late arrivals are dropped."""
+  position_N = position_in_expert(bucket_N, valid_N, num_buckets)
+  kept_N = valid_N & (position_N < capacity)
+  num_slots = num_buckets * capacity
+  slot_N = jnp.where(kept_N, bucket_N * capacity + position_N, num_slots)
+  num = bucket_N.shape[0]
+  assignment_of_slot = jnp.full((num_slots + 1,), num, jnp.int32).at[slot_N].set(
+      jnp.arange(num, dtype=jnp.int32))[:num_slots]
+  return Plan(slot_N, kept_N, assignment_of_slot)
+
+
+def gather_slots(values_N, plan_: Plan, fill):
+  """Per-slot copy of a per-assignment array ([N, ...] -> [slots, ...]); `fill` in empty slots."""
+  pad = jnp.full((1,) + values_N.shape[1:], fill, values_N.dtype)
+  return jnp.concatenate([values_N, pad])[plan_.assignment_of_slot]
+
+
+def pack(routing, x_TD, plan_: Plan):
+  """The tokens each slot holds, [slots, D] (zero rows for empty slots): a gather."""
+  x_pad = jnp.concatenate([x_TD, jnp.zeros((1, x_TD.shape[1]), x_TD.dtype)])
+  token_N = jnp.where(plan_.kept_N, routing.token, routing.num_tokens)
+  return x_pad[gather_slots(token_N, plan_, routing.num_tokens)]
+
+
+def unpack(routing, y_slots_D, plan_: Plan, out_dtype):
+  """y_t = sum of weight_n * y[slot_n] over the kept assignments n of token t: a scatter-add."""
+  y_pad = jnp.concatenate([y_slots_D, jnp.zeros((1, y_slots_D.shape[-1]), y_slots_D.dtype)])
+  weight_N = jnp.where(plan_.kept_N, routing.weight, 0).astype(y_pad.dtype)
+  y_TD = jnp.zeros((routing.num_tokens, y_slots_D.shape[-1]), out_dtype)
+  return y_TD.at[routing.token].add((y_pad[plan_.slot_N] * weight_N[:, None]).astype(out_dtype))
+
+
+def check_sparse(routing, name: str):
+  if routing.is_soft:
+    raise ValueError(f"dispatcher {name!r} cannot run soft MoE routings (tokens are mixed into "
+                     "slots); use dispatcher='einsum'")
 
 
 def run(routing, x_TD, expert_params, experts, *, capacity_factor: float = 1.25):
-  if routing.is_soft:
-    raise ValueError("dispatcher 'sort' cannot run soft MoE routings (tokens are mixed into "
-                     "slots); use dispatcher='einsum'")
-  num_tokens, num_experts = routing.num_tokens, routing.num_experts
+  check_sparse(routing, "sort")
+  num_experts = routing.num_experts
   capacity = expert_capacity(routing.num_assignments, num_experts, capacity_factor)
-  slot_N, kept_N = slots(routing, capacity)
-  # Which token fills each slot (T = a zero row for empty slots): a gather, not a scatter.
-  num_slots = num_experts * capacity
-  token_of_slot = jnp.full((num_slots + 1,), num_tokens, jnp.int32).at[slot_N].set(routing.token)
-  x_pad = jnp.concatenate([x_TD, jnp.zeros((1, x_TD.shape[1]), x_TD.dtype)])
-  x_ECD = x_pad[token_of_slot[:num_slots]].reshape(num_experts, capacity, -1)
+  plan_ = plan(routing.expert, routing.valid, num_experts, capacity)
+  x_ECD = pack(routing, x_TD, plan_).reshape(num_experts, capacity, -1)
   y_ECD = experts.apply(expert_params, x_ECD)
-  y_pad = jnp.concatenate([y_ECD.reshape(num_slots, -1), jnp.zeros((1, y_ECD.shape[-1]),
-                                                                   y_ECD.dtype)])
-  weight_N = jnp.where(kept_N, routing.weight, 0).astype(y_pad.dtype)
-  y_TD = jnp.zeros_like(x_TD).at[routing.token].add(y_pad[slot_N] * weight_N[:, None])
-  return y_TD, {"dropped_fraction": dropped_fraction(routing.valid, kept_N)}
+  y_TD = unpack(routing, y_ECD.reshape(num_experts * capacity, -1), plan_, x_TD.dtype)
+  return y_TD, {"dropped_fraction": dropped_fraction(routing.valid, plan_.kept_N)}
 
 
 DISPATCHER = Dispatcher("sort", run, supports_soft=False)

@@ -66,8 +66,10 @@ def cluster(*, num_experts: int, k: int = 1, update_rate: float = 0.1) -> Router
     centroids_ED = state["centroids"].astype(z_TD.dtype)
     initialized = state["initialized"]
     if train:  # seed from the data once: random centroids leave many clusters empty
-      centroids_ED = jax.lax.cond(initialized, lambda: centroids_ED,
-                                  lambda: farthest_first(z_TD, num_experts))
+      # A select, not lax.cond: under shard_map the seeds vary per device while the stored
+      # centroids do not, and cond's branches must agree on that (the seeding costs E*T*D,
+      # the same as the routing matmul).
+      centroids_ED = jnp.where(initialized, centroids_ED, farthest_first(z_TD, num_experts))
       initialized = jnp.ones((), bool)
     sim_TE = z_TD @ centroids_ED.T
     _, expert_TK = jax.lax.top_k(sim_TE, k)

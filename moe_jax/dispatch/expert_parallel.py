@@ -1,0 +1,153 @@
+"""Expert-parallel dispatchers: run inside `jax.shard_map`, experts split over the 'expert' axis.
+
+Each device routes its own tokens, packs one buffer per destination device, exchanges them with
+an all-to-all over 'expert', runs its local experts, and sends the outputs back by the reverse
+all-to-all. The expert hidden dim may also be split over 'model' (tensor parallel): then each
+device computes a partial output and a psum over 'model' completes it.
+
+- capacity (`sort`, `einsum`): the sort dispatcher's [E,C,D] buffer, cut into one [E/ep,C,D]
+  piece per device. Same capacity and drop rule as unsharded, so results are identical.
+- dropless, `padded`: a buffer per destination device with room for *all* N assignments (the
+  worst case: every token picked an expert on that device), exchanged with a plain all-to-all;
+  the receiver runs its experts with the single-device dropless grouped matmul. Works on every
+  backend; costs ep times the buffer memory.
+- dropless, `ragged`: `jax.lax.ragged_all_to_all` sends only the rows that exist. GPU/TPU only
+  (XLA:CPU does not implement it).
+
+`run` has the single-device dispatcher signature, with expert params already local.
+Axis letters: T tokens, D model dim, E experts, C capacity, N assignments, R received rows.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from moe_jax.dispatch import dropless, sort
+from moe_jax.dispatch.base import Dispatcher, dropped_fraction, expert_capacity
+from moe_jax.routing.base import Routing
+
+EXCHANGES = ("auto", "padded", "ragged")
+
+
+def _all_to_all(x, axis):
+  """Chunk i of the leading axis goes to device i; chunk i of the result came from device i."""
+  return jax.lax.all_to_all(x, axis, 0, 0, tiled=True)
+
+
+def _run_local_experts(x_RD, local_expert_R, expert_params, experts, num_local: int,
+                       model_axis: str, impl: str):
+  """Received rows through this device's experts, dropless (rows with expert -1 are padding)."""
+  valid_R = local_expert_R >= 0
+  rows = Routing(num_tokens=x_RD.shape[0], num_experts=num_local,
+                 token=jnp.arange(x_RD.shape[0], dtype=jnp.int32),
+                 expert=jnp.maximum(local_expert_R, 0).astype(jnp.int32),
+                 weight=valid_R.astype(x_RD.dtype), valid=valid_R)
+  y_RD, _ = dropless.run(rows, x_RD, expert_params, experts, impl=impl)
+  return jax.lax.psum(y_RD, model_axis)
+
+
+def _capacity_run(routing, x_TD, expert_params, experts, *, capacity_factor, ep, expert_axis,
+                  model_axis):
+  sort.check_sparse(routing, "expert-parallel")
+  num_experts, d_model = routing.num_experts, x_TD.shape[1]
+  num_local = num_experts // ep
+  capacity = expert_capacity(routing.num_assignments, num_experts, capacity_factor)
+  plan = sort.plan(routing.expert, routing.valid, num_experts, capacity)
+  x_send = sort.pack(routing, x_TD, plan).reshape(ep, num_local, capacity, d_model)
+  x_recv = _all_to_all(x_send, expert_axis)                       # [source, E_local, C, D]
+  x_ECD = x_recv.transpose(1, 0, 2, 3).reshape(num_local, ep * capacity, d_model)
+  y_ECD = jax.lax.psum(experts.apply(expert_params, x_ECD), model_axis)
+  y_back = y_ECD.reshape(num_local, ep, capacity, d_model).transpose(1, 0, 2, 3)
+  y_slots = _all_to_all(y_back, expert_axis).reshape(num_experts * capacity, d_model)
+  y_TD = sort.unpack(routing, y_slots, plan, x_TD.dtype)
+  return y_TD, {"dropped_fraction": dropped_fraction(routing.valid, plan.kept_N)}
+
+
+def _padded_run(routing, x_TD, expert_params, experts, *, ep, expert_axis, model_axis,
+                local_impl):
+  sort.check_sparse(routing, "expert-parallel dropless")
+  num, num_local, d_model = routing.num_assignments, routing.num_experts // ep, x_TD.shape[1]
+  plan = sort.plan(routing.expert // num_local, routing.valid, ep, num)   # capacity N: no drops
+  x_send = sort.pack(routing, x_TD, plan).reshape(ep, num, d_model)
+  local_expert_N = jnp.where(routing.valid, routing.expert % num_local, -1)
+  e_send = sort.gather_slots(local_expert_N, plan, -1).reshape(ep, num)
+  x_recv, e_recv = _all_to_all(x_send, expert_axis), _all_to_all(e_send, expert_axis)
+  y_recv = _run_local_experts(x_recv.reshape(ep * num, d_model), e_recv.reshape(-1),
+                              expert_params, experts, num_local, model_axis, local_impl)
+  y_slots = _all_to_all(y_recv.reshape(ep, num, d_model), expert_axis)
+  y_TD = sort.unpack(routing, y_slots.reshape(ep * num, d_model), plan, x_TD.dtype)
+  return y_TD, {"dropped_fraction": jnp.zeros((), jnp.float32)}
+
+
+def _ragged_run(routing, x_TD, expert_params, experts, *, ep, expert_axis, model_axis,
+                local_impl):
+  sort.check_sparse(routing, "expert-parallel dropless")
+  num, num_local, d_model = routing.num_assignments, routing.num_experts // ep, x_TD.shape[1]
+  order_N = jnp.argsort(jnp.where(routing.valid, routing.expert, routing.num_experts),
+                        stable=True)                        # by expert, hence by destination
+  token_N, valid_N = routing.token[order_N], routing.valid[order_N]
+  expert_N = routing.expert[order_N]
+  send_sizes = jnp.zeros((ep,), jnp.int32).at[expert_N // num_local].add(valid_N.astype(jnp.int32))
+  send_offsets = jnp.cumsum(send_sizes) - send_sizes
+  recv_sizes = _all_to_all(send_sizes, expert_axis)
+  recv_offsets = jnp.cumsum(recv_sizes) - recv_sizes
+  # ragged_all_to_all wants, per destination, the offset in *its* output: ask it.
+  remote_recv_offsets = _all_to_all(recv_offsets, expert_axis)
+  remote_send_offsets = _all_to_all(send_offsets, expert_axis)
+  rows = ep * num                                           # worst case: all N from every peer
+  forward = partial(jax.lax.ragged_all_to_all, input_offsets=send_offsets,
+                    send_sizes=send_sizes, output_offsets=remote_recv_offsets,
+                    recv_sizes=recv_sizes, axis_name=expert_axis)
+  x_recv = forward(x_TD[token_N], jnp.zeros((rows, d_model), x_TD.dtype))
+  local_expert = jnp.where(valid_N, expert_N % num_local, -1)[:, None]
+  e_recv = forward(local_expert, jnp.full((rows, 1), -1, jnp.int32))[:, 0]
+  y_recv = _run_local_experts(x_recv, e_recv, expert_params, experts, num_local, model_axis,
+                              local_impl)
+  y_N = jax.lax.ragged_all_to_all(y_recv, jnp.zeros((num, d_model), y_recv.dtype), recv_offsets,
+                                  recv_sizes, remote_send_offsets, send_sizes,
+                                  axis_name=expert_axis)
+  weight_N = jnp.where(valid_N, routing.weight[order_N], 0).astype(y_N.dtype)
+  y_TD = jnp.zeros_like(x_TD).at[token_N].add((y_N * weight_N[:, None]).astype(x_TD.dtype))
+  return y_TD, {"dropped_fraction": jnp.zeros((), jnp.float32)}
+
+
+def resolve_exchange(exchange: str, backend: str | None = None) -> str:
+  """'auto' -> 'ragged' where the backend implements ragged_all_to_all, else 'padded'."""
+  backend = jax.default_backend() if backend is None else backend
+  if exchange not in EXCHANGES:
+    raise ValueError(f"moe: exchange={exchange!r}; allowed: {', '.join(EXCHANGES)}")
+  if exchange == "auto":
+    return "padded" if backend == "cpu" else "ragged"
+  if exchange == "ragged" and backend == "cpu":
+    raise ValueError("moe: exchange='ragged' needs ragged_all_to_all, which XLA:CPU does not "
+                     "implement; use exchange='padded' (or 'auto') on CPU")
+  return exchange
+
+
+def make(dispatcher: Dispatcher, *, ep: int, expert_axis: str = "expert",
+         model_axis: str = "model", exchange: str = "auto") -> Dispatcher:
+  """The expert-parallel version of a single-device dispatcher, for use inside shard_map.
+
+  With nothing to exchange (ep == 1) it is the dispatcher itself followed by the 'model' psum,
+  so every router, soft MoE included, runs data- and tensor-parallel.
+  """
+  if ep == 1:
+    def run_local(*args, **kwargs):
+      y_TD, metrics = dispatcher.run(*args, **kwargs)
+      return jax.lax.psum(y_TD, model_axis), metrics
+    return Dispatcher(dispatcher.name, run_local, dispatcher.supports_soft)
+  axes = dict(ep=ep, expert_axis=expert_axis, model_axis=model_axis)
+  if dispatcher.name == "dropless":
+    local_impl = "blocked" if jax.default_backend() == "cpu" else "ragged"
+    body = _ragged_run if resolve_exchange(exchange) == "ragged" else _padded_run
+    run = partial(body, local_impl=local_impl, **axes)
+
+    def run_dropless(routing, x_TD, expert_params, experts, *, capacity_factor=None):
+      del capacity_factor
+      return run(routing, x_TD, expert_params, experts)
+    return Dispatcher(f"dropless[ep={ep}]", run_dropless, supports_soft=False)
+  # einsum and sort share the capacity rule, so both map to the capacity exchange.
+  return Dispatcher(f"{dispatcher.name}[ep={ep}]", partial(_capacity_run, **axes),
+                    supports_soft=False)

@@ -1,0 +1,117 @@
+"""Expert-parallel layer == unsharded layer, forward and gradients, on 8 simulated devices.
+
+Tokens are split over ('data', 'expert'), experts over 'expert' and their hidden dim over
+'model'; routing groups stay on one device, so capacity and drops are exactly the unsharded
+ones and every output must agree to float rounding.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_jax import dispatch, routing
+from moe_jax.experts import make_experts
+from moe_jax.layer import init_moe_layer, moe_layer
+from moe_jax.parallel import make_mesh
+
+D_MODEL, D_FF, NUM_EXPERTS = 16, 32, 8
+
+
+def _run(router, dispatcher, mesh, *, experts=None, capacity_factor=1.0, train=False,
+         group_size=None, with_ids=False):
+  """(loss, y, routing), grads w.r.t. (params, x) of a loss touching every output."""
+  experts = experts or make_experts(D_FF)
+  variables = init_moe_layer(jax.random.PRNGKey(0), D_MODEL, router=router, experts=experts)
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 16, D_MODEL))
+  ids = jax.random.randint(jax.random.PRNGKey(2), (8, 16), 0, 100) if with_ids else None
+  rng = jax.random.PRNGKey(3) if train else None
+
+  def loss(params, x):   # router state (possibly bool/int) is not differentiated
+    v = {**variables, "experts": params["experts"],
+         "router": {**variables["router"], "params": params["router"]}}
+    y, r = moe_layer(v, x, router=router, dispatcher=dispatch.get(dispatcher), experts=experts,
+                     token_ids_BL=ids, rng=rng, train=train, group_size=group_size,
+                     capacity_factor=capacity_factor, mesh=mesh)
+    aux = sum(r.aux_losses.values()) if r.aux_losses else 0.0
+    return jnp.sum(jnp.sin(y)) + aux, (y, r)
+
+  params = {"experts": variables["experts"], "router": variables["router"]["params"]}
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+
+
+def _assert_same(sharded, unsharded):
+  (loss_s, (y_s, r_s)), grads_s = sharded
+  (loss_u, (y_u, r_u)), grads_u = unsharded
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  close(y_s, y_u)
+  close(loss_s, loss_u)
+  jax.tree.map(close, grads_s, grads_u)
+  np.testing.assert_array_equal(r_s.expert, r_u.expert)
+  np.testing.assert_array_equal(r_s.valid, r_u.valid)
+  jax.tree.map(close, (r_s.aux_losses, r_s.metrics, r_s.new_state),
+               (r_u.aux_losses, r_u.metrics, r_u.new_state))
+
+
+MESHES = [dict(data=2, expert=4), dict(expert=8), dict(data=8, expert=1),
+          dict(data=2, expert=2, model=2)]
+
+
+@pytest.mark.parametrize("dispatcher", ["sort", "dropless"])
+@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "-".join(f"{k}{v}" for k, v in m.items()))
+def test_sharded_equals_unsharded(dispatcher, mesh):
+  router = routing.get("topk", num_experts=NUM_EXPERTS, k=2)
+  unsharded = _run(router, dispatcher, None)
+  sharded = _run(router, dispatcher, make_mesh(**mesh))
+  _assert_same(sharded, unsharded)
+  if dispatcher == "sort":   # capacity factor 1.0 drops tokens: the same ones on both
+    assert float(unsharded[0][1][1].metrics["dropped_fraction"]) > 0.05
+
+
+@pytest.mark.parametrize("router_name, options, extra", [
+    ("topk", dict(k=2, noisy_gating=True), dict(train=True)),          # per-group rng
+    ("bias_balanced", dict(k=2, bias_update_rate=0.05), dict(train=True)),  # router state
+    ("expert_choice", dict(), dict(group_size=8)),                      # 2 groups per device
+    ("relu", dict(), dict(train=True)),                                 # variable k per token
+    ("hash", dict(), dict(with_ids=True)),
+    ("cluster", dict(), dict(train=True)),                              # seeded from the data
+])
+def test_sharded_equals_unsharded_for_routers(router_name, options, extra):
+  router = routing.get(router_name, num_experts=NUM_EXPERTS, **options)
+  experts = make_experts(D_FF, glu=True, activation="silu")
+  for dispatcher in ("sort", "dropless"):
+    _assert_same(_run(router, dispatcher, make_mesh(data=2, expert=4), experts=experts, **extra),
+                 _run(router, dispatcher, None, experts=experts, **extra))
+
+
+def test_soft_moe_runs_data_and_tensor_parallel():
+  router = routing.get("soft", num_experts=NUM_EXPERTS)
+  _assert_same(_run(router, "einsum", make_mesh(data=4, model=2)), _run(router, "einsum", None))
+
+
+def _layer(mesh, *, router=None, experts=None, batch=8, group_size=None, exchange="auto",
+           dispatcher="dropless"):
+  router = router or routing.get("topk", num_experts=NUM_EXPERTS, k=2)
+  experts = experts or make_experts(D_FF)
+  variables = init_moe_layer(jax.random.PRNGKey(0), D_MODEL, router=router, experts=experts)
+  return moe_layer(variables, jnp.zeros((batch, 16, D_MODEL)), router=router,
+                   dispatcher=dispatch.get(dispatcher), experts=experts, mesh=mesh,
+                   group_size=group_size, exchange=exchange)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(batch=4), r"batch size 4 is not divisible by the 8 devices"),
+    (dict(group_size=32), r"group_size=32 does not divide the 16 tokens each device holds"),
+    (dict(router=routing.get("topk", num_experts=6)), r"num_experts=6 .*'expert' axis size 8"),
+    (dict(router=routing.get("soft", num_experts=8), dispatcher="einsum"),
+     r"router 'soft' has no expert-parallel"),
+    (dict(exchange="ragged"), r"XLA:CPU does not implement"),
+    (dict(exchange="fast"), r"exchange='fast'; allowed: auto, padded, ragged"),
+])
+def test_bad_sharded_configs_fail_before_compiling(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    _layer(make_mesh(expert=8), **kwargs)
+
+
+def test_d_ff_must_split_over_model_axis():
+  with pytest.raises(ValueError, match=r"d_ff=33 is not divisible by the mesh's 'model' axis"):
+    _layer(make_mesh(data=2, expert=2, model=2), experts=make_experts(33))
