@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.7.0",             # jax.shard_map at top level
-        "flax>=0.11.0",           # NNX API
+        "flax>=0.12.4",           # NNX API; Variable out_sharding metadata
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11.0",
         "chex>=0.1.89",

@@ -1,0 +1,182 @@
+"""The MoE layer as a Flax NNX module, so models can hold it as a stateful object.
+
+    moe = MoE(64, router="topk", num_experts=8, router_options={"k": 2}, d_ff=256,
+              rngs=nnx.Rngs(0))
+    y_BLD, routing = moe(x_BLD, train=True, rngs=nnx.Rngs(router=1))
+    loss = task_loss(y_BLD) + 0.01 * routing.aux_losses["load_balancing"]
+
+The math lives in the pure `moe_jax.layer.moe_layer`; this module only owns the variables and
+rebuilds the layer's `variables` dict on every call, so both give the same numbers. Trainable
+weights are `nnx.Param`; the router's running state (a balancing bias, k-means centroids, an
+adaptive coefficient) is a `RouterState`, which is not a Param: `nnx.grad` and optimizers (which
+filter on Param) leave it alone, and a `train=True` call writes the router's new state back, as
+BatchNorm does with its running statistics.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from moe_jax import dispatch, routing
+from moe_jax.dispatch import expert_parallel
+from moe_jax.dispatch.base import Dispatcher
+from moe_jax.experts import make_experts
+from moe_jax.layer import init_moe_layer, moe_layer, validate_layer
+from moe_jax.parallel.mesh import LOGICAL_RULES, axis_size
+from moe_jax.routing.base import Router
+from moe_jax.validation import check_choice, check_int
+
+# The rng stream a call draws the router's key from (Switch jitter, noisy gating). nnx.Rngs falls
+# back to its 'default' stream when it has no 'router' stream.
+RNG_STREAM = "router"
+
+# Expert params carry logical axis names as NNX's `out_sharding` metadata (its name since flax
+# 0.12.4; 0.12.0-0.12.3 called it `sharding_names`, which 0.12.4+ still accept with a
+# DeprecationWarning). With `sharding_rules` alongside, nnx.get_partition_spec maps the names to
+# mesh axes by our one rules table, as the layer's shard_map does.
+_SHARDING_RULES = tuple(LOGICAL_RULES.items())
+
+
+class RouterState(nnx.Variable):
+  """Router state updated by the forward pass, not by gradients (not an nnx.Param)."""
+
+
+def _wrap(tree: dict, make) -> nnx.Dict:
+  """Nested dict of arrays -> nested nnx.Dict of Variables (NNX needs its own containers)."""
+  return nnx.Dict({k: _wrap(v, make) if isinstance(v, dict) else make(k, v)
+                   for k, v in tree.items()})
+
+
+def _unwrap(node: nnx.Dict) -> dict:
+  """The inverse of `_wrap`: the current arrays, as the pure layer takes them."""
+  return {k: _unwrap(v) if isinstance(v, nnx.Dict) else v[...] for k, v in node.items()}
+
+
+def _assign(node: nnx.Dict, tree: dict, where: str) -> None:
+  """Writes `tree` into the Variables of `node`; both must have the same keys."""
+  if set(node) != set(tree):
+    raise ValueError(f"moe: router returned new_state with keys {sorted(tree)} at {where!r}, "
+                     f"but its state has {sorted(node)}")
+  for k, v in node.items():
+    if isinstance(v, nnx.Dict):
+      _assign(v, tree[k], f"{where}/{k}")
+    else:
+      v[...] = tree[k]
+
+
+class MoE(nnx.Module):
+  """Router -> dispatcher -> experts (+ an optional shared expert), as an NNX module.
+
+  router: a registered name (then `num_experts` is required and `router_options` go to
+    `routing.get`) or a built `Router` (then both are taken from it and must not be given).
+  dispatcher: 'sort', 'dropless', 'einsum' or a Dispatcher. shared_d_ff: hidden size of an
+    always-on shared expert (DeepSeekMoE), None for none.
+  mesh: split experts over its 'expert' axis (their hidden dim over 'model') and tokens over
+    ('data', 'expert'); expert params are then placed sharded at construction. exchange: the
+    expert-parallel all-to-all under a mesh ('auto', 'padded', 'ragged').
+  Every option is checked here, before anything is traced; errors name the field.
+  """
+
+  def __init__(self, d_model: int, *, router: str | Router, num_experts: int | None = None,
+               router_options: dict[str, Any] | None = None, d_ff: int,
+               activation: str = "gelu", glu: bool = False,
+               dispatcher: str | Dispatcher = dispatch.DEFAULT, capacity_factor: float = 1.25,
+               group_size: int | None = None, shared_d_ff: int | None = None,
+               mesh: Mesh | None = None, exchange: str = "auto", rngs: nnx.Rngs):
+    check_int("d_model", d_model, low=1, owner="moe")
+    if group_size is not None:
+      check_int("group_size", group_size, low=1, owner="moe")
+    self.router = _resolve_router(router, num_experts, router_options)
+    self.dispatcher = _resolve_dispatcher(dispatcher)
+    check_choice("exchange", exchange, expert_parallel.EXCHANGES, owner="moe")
+    if mesh is not None:  # e.g. 'ragged' on a CPU mesh fails here rather than while tracing
+      expert_parallel.resolve_exchange(exchange, backend=mesh.devices.flat[0].platform)
+    self.experts = make_experts(d_ff, activation=activation, glu=glu)
+    self.shared_experts = (None if shared_d_ff is None
+                           else make_experts(shared_d_ff, activation=activation, glu=glu))
+    validate_layer(router=self.router, dispatcher=self.dispatcher,
+                   capacity_factor=capacity_factor, expert_axis_size=axis_size(mesh, "expert"),
+                   mesh=mesh, experts=self.experts)
+    self.d_model = d_model
+    self.capacity_factor = capacity_factor
+    self.group_size = group_size
+    self.mesh = mesh
+    self.exchange = exchange
+
+    variables = init_moe_layer(rngs.params(), d_model, router=self.router, experts=self.experts,
+                               shared_experts=self.shared_experts)
+    if mesh is not None:
+      # Replicate the rest on the mesh up front: the layer returns the router state that way, and
+      # a jitted step whose inputs change placement after the first call compiles twice.
+      replicated = NamedSharding(mesh, P())
+      variables = {**variables, "router": jax.device_put(variables["router"], replicated),
+                   "shared": jax.device_put(variables["shared"], replicated)}
+    self.router_params = _wrap(variables["router"]["params"], lambda _, v: nnx.Param(v))
+    self.router_state = _wrap(variables["router"]["state"], lambda _, v: RouterState(v))
+    self.expert_params = _wrap(variables["experts"], self._expert_param)
+    # The layer replicates router and shared-expert params (see layer.variable_specs), so they
+    # carry no sharding annotation: nnx.get_partition_spec gives them P().
+    self.shared_params = (None if variables["shared"] is None
+                          else _wrap(variables["shared"], lambda _, v: nnx.Param(v)))
+
+  def _expert_param(self, name: str, value) -> nnx.Param:
+    # Eager sharding (flax's default) needs a mesh to place the value: without one, creating an
+    # annotated Variable raises, so the annotation is then metadata only.
+    return nnx.Param(value, out_sharding=self.experts.param_axes[name],
+                     sharding_rules=_SHARDING_RULES, eager_sharding=self.mesh is not None,
+                     **({} if self.mesh is None else {"mesh": self.mesh}))
+
+  def layer_variables(self) -> dict:
+    """The current variables in the pure layer's layout, for `moe_layer` or checkpoints."""
+    return {"router": {"params": _unwrap(self.router_params),
+                       "state": _unwrap(self.router_state)},
+            "experts": _unwrap(self.expert_params),
+            "shared": None if self.shared_params is None else _unwrap(self.shared_params)}
+
+  def __call__(self, x_BLD, *, train: bool = False, token_ids=None,
+               rngs: nnx.Rngs | None = None):
+    """y_BLD, routing. With train=True the router state is updated in place.
+
+    token_ids: [B, L] ints for routers that hash token ids. rngs: a key is drawn from its
+    'router' stream (or 'default') for routers that are random in training; a router that needs
+    one and gets none raises ValueError.
+    """
+    rng = None if rngs is None else getattr(rngs, RNG_STREAM)()
+    y_BLD, r = moe_layer(self.layer_variables(), x_BLD, router=self.router,
+                         dispatcher=self.dispatcher, experts=self.experts,
+                         shared_experts=self.shared_experts, token_ids_BL=token_ids, rng=rng,
+                         train=train, group_size=self.group_size,
+                         capacity_factor=self.capacity_factor, mesh=self.mesh,
+                         exchange=self.exchange)
+    if train:
+      _assign(self.router_state, r.new_state, "router_state")
+    return y_BLD, r
+
+
+def _resolve_dispatcher(dispatcher) -> Dispatcher:
+  if isinstance(dispatcher, str):
+    return dispatch.get(dispatcher)
+  if not isinstance(dispatcher, Dispatcher):
+    raise ValueError(f"moe: dispatcher must be a dispatcher name or a Dispatcher, got "
+                     f"{dispatcher!r}")
+  return dispatcher
+
+
+def _resolve_router(router, num_experts, router_options) -> Router:
+  if isinstance(router, Router):
+    if router_options:
+      raise ValueError("moe: router_options must be empty when router is a built Router "
+                       f"(its options are fixed: {router.options})")
+    if num_experts is not None and num_experts != router.num_experts:
+      raise ValueError(f"moe: num_experts={num_experts} contradicts the given router's "
+                       f"num_experts={router.num_experts}")
+    return router
+  if not isinstance(router, str):
+    raise ValueError(f"moe: router must be a router name or a Router, got {router!r}")
+  if num_experts is None:
+    raise ValueError(f"moe: num_experts is required when router is a name ({router!r})")
+  check_int("num_experts", num_experts, low=1, owner="moe")
+  return routing.get(router, num_experts=num_experts, **(router_options or {}))
