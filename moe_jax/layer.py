@@ -21,7 +21,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from moe_jax.dispatch import expert_parallel
 from moe_jax.dispatch.base import Dispatcher
 from moe_jax.experts import Experts
-from moe_jax.routing.base import Router
+from moe_jax.routing.base import Router, Routing
 from moe_jax.parallel.mesh import BATCH_AXES, axis_size, logical_to_spec
 from moe_jax.validation import check_float, check_int
 
@@ -106,19 +106,26 @@ def _local_layer(variables, x_BLD, token_ids_BL, rngs_G, *, router, dispatcher, 
   x_GSD = x_BLD.reshape(num_groups, group_size, d_model)
   ids_GS = None if token_ids_BL is None else token_ids_BL.reshape(num_groups, group_size)
 
-  def one_group(x_SD, ids_S, group_rng):
-    r = router.route(variables["router"], x_SD, token_ids=ids_S, rng=group_rng, train=train)
-    y_SD, dispatch_metrics = dispatcher.run(r, x_SD, variables["experts"], experts,
-                                            capacity_factor=capacity_factor)
-    return y_SD, r.replace(metrics={**r.metrics, **dispatch_metrics})
+  def route(x_SD, ids_S, group_rng):
+    return router.route(variables["router"], x_SD, token_ids=ids_S, rng=group_rng, train=train)
 
-  y_GSD, routing_G = jax.vmap(one_group, in_axes=(0, None if ids_GS is None else 0,
-                                                  None if rngs_G is None else 0))(x_GSD, ids_GS,
-                                                                                  rngs_G)
+  routing_G = jax.vmap(route, in_axes=(0, None if ids_GS is None else 0,
+                                       None if rngs_G is None else 0))(x_GSD, ids_GS, rngs_G)
+  def run(r, x_TD):
+    return dispatcher.run(r, x_TD, variables["experts"], experts,
+                          capacity_factor=capacity_factor)
+
+  if dispatcher.merge_groups:   # no per-group capacity: one dispatch over every group's tokens
+    y_TD, dispatch_metrics = run(merge_groups(routing_G), x_BLD.reshape(num_tokens, d_model))
+    y_GSD = y_TD.reshape(x_GSD.shape)
+  else:
+    y_GSD, dispatch_metrics = jax.vmap(run)(routing_G, x_GSD)
   mean = lambda tree: jax.tree.map(lambda a: a.mean(0), tree)
-  routing = routing_G.replace(aux_losses=mean(routing_G.aux_losses),
-                              metrics=mean(routing_G.metrics),
-                              new_state=_merge_state(routing_G.new_state))
+  routing = routing_G.replace(
+      aux_losses=mean(routing_G.aux_losses),
+      metrics={**mean(routing_G.metrics),
+               **jax.tree.map(lambda a: a.mean() if a.ndim else a, dispatch_metrics)},
+      new_state=_merge_state(routing_G.new_state))
   if reduce is not None:
     routing = reduce(routing)
   y_BLD = y_GSD.reshape(batch, length, d_model)
@@ -127,6 +134,17 @@ def _local_layer(variables, x_BLD, token_ids_BL, rngs_G, *, router, dispatcher, 
                                          x_BLD.reshape(1, num_tokens, d_model))[0].reshape(
                                              y_BLD.shape)
   return y_BLD, routing
+
+
+def merge_groups(routing_G) -> Routing:
+  """G routings of S tokens each -> one routing of G*S tokens (assignment lists concatenated)."""
+  num_groups, num = routing_G.token.shape
+  offset_G1 = (jnp.arange(num_groups, dtype=jnp.int32) * routing_G.num_tokens)[:, None]
+  return Routing(num_tokens=num_groups * routing_G.num_tokens,
+                 num_experts=routing_G.num_experts,
+                 token=(routing_G.token + offset_G1).reshape(-1),
+                 expert=routing_G.expert.reshape(-1), weight=routing_G.weight.reshape(-1),
+                 valid=routing_G.valid.reshape(-1))
 
 
 def variable_specs(variables, experts: Experts):

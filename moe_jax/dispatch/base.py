@@ -24,6 +24,11 @@ class Dispatcher(NamedTuple):
   name: str
   run: Callable
   supports_soft: bool  # only the einsum reference takes soft MoE's dense weights
+  # True: the layer hands `run` every routing group at once (merged into one routing) instead
+  # of vmapping it over groups. For dispatchers with no per-group capacity (dropless), where one
+  # grouped matmul over all groups pads less, and where vmap is unavailable (ragged_dot with
+  # unbatched weights, jax<=0.10) or costly (one exchange per group).
+  merge_groups: bool = False
 
 
 def expert_capacity(num_assignments: int, num_experts: int, capacity_factor: float) -> int:

@@ -137,17 +137,17 @@ def make(dispatcher: Dispatcher, *, ep: int, expert_axis: str = "expert",
     def run_local(*args, **kwargs):
       y_TD, metrics = dispatcher.run(*args, **kwargs)
       return jax.lax.psum(y_TD, model_axis), metrics
-    return Dispatcher(dispatcher.name, run_local, dispatcher.supports_soft)
+    return dispatcher._replace(run=run_local)
   axes = dict(ep=ep, expert_axis=expert_axis, model_axis=model_axis)
   if dispatcher.name == "dropless":
-    local_impl = "blocked" if jax.default_backend() == "cpu" else "ragged"
+    local_impl = dropless.default_impl()
     body = _ragged_run if resolve_exchange(exchange) == "ragged" else _padded_run
     run = partial(body, local_impl=local_impl, **axes)
 
     def run_dropless(routing, x_TD, expert_params, experts, *, capacity_factor=None):
       del capacity_factor
       return run(routing, x_TD, expert_params, experts)
-    return Dispatcher(f"dropless[ep={ep}]", run_dropless, supports_soft=False)
+    return Dispatcher(f"dropless[ep={ep}]", run_dropless, supports_soft=False, merge_groups=True)
   # einsum and sort share the capacity rule, so both map to the capacity exchange.
   return Dispatcher(f"{dispatcher.name}[ep={ep}]", partial(_capacity_run, **axes),
                     supports_soft=False)

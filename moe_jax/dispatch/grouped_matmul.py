@@ -4,7 +4,9 @@ of a block size, one [B,I] x [I,O] matmul per block with that block's expert wei
 XLA:CPU lowers `jax.lax.ragged_dot` densely (every row against every expert), so on CPU this
 block loop is the fast path; on GPU/TPU `ragged_dot` is native. The custom VJP keeps the weight
 gradient an in-place accumulation per block, instead of the [E,I,O]-sized temporary per block
-that differentiating a dynamic index inside a scan would produce.
+that differentiating a dynamic index inside a scan would produce. Loops run only over the
+blocks in use, so a layout sized for the worst case (every row padded, or the expert-parallel
+receive buffer sized for all peers' tokens) costs only what it holds.
 
 Axis letters: R padded rows (a multiple of B), B block rows, I in dim, O out dim, E experts.
 """
@@ -16,45 +18,61 @@ import jax
 import jax.numpy as jnp
 
 
-def _blocks(x_RI, block: int):
-  return x_RI.reshape(x_RI.shape[0] // block, block, x_RI.shape[1])
-
-
-def blocked_matmul(x_RI, w_EIO, block_expert, block: int):
-  """y[r] = x[r] @ w[block_expert[r // block]]."""
+def blocked_matmul(x_RI, w_EIO, block_expert, block: int, num_blocks=None):
+  """y[r] = x[r] @ w[block_expert[r // block]] for the first `num_blocks` blocks (a traced
+  scalar; default all), zeros after: the layout is sized for the worst case, but only the
+  blocks that hold rows cost a matmul."""
+  if num_blocks is None:
+    num_blocks = x_RI.shape[0] // block
   # Inside shard_map, x and w may vary over different mesh axes (w replicated over 'data', x
   # over 'model'); the custom VJP's dw (dx) must then be summed over the axes only x (only w)
   # varies over. Adding to each a zero that varies like the other makes autodiff insert those
   # psums, outside the custom rule. Without shard_map this is a no-op.
   x_RI, w_EIO = (x_RI + jnp.zeros_like(w_EIO[0, 0, 0], dtype=x_RI.dtype),
                  w_EIO + jnp.zeros_like(x_RI[0, 0], dtype=w_EIO.dtype))
-  return _blocked_matmul(x_RI, w_EIO, block_expert, block)
+  return _blocked_matmul(x_RI, w_EIO, block_expert, jnp.asarray(num_blocks, jnp.int32), block)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _blocked_matmul(x_RI, w_EIO, block_expert, block: int):
-  def one(args):
-    x_BI, e = args
-    return x_BI @ w_EIO[e].astype(x_BI.dtype)
-  return jax.lax.map(one, (_blocks(x_RI, block), block_expert)).reshape(x_RI.shape[0], -1)
+def _block_loop(num_blocks, body, init):
+  """for i in range(num_blocks): carry = body(i, carry) -- a while loop with a traced count."""
+  return jax.lax.fori_loop(0, num_blocks, body, init)
 
 
-def _fwd(x_RI, w_EIO, block_expert, block):
-  return _blocked_matmul(x_RI, w_EIO, block_expert, block), (x_RI, w_EIO, block_expert)
+def _matmul_blocks(a_RI, w_EIO, block_expert, num_blocks, block, transpose_w):
+  """out[block i] = a[block i] @ w[block_expert[i]] (or its transpose), first num_blocks."""
+  out_dim = w_EIO.shape[1] if transpose_w else w_EIO.shape[2]
+
+  def body(i, out):
+    a_BI = jax.lax.dynamic_slice_in_dim(a_RI, i * block, block)
+    w_IO = w_EIO[block_expert[i]].astype(a_RI.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(out, a_BI @ (w_IO.T if transpose_w else w_IO),
+                                               i * block, 0)
+  # The loop carry must vary over the same mesh axes as a block's product (under shard_map).
+  init = jnp.zeros((a_RI.shape[0], out_dim), a_RI.dtype) + jnp.zeros_like(a_RI[0, 0])
+  return _block_loop(num_blocks, body, init)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _blocked_matmul(x_RI, w_EIO, block_expert, num_blocks, block: int):
+  return _matmul_blocks(x_RI, w_EIO, block_expert, num_blocks, block, transpose_w=False)
+
+
+def _fwd(x_RI, w_EIO, block_expert, num_blocks, block):
+  y = _blocked_matmul(x_RI, w_EIO, block_expert, num_blocks, block)
+  return y, (x_RI, w_EIO, block_expert, num_blocks)
 
 
 def _bwd(block, residuals, g_RO):
-  x_RI, w_EIO, block_expert = residuals
-  g_blocks = _blocks(g_RO, block)
-  dx = jax.lax.map(lambda a: a[0] @ w_EIO[a[1]].T.astype(a[0].dtype), (g_blocks, block_expert))
+  x_RI, w_EIO, block_expert, num_blocks = residuals
+  dx = _matmul_blocks(g_RO, w_EIO, block_expert, num_blocks, block, transpose_w=True)
 
-  def accumulate(dw_EIO, args):
-    x_BI, g_BO, e = args
-    return dw_EIO.at[e].add((x_BI.T @ g_BO).astype(dw_EIO.dtype)), None
+  def accumulate(i, dw_EIO):   # in place, per block: no [E,I,O] temporary per step
+    x_BI = jax.lax.dynamic_slice_in_dim(x_RI, i * block, block)
+    g_BO = jax.lax.dynamic_slice_in_dim(g_RO, i * block, block)
+    return dw_EIO.at[block_expert[i]].add((x_BI.T @ g_BO).astype(dw_EIO.dtype))
 
-  dw, _ = jax.lax.scan(accumulate, jnp.zeros_like(w_EIO),
-                       (_blocks(x_RI, block), g_blocks, block_expert))
-  return dx.reshape(x_RI.shape).astype(x_RI.dtype), dw, None
+  dw = _block_loop(num_blocks, accumulate, jnp.zeros_like(w_EIO))
+  return dx.astype(x_RI.dtype), dw, None, None
 
 
 _blocked_matmul.defvjp(_fwd, _bwd)

@@ -10,13 +10,17 @@ from moe_jax.dispatch.grouped_matmul import blocked_matmul
 from moe_jax.experts import make_experts
 
 
-def test_blocked_matmul_forward_and_gradient_match_per_row_weights():
+@pytest.mark.parametrize("num_blocks", [None, 3])
+def test_blocked_matmul_forward_and_gradient_match_per_row_weights(num_blocks):
   block, num_experts = 4, 3
   block_expert = jnp.array([0, 0, 2, 1, 2], jnp.int32)
   x = jax.random.normal(jax.random.PRNGKey(0), (20, 5))
   w = jax.random.normal(jax.random.PRNGKey(1), (num_experts, 5, 6))
-  reference = lambda x, w: jnp.einsum("ri,rio->ro", x, w[jnp.repeat(block_expert, block)])
-  fast = lambda x, w: blocked_matmul(x, w, block_expert, block)
+  used_rows = 20 if num_blocks is None else num_blocks * block   # later rows: output 0
+  mask = (jnp.arange(20) < used_rows)[:, None]
+  reference = lambda x, w: mask * jnp.einsum("ri,rio->ro", x,
+                                             w[jnp.repeat(block_expert, block)])
+  fast = jax.jit(lambda x, w: blocked_matmul(x, w, block_expert, block, num_blocks=num_blocks))
   np.testing.assert_allclose(fast(x, w), reference(x, w), rtol=1e-5, atol=1e-5)
   probe = jax.random.normal(jax.random.PRNGKey(2), (20, 6))
   grads = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w) * probe), argnums=(0, 1))(x, w)
