@@ -66,7 +66,9 @@ def _ragged_matmul(x_RI, w_EIO, group_sizes):
 
 
 def run(routing, x_TD, expert_params, experts, *, capacity_factor: float | None = None,
-        impl: str = "auto"):
+        impl: str = "auto", sparse_rows: bool = False):
+  """sparse_rows: most assignments are invalid (padding), so the blocked matmul should loop
+  only over the blocks in use (see blocked_matmul's num_blocks)."""
   del capacity_factor  # dropless: no capacity
   if routing.is_soft:
     raise ValueError("dispatcher 'dropless' cannot run soft MoE routings; use 'einsum'")
@@ -76,7 +78,7 @@ def run(routing, x_TD, expert_params, experts, *, capacity_factor: float | None 
     block = block_size(routing.num_assignments, routing.num_experts)
     row_N, block_expert, num_rows, used_blocks = _layout(routing, block)
     matmul = partial(blocked_matmul, block_expert=block_expert, block=block,
-                     num_blocks=used_blocks)
+                     num_blocks=used_blocks if sparse_rows else None)
   elif impl == "ragged":
     row_N, group_sizes, num_rows = _ragged_layout(routing)
     matmul = partial(_ragged_matmul, group_sizes=group_sizes)

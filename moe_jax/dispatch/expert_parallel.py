@@ -44,7 +44,8 @@ def _run_local_experts(x_RD, local_expert_R, expert_params, experts, num_local: 
                  token=jnp.arange(x_RD.shape[0], dtype=jnp.int32),
                  expert=jnp.maximum(local_expert_R, 0).astype(jnp.int32),
                  weight=valid_R.astype(x_RD.dtype), valid=valid_R)
-  y_RD, _ = dropless.run(rows, x_RD, expert_params, experts, impl=impl)
+  # The receive buffer holds room for every peer's tokens; mostly padding, hence sparse_rows.
+  y_RD, _ = dropless.run(rows, x_RD, expert_params, experts, impl=impl, sparse_rows=True)
   return jax.lax.psum(y_RD, model_axis)
 
 
