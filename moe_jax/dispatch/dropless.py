@@ -25,17 +25,27 @@ def block_size(num_assignments: int, num_experts: int) -> int:
   return int(min(256, max(8, 1 << (target.bit_length() - 1))))
 
 
-def _layout(routing, block: int):
-  """Row of each assignment in the expert-sorted, block-padded layout, and each block's expert."""
-  num, num_experts = routing.num_assignments, routing.num_experts
-  counts_E = jnp.zeros((num_experts,), jnp.int32).at[routing.expert].add(
+def _expert_sorted_rows(routing, group_rows_E, rows: int):
+  """Row of each assignment when expert e's group occupies group_rows_E[e] consecutive rows
+  (its count, or that rounded up to whole blocks); invalid assignments get `rows` (none)."""
+  ends_E = jnp.cumsum(group_rows_E)
+  rank_N = position_in_expert(routing.expert, routing.valid, routing.num_experts)
+  row_N = jnp.where(routing.valid, ends_E[routing.expert] - group_rows_E[routing.expert] + rank_N,
+                    rows)
+  return row_N, ends_E
+
+
+def _counts(routing):
+  return jnp.zeros((routing.num_experts,), jnp.int32).at[routing.expert].add(
       routing.valid.astype(jnp.int32))
-  padded_E = (counts_E + block - 1) // block * block
-  ends_E = jnp.cumsum(padded_E)
+
+
+def _layout(routing, block: int):
+  """Rows in the expert-sorted, block-padded layout, each block's expert, blocks in use."""
+  num, num_experts = routing.num_assignments, routing.num_experts
+  padded_E = (_counts(routing) + block - 1) // block * block
   num_rows = (num + num_experts * (block - 1) + block - 1) // block * block
-  rank_N = position_in_expert(routing.expert, routing.valid, num_experts)
-  row_N = jnp.where(routing.valid, ends_E[routing.expert] - padded_E[routing.expert] + rank_N,
-                    num_rows)
+  row_N, ends_E = _expert_sorted_rows(routing, padded_E, num_rows)
   block_starts = jnp.arange(num_rows // block) * block
   block_expert = jnp.minimum(jnp.searchsorted(ends_E, block_starts, side="right"),
                              num_experts - 1).astype(jnp.int32)
@@ -43,13 +53,10 @@ def _layout(routing, block: int):
 
 
 def _ragged_layout(routing):
-  num, num_experts = routing.num_assignments, routing.num_experts
-  counts_E = jnp.zeros((num_experts,), jnp.int32).at[routing.expert].add(
-      routing.valid.astype(jnp.int32))
-  starts_E = jnp.cumsum(counts_E) - counts_E
-  rank_N = position_in_expert(routing.expert, routing.valid, num_experts)
-  row_N = jnp.where(routing.valid, starts_E[routing.expert] + rank_N, num)
-  return row_N, counts_E, num
+  """Rows in the expert-sorted layout without padding, and each expert's group size."""
+  counts_E = _counts(routing)
+  row_N, _ = _expert_sorted_rows(routing, counts_E, routing.num_assignments)
+  return row_N, counts_E, routing.num_assignments
 
 
 def default_impl(backend: str | None = None) -> str:
