@@ -40,6 +40,16 @@ RNG_STREAM = "router"
 _SHARDING_RULES = tuple(LOGICAL_RULES.items())
 
 
+def sharded_param(value, logical_axes, mesh: Mesh | None) -> nnx.Param:
+  """An nnx.Param annotated with logical axis names (mapped to mesh axes by LOGICAL_RULES).
+
+  Eager sharding (flax's default) needs a mesh to place the value: without one, creating an
+  annotated Variable raises, so the annotation is then metadata only.
+  """
+  return nnx.Param(value, out_sharding=tuple(logical_axes), sharding_rules=_SHARDING_RULES,
+                   eager_sharding=mesh is not None, **({} if mesh is None else {"mesh": mesh}))
+
+
 class RouterState(nnx.Variable):
   """Router state updated by the forward pass, not by gradients (not an nnx.Param)."""
 
@@ -123,11 +133,7 @@ class MoE(nnx.Module):
                           else _wrap(variables["shared"], lambda _, v: nnx.Param(v)))
 
   def _expert_param(self, name: str, value) -> nnx.Param:
-    # Eager sharding (flax's default) needs a mesh to place the value: without one, creating an
-    # annotated Variable raises, so the annotation is then metadata only.
-    return nnx.Param(value, out_sharding=self.experts.param_axes[name],
-                     sharding_rules=_SHARDING_RULES, eager_sharding=self.mesh is not None,
-                     **({} if self.mesh is None else {"mesh": self.mesh}))
+    return sharded_param(value, self.experts.param_axes[name], self.mesh)
 
   def layer_variables(self) -> dict:
     """The current variables in the pure layer's layout, for `moe_layer` or checkpoints."""

@@ -79,7 +79,9 @@ LOGICAL_RULES: dict[str, str | None] = {
     "batch": BATCH_AXES,
     "expert": "expert",
     "mlp": "model",
+    "heads": "model",
     "embed": None,
+    "vocab": None,
 }
 
 

@@ -34,5 +34,5 @@ def test_bad_mesh_sizes_name_the_axes(sizes, match):
 def test_logical_rules():
   assert logical_to_spec(("expert", "embed", "mlp")) == jax.sharding.PartitionSpec(
       "expert", None, "model")
-  with pytest.raises(ValueError, match="no sharding rule for logical axis 'vocab'"):
-    logical_to_spec(("vocab",))
+  with pytest.raises(ValueError, match="no sharding rule for logical axis 'pixels'"):
+    logical_to_spec(("pixels",))
