@@ -1,0 +1,106 @@
+"""One LM training step: cross-entropy + weighted aux losses, AdamW, router-state update.
+
+    tx = make_optimizer(OptimConfig(learning_rate=3e-3, warmup_steps=20, total_steps=300))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    step = make_train_step(aux_loss_weights={"load_balancing": 0.01, "z_loss": 1e-3})
+    metrics = step(model, optimizer, batch, rng)     # model and optimizer are updated in place
+
+Router state (balancing bias, centroids, ...) is not a Param: the MoE modules write the new
+state during the `train=True` forward, and NNX carries that write out of the jitted step, so
+no train-step code knows which routers are stateful. The loss is the mean next-token
+cross-entropy (nats) over unmasked targets plus sum_name weight[name] * (mean over MoE layers
+of aux loss `name`); an aux loss without a weight is reported but not trained on.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from moe_jax.validation import check_float, check_int
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  learning_rate: float = 3e-3
+  warmup_steps: int = 100
+  total_steps: int = 1000
+  end_learning_rate_fraction: float = 0.1   # cosine decays to this fraction of the peak
+  weight_decay: float = 0.1
+  clip_norm: float = 1.0
+  b1: float = 0.9
+  b2: float = 0.95
+
+  def validate(self):
+    check_float("learning_rate", self.learning_rate, low=0.0, low_inclusive=False, owner="optim")
+    check_int("total_steps", self.total_steps, low=1, owner="optim")
+    check_int("warmup_steps", self.warmup_steps, low=0, high=self.total_steps, owner="optim")
+    check_float("clip_norm", self.clip_norm, low=0.0, low_inclusive=False, owner="optim")
+    check_float("weight_decay", self.weight_decay, low=0.0, owner="optim")
+
+
+def learning_rate_schedule(config: OptimConfig):
+  """Linear warmup to the peak, then cosine decay to end_learning_rate_fraction * peak."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
+      decay_steps=config.total_steps, end_value=config.learning_rate *
+      config.end_learning_rate_fraction)
+
+
+def _decay_mask(params):
+  """Weight decay on matrices only (not norms' scales)."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+  config.validate()
+  return optax.chain(
+      optax.clip_by_global_norm(config.clip_norm),
+      optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2,
+                  weight_decay=config.weight_decay, mask=_decay_mask))
+
+
+def lm_loss(model, batch, *, aux_loss_weights, train, rngs=None):
+  """(loss, metrics) for next-token prediction; batch: inputs/targets [B,L], optional mask."""
+  logits, routings = model(batch["inputs"], train=train, rngs=rngs)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
+  mask = batch.get("mask", jnp.ones_like(nll))
+  ce = jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  moe = [r for r in routings if r is not None]
+  metrics = {"ce": ce}
+  loss = ce
+  if moe:
+    for name in moe[0].aux_losses:
+      value = jnp.mean(jnp.stack([r.aux_losses[name] for r in moe]))
+      metrics[f"aux/{name}"] = value
+      loss = loss + aux_loss_weights.get(name, 0.0) * value
+    for i, r in enumerate(routings):
+      if r is not None:
+        for name in ("max_vio", "dropped_fraction", "expert_load"):
+          if name in r.metrics:
+            metrics[f"layer{i}/{name}"] = r.metrics[name]
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+def make_train_step(*, aux_loss_weights: dict[str, float] | None = None, schedule=None):
+  """A jitted step(model, optimizer, batch, rng) -> metrics that updates both in place."""
+  weights = dict(aux_loss_weights or {})
+
+  @nnx.jit
+  def step(model, optimizer, batch, rng):
+    def loss_fn(model):
+      return lm_loss(model, batch, aux_loss_weights=weights, train=True,
+                     rngs=nnx.Rngs(router=rng))
+    (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    if schedule is not None:
+      metrics["lr"] = schedule(optimizer.step[...])
+    optimizer.update(model, grads)
+    return metrics
+
+  return step
