@@ -82,9 +82,9 @@ def moe_layer(variables, x_BLD, *, router: Router, dispatcher: Dispatcher, exper
                      "mesh's ('data', 'expert') axes")
   local_tokens = batch // shards * length
   if local_tokens % group_size:
-    raise ValueError(f"moe: group_size={group_size} does not divide the {local_tokens} tokens "
-                     "each device holds" if mesh is not None else
-                     f"moe: group_size={group_size} does not divide the {local_tokens} tokens")
+    where = "" if mesh is None else " each device holds"
+    raise ValueError(f"moe: group_size={group_size} does not divide the {local_tokens} "
+                     f"tokens{where}")
   num_groups = batch * length // group_size
   rngs_G = None if rng is None else jax.random.split(rng, num_groups)
   validate_layer(router=router, dispatcher=dispatcher, capacity_factor=capacity_factor,

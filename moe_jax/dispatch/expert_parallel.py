@@ -67,7 +67,8 @@ def _capacity_run(routing, x_TD, expert_params, experts, *, capacity_factor, ep,
 
 
 def _padded_run(routing, x_TD, expert_params, experts, *, ep, expert_axis, model_axis,
-                local_impl):
+                local_impl, capacity_factor=None):
+  del capacity_factor  # dropless: no capacity
   sort.check_sparse(routing, "expert-parallel dropless")
   num, num_local, d_model = routing.num_assignments, routing.num_experts // ep, x_TD.shape[1]
   plan = sort.plan(routing.expert // num_local, routing.valid, ep, num)   # capacity N: no drops
@@ -83,7 +84,8 @@ def _padded_run(routing, x_TD, expert_params, experts, *, ep, expert_axis, model
 
 
 def _ragged_run(routing, x_TD, expert_params, experts, *, ep, expert_axis, model_axis,
-                local_impl):
+                local_impl, capacity_factor=None):
+  del capacity_factor  # dropless: no capacity
   sort.check_sparse(routing, "expert-parallel dropless")
   num, num_local, d_model = routing.num_assignments, routing.num_experts // ep, x_TD.shape[1]
   order_N = jnp.argsort(jnp.where(routing.valid, routing.expert, routing.num_experts),
@@ -143,12 +145,8 @@ def make(dispatcher: Dispatcher, *, ep: int, expert_axis: str = "expert",
   if dispatcher.name == "dropless":
     local_impl = dropless.default_impl()
     body = _ragged_run if resolve_exchange(exchange) == "ragged" else _padded_run
-    run = partial(body, local_impl=local_impl, **axes)
-
-    def run_dropless(routing, x_TD, expert_params, experts, *, capacity_factor=None):
-      del capacity_factor
-      return run(routing, x_TD, expert_params, experts)
-    return Dispatcher(f"dropless[ep={ep}]", run_dropless, supports_soft=False, merge_groups=True)
+    return Dispatcher(f"dropless[ep={ep}]", partial(body, local_impl=local_impl, **axes),
+                      supports_soft=False, merge_groups=True)
   # einsum and sort share the capacity rule, so both map to the capacity exchange.
   return Dispatcher(f"{dispatcher.name}[ep={ep}]", partial(_capacity_run, **axes),
                     supports_soft=False)

@@ -202,12 +202,11 @@ class Transformer(nnx.Module):
       raise ValueError(f"model: sequence length {tokens_BL.shape[1]} exceeds max_len="
                        f"{self.config.max_len}")
     x = self._constrain(self.embed[...][tokens_BL].astype(self.config.dtype))
+    call = lambda blk, x: blk(x, train=train, rngs=rngs, token_ids_BL=tokens_BL, mask_BL=mask_BL)
+    if self.config.remat:
+      call = nnx.remat(call)
     routings = []
     for block in self.blocks:
-      call = lambda blk, x: blk(x, train=train, rngs=rngs, token_ids_BL=tokens_BL,
-                                mask_BL=mask_BL)
-      if self.config.remat:
-        call = nnx.remat(call)
       x, r = call(block, x)
       x = self._constrain(x)
       routings.append(r)
