@@ -14,6 +14,7 @@ of aux loss `name`); an aux loss without a weight is reported but not trained on
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -87,20 +88,43 @@ def lm_loss(model, batch, *, aux_loss_weights, train, rngs=None):
   return loss, metrics
 
 
+def apply_step(model, optimizer, batch, rng, *, aux_loss_weights, schedule=None):
+  """One update of `model` and `optimizer` in place (not jitted); returns the step's metrics."""
+  def loss_fn(model):
+    return lm_loss(model, batch, aux_loss_weights=aux_loss_weights, train=True,
+                   rngs=nnx.Rngs(router=rng))
+  (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+  if schedule is not None:
+    metrics["lr"] = schedule(optimizer.step[...])
+  optimizer.update(model, grads)
+  return metrics
+
+
 def make_train_step(*, aux_loss_weights: dict[str, float] | None = None, schedule=None):
   """A jitted step(model, optimizer, batch, rng) -> metrics that updates both in place."""
   weights = dict(aux_loss_weights or {})
 
   @nnx.jit
   def step(model, optimizer, batch, rng):
-    def loss_fn(model):
-      return lm_loss(model, batch, aux_loss_weights=weights, train=True,
-                     rngs=nnx.Rngs(router=rng))
-    (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-    if schedule is not None:
-      metrics["lr"] = schedule(optimizer.step[...])
-    optimizer.update(model, grads)
-    return metrics
+    return apply_step(model, optimizer, batch, rng, aux_loss_weights=weights, schedule=schedule)
+
+  return step
+
+
+def make_state_train_step(graphdef, *, aux_loss_weights: dict[str, float] | None = None,
+                          schedule=None):
+  """The same step as a pure jitted function of the (model, optimizer) nnx.State:
+  step(state, batch, rng) -> (new_state, metrics). The training loop uses this form: the state
+  is a plain pytree (what the checkpoint saves), its buffers are donated, and no NNX graph is
+  walked on the host per step."""
+  weights = dict(aux_loss_weights or {})
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state, batch, rng):
+    model, optimizer = nnx.merge(graphdef, state)
+    metrics = apply_step(model, optimizer, batch, rng, aux_loss_weights=weights,
+                         schedule=schedule)
+    return nnx.state((model, optimizer)), metrics
 
   return step

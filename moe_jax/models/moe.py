@@ -50,6 +50,14 @@ def sharded_param(value, logical_axes, mesh: Mesh | None) -> nnx.Param:
                    eager_sharding=mesh is not None, **({} if mesh is None else {"mesh": mesh}))
 
 
+def _platform(mesh) -> str | None:
+  """The mesh's device platform; None (the default backend) for an AbstractMesh, which has no
+  devices and is used to build shapes and shardings without allocating (nnx.eval_shape)."""
+  if isinstance(mesh, jax.sharding.AbstractMesh):
+    return None
+  return mesh.devices.flat[0].platform
+
+
 class RouterState(nnx.Variable):
   """Router state updated by the forward pass, not by gradients (not an nnx.Param)."""
 
@@ -103,7 +111,7 @@ class MoE(nnx.Module):
     self.dispatcher = _resolve_dispatcher(dispatcher)
     check_choice("exchange", exchange, expert_parallel.EXCHANGES, owner="moe")
     if mesh is not None:  # e.g. 'ragged' on a CPU mesh fails here rather than while tracing
-      expert_parallel.resolve_exchange(exchange, backend=mesh.devices.flat[0].platform)
+      expert_parallel.resolve_exchange(exchange, backend=_platform(mesh))
     self.experts = make_experts(d_ff, activation=activation, glu=glu)
     self.shared_experts = (None if shared_d_ff is None
                            else make_experts(shared_d_ff, activation=activation, glu=glu))

@@ -66,23 +66,23 @@ class TransformerConfig:
             and (i - self.first_dense_layers) % self.moe_every == 0)
 
 
-def validate(config: TransformerConfig, *, causal: bool) -> None:
-  """Checks before anything is built; errors name the field."""
+def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -> None:
+  """Checks before anything is built; errors name the field (prefixed by `owner`)."""
   for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_len", "moe_every"):
-    check_int(name, getattr(config, name), low=1, owner="model")
-  check_int("num_experts", config.num_experts, low=0, owner="model")
-  check_int("first_dense_layers", config.first_dense_layers, low=0, owner="model")
-  check_choice("activation", config.activation, ACTIVATIONS, owner="model")
+    check_int(name, getattr(config, name), low=1, owner=owner)
+  check_int("num_experts", config.num_experts, low=0, owner=owner)
+  check_int("first_dense_layers", config.first_dense_layers, low=0, owner=owner)
+  check_choice("activation", config.activation, ACTIVATIONS, owner=owner)
   if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
-    raise ValueError(f"model: d_model={config.d_model} must split into num_heads="
+    raise ValueError(f"{owner}: d_model={config.d_model} must split into num_heads="
                      f"{config.num_heads} heads of even size (RoPE rotates pairs)")
   if causal and config.num_experts > 0 and not config.allow_non_causal_router:
     router = routing.get(config.router, num_experts=config.num_experts,
                          **config.router_options)
     if not router.causal_safe:
-      raise ValueError(f"model: router {config.router!r} is not causal-safe (a token's routing "
+      raise ValueError(f"{owner}: router {config.router!r} is not causal-safe (a token's routing "
                        "depends on later tokens), so a decoder would see the future; set "
-                       "allow_non_causal_router=True to run it anyway for an ablation")
+                       f"{owner}.allow_non_causal_router=True to run it anyway for an ablation")
 
 
 def _init(scale=1.0):

@@ -1,0 +1,30 @@
+r"""The demo: a small MoE byte-level LM on the embedded pydoc corpus, experts over 8 devices.
+
+    python -m moe_jax.train --config configs/lm_tiny.py --workdir runs/lm_tiny --cpu_devices 8
+    python -m moe_jax.evaluate --workdir runs/lm_tiny --cpu_devices 8
+
+(`make demo` runs both.) 4 layers, d_model 128, 8 experts top-2 in every other layer,
+mesh data=2 x expert=4 over 8 simulated CPU devices. Reaches: TBD.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.steps = 400
+  c.log_every = 20
+  c.eval_every = 100
+  c.restore_step = None
+  c.aux_loss_weights = {"load_balancing": 1e-2, "z_loss": 1e-3}
+
+  c.model = dict(vocab_size=256, d_model=128, num_layers=4, num_heads=4, max_len=64,
+                 d_ff=256, activation="gelu", num_experts=8, router="topk",
+                 router_options={"k": 2}, expert_d_ff=256, moe_every=2, first_dense_layers=1,
+                 dispatcher="sort", capacity_factor=1.25, tie_embeddings=True)
+  c.optim = dict(learning_rate=3e-3, warmup_steps=50, weight_decay=0.1, clip_norm=1.0)
+  c.data = dict(corpus="pydoc_topics", seq_len=64, batch_size=32, eval_batch_size=64)
+  c.mesh = dict(data=2, expert=4, model=1)
+  c.checkpoint = dict(every=100, keep=3)
+  c.eval = dict(prompt="The ", sample_tokens=200, temperature=0.8, top_k=40)
+  return c

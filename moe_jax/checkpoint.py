@@ -1,0 +1,136 @@
+"""Orbax checkpoints of a training run: model + optimizer state, data-iterator state, metadata.
+
+    ckpts = Checkpoints(workdir / "checkpoints", keep=3)
+    ckpts.save(step, state, data_iterator, meta={"model": ..., "rng": ...})
+    state, meta = ckpts.restore(step, abstract_state, data_iterator)   # sets the iterator too
+
+One checkpoint is one directory `<step>/` with three items: `state` (the nnx.State of the model
+and optimizer: params, router state, Adam moments, the optimizer's step count; sharded arrays
+are written by every process, Orbax's OCDBT format), `data` (the grain iterator position, one
+JSON file per process) and `meta` (JSON: the model config it was trained with, the base RNG
+key, the step). Orbax writes into a temporary directory and renames it when complete, so a
+process killed mid-save leaves the previous checkpoints intact and no half-written step is
+ever listed.
+
+A checkpoint that cannot be read (files missing or corrupt) or that belongs to another model
+raises `CheckpointError` naming the directory, the steps that exist, and how to fall back to an
+older one (`--config.restore_step=N`). Falling back never deletes anything: newer steps are
+moved to `<workdir>/abandoned_checkpoints/`.
+"""
+from __future__ import annotations
+
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be restored: corrupt, incomplete, or from another config."""
+
+
+class Checkpoints:
+  """The checkpoints in one directory; `keep` newest are kept."""
+
+  def __init__(self, directory, *, keep: int = 3, async_save: bool = False):
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def save(self, step: int, state, data_iterator, meta: dict[str, Any]) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        meta=ocp.args.JsonSave(meta)))
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+          "meta"]
+    except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
+      raise self._error(step, e) from e
+
+  def restore(self, step: int, abstract_state, data_iterator=None, *,
+              expect_meta: dict[str, Any] | None = None):
+    """(state, meta) of `step`; restores `data_iterator`'s position in place when given.
+
+    `expect_meta`: entries that must equal the saved ones (e.g. the model config), so a
+    checkpoint of a different model fails with a readable error instead of a shape mismatch.
+    """
+    if step not in self.steps():
+      raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; "
+                            f"available: {self.steps() or 'none'}")
+    meta = self.read_meta(step)
+    for key, expected in (expect_meta or {}).items():
+      if meta.get(key) != expected:
+        diff = _describe_difference(meta.get(key), expected)
+        raise CheckpointError(
+            f"checkpoint {self.directory / str(step)} was written with a different {key} "
+            f"({diff}); use the config it was trained with, or another --workdir")
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001
+      raise self._error(step, e) from e
+    return restored["state"], meta
+
+  def abandon_after(self, step: int, workdir: pathlib.Path) -> list[int]:
+    """Moves checkpoints newer than `step` out of the way (to resume from `step` without
+    losing them); returns their steps. Process 0 moves; every process waits for it."""
+    newer = [s for s in self.steps() if s > step]
+    if newer and jax.process_index() == 0:
+      target = workdir / "abandoned_checkpoints" / time.strftime("%Y%m%d-%H%M%S")
+      target.mkdir(parents=True, exist_ok=True)
+      for s in newer:
+        shutil.move(str(self.directory / str(s)), str(target / str(s)))
+    if newer:
+      _sync("moe_jax_abandon_checkpoints")
+      self._manager.reload()
+    return newer
+
+  def _error(self, step: int, cause: Exception) -> CheckpointError:
+    older = [s for s in self.steps() if s < step]
+    hint = (f"resume from an older one with --config.restore_step={older[-1]} (available: "
+            f"{older})" if older else "there is no older checkpoint; move it away to start over")
+    detail = str(cause).split(" [tensorstore_spec")[0]
+    if len(detail) > 400:
+      detail = detail[:400] + "..."
+    return CheckpointError(f"checkpoint {self.directory / str(step)} is corrupt or incomplete "
+                           f"({type(cause).__name__}: {detail}); {hint}")
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _describe_difference(saved, expected) -> str:
+  if isinstance(saved, dict) and isinstance(expected, dict):
+    keys = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
+    return ", ".join(f"{k}: saved {saved.get(k)!r}, now {expected.get(k)!r}" for k in keys)
+  return f"saved {saved!r}, now {expected!r}"
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

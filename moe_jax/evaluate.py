@@ -1,0 +1,206 @@
+"""Evaluate a trained LM: python -m moe_jax.evaluate --workdir DIR [--step N].
+
+Loads the run's config (DIR/config.json) and its newest (or step N's) checkpoint, then on the
+validation split reports loss (nats/token), perplexity and bits per byte, each MoE layer's
+expert load, MaxVio and dropped fraction; continues a prompt greedily and by temperature/top-k
+sampling; writes DIR/eval.json, DIR/expert_load.png (load by layer and expert) and
+DIR/loss_curve.png (from metrics.jsonl).
+
+Sampling recomputes the whole window for every new token (no KV cache): simple and exactly the
+training forward pass, and cheap at these sizes. It runs on one device with the `dropless`
+dispatcher, the one strictly causal dispatcher, so the positions after the cursor (zeros)
+cannot change which experts earlier tokens use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from moe_jax import config as config_lib
+from moe_jax.models import DecoderLM
+from moe_jax.data import ByteTokenizer, eval_batches, load_corpus, unigram_entropy_bits
+from moe_jax.parallel.distributed import global_to_host, host_local_to_global
+
+_LAYER_METRICS = ("expert_load", "max_vio", "dropped_fraction")
+
+
+def make_eval_step(graphdef):
+  """jitted fn(state, batch) -> summed NLL, token count and per-layer routing metrics, where
+  state is the nnx.State of (model, optimizer) the training loop carries."""
+
+  @jax.jit
+  def step(state, batch):
+    model, _ = nnx.merge(graphdef, state)
+    logits, routings = model(batch["inputs"], train=False)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
+    out = {"nll_sum": jnp.sum(nll * batch["mask"]), "count": jnp.sum(batch["mask"])}
+    for i, r in enumerate(routings):
+      if r is not None:
+        out.update({f"layer{i}/{k}": r.metrics[k] for k in _LAYER_METRICS if k in r.metrics})
+    return out
+
+  return step
+
+
+def validation_metrics(eval_step, state, run: config_lib.RunConfig, mesh) -> dict:
+  """loss, perplexity, bits_per_byte over the validation split (or its first
+  data.eval_max_batches batches), and per-layer routing metrics averaged over batches."""
+  processes = jax.process_count()
+  tokens = load_corpus(run.data.corpus, "validation")
+  batches = eval_batches(tokens, seq_len=run.data.seq_len,
+                         batch_size=run.data.eval_batch_size // processes,
+                         shard_index=jax.process_index(), shard_count=processes)
+  sums: dict[str, np.ndarray] = {}
+  n = 0
+  for batch in batches:
+    if run.data.eval_max_batches and n == run.data.eval_max_batches:
+      break
+    out = jax.device_get(eval_step(state, host_local_to_global(batch, mesh)))
+    for k, v in out.items():
+      sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
+    n += 1
+  loss = float(sums["nll_sum"] / sums["count"])
+  # Byte tokenizer: one token is one byte, so bits/byte = nats/token / ln 2.
+  result = {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": loss / math.log(2),
+            "tokens": int(sums["count"])}
+  result.update({k: v / n for k, v in sums.items() if k.startswith("layer")})
+  return result
+
+
+def sample(run: config_lib.RunConfig, model_state, prompt: str, *, num_tokens: int,
+           temperature: float, top_k: int, seed: int = 0) -> str:
+  """Continues `prompt` by `num_tokens` bytes; temperature 0 is greedy (see module docstring).
+  `model_state`: the model's nnx.State as host arrays."""
+  config = dataclasses.replace(run.model, dispatcher="dropless", group_size=None)
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0))))
+  model = nnx.merge(graphdef, model_state)
+  window = run.data.seq_len
+  tokenizer = ByteTokenizer()
+
+  @nnx.jit
+  def next_logits(model, tokens_1L, position):
+    logits, _ = model(tokens_1L, train=False)
+    return logits[0, position]
+
+  ids = list(tokenizer.encode(prompt)) or [0]
+  rng = jax.random.PRNGKey(seed)
+  for _ in range(num_tokens):
+    context = ids[-window:]
+    buffer = np.zeros((1, window), np.int32)
+    buffer[0, :len(context)] = context
+    logits = next_logits(model, jnp.asarray(buffer), len(context) - 1)
+    if temperature == 0:
+      token = int(jnp.argmax(logits))
+    else:
+      rng, key = jax.random.split(rng)
+      logits = logits / temperature
+      if top_k:
+        logits = jnp.where(logits < jax.lax.top_k(logits, top_k)[0][-1], -jnp.inf, logits)
+      token = int(jax.random.categorical(key, logits))
+    ids.append(token)
+  return tokenizer.decode(np.asarray(ids[len(tokenizer.encode(prompt)):], np.uint8))
+
+
+def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool = True) -> dict:
+  """Evaluates the checkpoint `step` (default: newest) of the run in `workdir`; `config`
+  defaults to the run's own (workdir/config.json). Writes eval.json (and plots) there."""
+  from moe_jax.checkpoint import Checkpoints
+  from moe_jax.parallel.mesh import make_mesh
+  from moe_jax.train import build, checkpoint_meta
+  workdir = pathlib.Path(workdir).absolute()
+  if config is None:
+    path = workdir / "config.json"
+    if not path.exists():
+      raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+    config = config_lib.from_json(path.read_text())
+  run = config_lib.validate(config, num_devices=jax.device_count(),
+                            num_processes=jax.process_count())
+  mesh = make_mesh(**dataclasses.asdict(run.mesh))
+  ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep)
+  step = ckpts.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpts.directory}: train first")
+  abstract_model, abstract_opt = nnx.eval_shape(lambda: build(run, mesh))
+  graphdef, abstract = nnx.split((abstract_model, abstract_opt))
+  state, _ = ckpts.restore(step, abstract, expect_meta=checkpoint_meta(run))
+  ckpts.close()
+  result = {"step": step, **validation_metrics(make_eval_step(graphdef), state, run, mesh)}
+  result["unigram_entropy_bits"] = unigram_entropy_bits(load_corpus(run.data.corpus, "train"))
+  model_state = global_to_host(nnx.state(nnx.merge(graphdef, state)[0]))
+  kw = dict(num_tokens=run.eval.sample_tokens, seed=run.seed)
+  result["prompt"] = run.eval.prompt
+  result["sample_greedy"] = sample(run, model_state, run.eval.prompt, temperature=0.0,
+                                   top_k=0, **kw)
+  result["sample"] = sample(run, model_state, run.eval.prompt, temperature=run.eval.temperature,
+                            top_k=run.eval.top_k, **kw)
+  result["sampling"] = (f"recomputation (no KV cache), window {run.data.seq_len}, dropless "
+                        f"dispatcher; temperature {run.eval.temperature}, top_k {run.eval.top_k}")
+  if jax.process_index() == 0:
+    _write(workdir, result, run, plots)
+  return result
+
+
+def _write(workdir: pathlib.Path, result: dict, run, plots: bool) -> None:
+  from moe_jax import plots as plot_lib
+  from moe_jax.run_log import read_metrics
+  layers = sorted({int(k.split("/")[0][5:]) for k in result if k.startswith("layer")})
+  out = {k: v for k, v in result.items() if not k.startswith("layer")}
+  out["layers"] = {str(i): {m: np.asarray(result[f"layer{i}/{m}"]).tolist()
+                            for m in _LAYER_METRICS if f"layer{i}/{m}" in result}
+                   for i in layers}
+  (workdir / "eval.json").write_text(json.dumps(out, indent=2))
+  if plots:
+    if layers:
+      plot_lib.expert_load_heatmap(
+          np.stack([np.asarray(result[f"layer{i}/expert_load"]) for i in layers]), layers,
+          workdir / "expert_load.png", title=f"expert load, validation, step {result['step']}")
+    plot_lib.loss_curve(read_metrics(workdir), workdir / "loss_curve.png",
+                        unigram_bits=result["unigram_entropy_bits"])
+
+
+def main(argv):
+  del argv
+  from moe_jax import cli
+  cli.init_runtime()
+  result = cli.run_reporting_errors(evaluate, None, cli.FLAGS.workdir, step=cli.FLAGS.step)
+  if jax.process_index() == 0:
+    print(report(result, pathlib.Path(cli.FLAGS.workdir)))
+
+
+def report(result: dict, workdir: pathlib.Path) -> str:
+  ratio = result["bits_per_byte"] / result["unigram_entropy_bits"]
+  lines = [
+      f"step {result['step']}: validation loss {result['loss']:.4f} nats/token, perplexity "
+      f"{result['perplexity']:.3f}, {result['tokens']} tokens",
+      f"bits per byte {result['bits_per_byte']:.3f}  vs  corpus unigram entropy "
+      f"{result['unigram_entropy_bits']:.3f} ({ratio:.2f}x)",
+  ]
+  for k in sorted(k for k in result if k.endswith("/max_vio")):
+    layer = k.split("/")[0]
+    load = " ".join(f"{x:.2f}" for x in np.asarray(result[f"{layer}/expert_load"]))
+    lines.append(f"{layer}: MaxVio {float(result[k]):.3f}, dropped "
+                 f"{float(result.get(f'{layer}/dropped_fraction', 0.0)):.3f}, load [{load}]")
+  lines += [f"greedy: {result['prompt']!r} -> {result['sample_greedy']!r}",
+            f"sample: {result['prompt']!r} -> {result['sample']!r}",
+            f"({result['sampling']})",
+            f"wrote {workdir / 'eval.json'}, {workdir / 'expert_load.png'}, "
+            f"{workdir / 'loss_curve.png'}; TensorBoard: tensorboard --logdir "
+            f"{workdir / 'tensorboard'}"]
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  from moe_jax import cli
+  cli.define_flags(with_config=False)
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the newest).")
+  app.run(main)

@@ -1,0 +1,176 @@
+"""Train an MoE language model: python -m moe_jax.train --config configs/X.py --workdir DIR.
+
+    python -m moe_jax.train --config configs/lm_tiny.py --workdir runs/tiny --cpu_devices 8 \\
+        --config.steps=200 --config.model.num_experts=16
+
+or from Python: `moe_jax.train.train(config_dict, workdir)`.
+
+The loop: validate the config (every error before anything compiles) -> mesh -> model and
+optimizer placed on it -> resume from the newest (or `restore_step`) checkpoint in
+DIR/checkpoints if there is one -> for each step: next batch from the grain iterator (this
+process's shard), one jitted step on the (model, optimizer) state, log, evaluate, save. Saves
+happen every `checkpoint.every` steps and at the last step, only after the step's loss was seen
+to be finite; a NaN/Inf loss stops the run naming the step, with the last good checkpoint kept.
+
+Everything that decides the numbers is in the checkpoint or derived from the step: the step's
+RNG key is fold_in(PRNGKey(seed), step), the data position is the iterator's state. So a run
+killed at any point and resumed logs exactly the losses of an uninterrupted run.
+
+Multi-host: run the same command on every host (TPU pods), or one process per host/GPU with
+--coordinator_address / --num_processes / --process_id (or MOE_JAX_* environment variables);
+each process reads its own shard of the data and process 0 writes the logs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from moe_jax import config as config_lib
+from moe_jax.checkpoint import Checkpoints
+from moe_jax.data import load_corpus, make_iterator
+from moe_jax.evaluate import make_eval_step, validation_metrics
+from moe_jax.models import DecoderLM
+from moe_jax.parallel.distributed import host_local_to_global
+from moe_jax.parallel.mesh import make_mesh
+from moe_jax.run_log import RunLog
+from moe_jax.train_step import learning_rate_schedule, make_optimizer, make_state_train_step
+
+
+def build(run: config_lib.RunConfig, mesh):
+  """(model, optimizer), params placed on `mesh` (or a jax.sharding.AbstractMesh under
+  nnx.eval_shape, which builds shapes and shardings without allocating)."""
+  model = DecoderLM(run.model, rngs=nnx.Rngs(run.seed), mesh=mesh)
+  optimizer = nnx.Optimizer(model, make_optimizer(run.optim), wrt=nnx.Param)
+  return model, optimizer
+
+
+def place_on_mesh(state, mesh):
+  """Every array of `state` on `mesh`: annotated params keep their sharding, the rest (norm
+  scales, optimizer counters) are replicated. Then the jitted step always sees one placement,
+  also for arrays a checkpoint restores (which would otherwise land on one device)."""
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(
+      lambda a: a if isinstance(getattr(a, "sharding", None), NamedSharding)
+      else jax.device_put(a, replicated), state)
+
+
+def checkpoint_meta(run: config_lib.RunConfig) -> dict:
+  """What must match for a checkpoint to be resumed (the model's shape-determining config)."""
+  model = {k: (str(np.dtype(v)) if k.endswith("dtype") else v)
+           for k, v in dataclasses.asdict(run.model).items()}
+  return {"model": json.loads(json.dumps(model)), "seed": run.seed}
+
+
+def _restore_or_start(ckpts: Checkpoints, run, workdir, state, iterator, log_fn):
+  """(state, start_step): the chosen checkpoint restored, or the fresh state at step 0."""
+  step = run.restore_step if run.restore_step is not None else ckpts.latest_step()
+  if step is None:
+    return state, 0
+  if run.restore_step is not None and step not in ckpts.steps():
+    raise ValueError(f"config.restore_step={step}: no such checkpoint in "
+                     f"{ckpts.directory}; available: {ckpts.steps() or 'none'}")
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                          state)
+  state, _ = ckpts.restore(step, abstract, iterator, expect_meta=checkpoint_meta(run))
+  moved = ckpts.abandon_after(step, pathlib.Path(workdir))
+  if moved:
+    log_fn(f"restore_step={step}: newer checkpoints {moved} moved to "
+           f"{pathlib.Path(workdir) / 'abandoned_checkpoints'}")
+  log_fn(f"resumed from checkpoint step {step} in {ckpts.directory}")
+  return state, step
+
+
+def train(config, workdir, *, progress: bool = True) -> dict:
+  """Trains (or resumes) the run described by `config` (a ConfigDict) in `workdir`; returns
+  the last logged metrics and the final validation metrics."""
+  run = config_lib.validate(config, num_devices=jax.device_count(),
+                            num_processes=jax.process_count())
+  workdir = pathlib.Path(workdir).absolute()
+  is_main = jax.process_index() == 0
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config_lib.to_json(config))
+  mesh = make_mesh(**dataclasses.asdict(run.mesh))
+  model, optimizer = build(run, mesh)
+  graphdef, state = nnx.split((model, optimizer))
+  state = place_on_mesh(state, mesh)
+  del model, optimizer
+  processes = jax.process_count()
+  iterator = make_iterator(load_corpus(run.data.corpus, "train"), seq_len=run.data.seq_len,
+                           batch_size=run.data.batch_size // processes, seed=run.seed,
+                           shard_index=jax.process_index(), shard_count=processes)
+  ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep,
+                      async_save=run.checkpoint.async_save)
+  log_fn = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
+  try:
+    state, start = _restore_or_start(ckpts, run, workdir, state, iterator, log_fn)
+  except BaseException:
+    ckpts.close()
+    raise
+  log = RunLog(workdir, start_step=start, total_steps=run.steps, enabled=is_main,
+               progress=progress)
+  train_step = make_state_train_step(graphdef, aux_loss_weights=run.aux_loss_weights,
+                                     schedule=learning_rate_schedule(run.optim))
+  eval_step = make_eval_step(graphdef)
+  base_key = jax.random.PRNGKey(run.seed)
+  meta = checkpoint_meta(run)
+  last, evaluation = {}, {}
+  tick, tick_step = time.perf_counter(), start
+  try:
+    for step in range(start + 1, run.steps + 1):
+      batch = host_local_to_global(next(iterator), mesh)
+      state, metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
+      metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+      loss = float(metrics["loss"])
+      if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"loss is {loss} at step {step}; stopped without saving this step. The last good "
+            f"checkpoint is step {ckpts.latest_step()} in {ckpts.directory}; lower "
+            "config.optim.learning_rate or raise the warmup, and resume from it")
+      if step % run.log_every == 0 or step == run.steps:
+        now = time.perf_counter()
+        metrics["tokens_per_sec"] = run.tokens_per_step * (step - tick_step) / (now - tick)
+        tick, tick_step = now, step
+        if run.eval_every and step % run.eval_every == 0 and step != run.steps:
+          metrics.update({f"eval/{k}": v for k, v in validation_metrics(
+              eval_step, state, run, mesh).items() if np.ndim(v) == 0})
+          tick = time.perf_counter()   # don't count evaluation time as training time
+        log.write(step, metrics)
+        last = {"step": step, **metrics}
+        log.progress(step, loss=loss, tok_s=float(metrics["tokens_per_sec"]))
+      if step % run.checkpoint.every == 0 or step == run.steps:
+        ckpts.save(step, state, iterator,
+                   {**meta, "step": step, "rng": np.asarray(base_key).tolist()})
+    if start < run.steps:
+      evaluation = validation_metrics(eval_step, state, run, mesh)
+      log.write(run.steps, {f"eval/{k}": v for k, v in evaluation.items()})
+      log.message(f"step {run.steps}: validation loss {evaluation['loss']:.4f}, "
+             f"bits/byte {evaluation['bits_per_byte']:.4f}")
+  finally:
+    ckpts.wait()
+    ckpts.close()
+    log.close()
+  return {"train": last, "eval": evaluation}
+
+
+def main(argv):
+  del argv
+  from moe_jax import cli
+  cli.init_runtime()
+  cli.run_reporting_errors(train, cli.FLAGS.config, cli.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  from moe_jax import cli
+  cli.define_flags(with_config=True)
+  app.run(main)

@@ -1,0 +1,114 @@
+"""Config validation: every shipped config validates; every bad value names its field."""
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import AbstractMesh, AxisType
+
+from moe_jax import config as config_lib
+from moe_jax.train import build
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+# The device count each shipped config's mesh is sized for.
+DEVICES = {"lm_tiny": 8, "lm_small": 8, "lm_gpu_node": 8, "lm_tpu_pod": 256}
+
+
+def _load(name="lm_tiny"):
+  return config_lib.load_file(CONFIGS / f"{name}.py")
+
+
+def test_every_config_file_is_covered():
+  assert {p.stem for p in CONFIGS.glob("lm_*.py")} == set(DEVICES)
+
+
+@pytest.mark.parametrize("name", sorted(DEVICES))
+def test_config_validates_and_builds_abstractly_on_its_mesh(name):
+  """Parameter shapes and shardings without allocating: nnx.eval_shape on an AbstractMesh."""
+  run = config_lib.validate(_load(name), num_devices=DEVICES[name])
+  assert run.mesh.data * run.mesh.expert * run.mesh.model == DEVICES[name]
+  sizes = (run.mesh.data, run.mesh.expert, run.mesh.model)
+  mesh = AbstractMesh(sizes, ("data", "expert", "model"), axis_types=(AxisType.Auto,) * 3)
+  model, _ = nnx.eval_shape(lambda: build(run, mesh))
+  params = nnx.state(model, nnx.Param)
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  assert sum(int(np.prod(x.shape)) for _, x in leaves) > 0
+  experts = [x for path, x in leaves if "expert_params" in jax.tree_util.keystr(path)]
+  if run.model.num_experts:
+    assert experts and all(x.shape[0] == run.model.num_experts for x in experts)
+    spec = experts[0].sharding.spec
+    assert spec[0] == "expert", spec          # experts split over the expert axis
+
+
+def test_config_docstrings_give_the_command():
+  for name in DEVICES:
+    doc = (CONFIGS / f"{name}.py").read_text().split('"""')[1]
+    assert "python -m moe_jax.train --config configs/" + name in doc, name
+
+
+def _override(cfg, dotted, value):
+  *path, leaf = dotted.split(".")
+  node = cfg
+  for key in path:
+    node = node[key]
+  with cfg.unlocked():
+    node[leaf] = value
+  return cfg
+
+
+BAD = [
+    ("model.router", "nope", r"config\.model: option 'router'='nope' is not allowed; allowed: .*'topk'"),
+    ("model.dispatcher", "fast", r"config\.model: option 'dispatcher'.*allowed: 'dropless'"),
+    ("model.router_options", {"k": 9}, r"config\.model\.router_options.*k"),
+    ("model.num_experts", 6, r"config\.model\.num_experts=6 is not divisible by config\.mesh\.expert=4"),
+    ("model.capacity_factor", 0.0, r"config\.model: option 'capacity_factor'=0\.0"),
+    ("model.router", "sinkhorn", r"not causal-safe.*config\.model\.allow_non_causal_router"),
+    ("model.dtype", "float8", r"config\.model: option 'dtype'='float8'.*'bfloat16'"),
+    ("model.d_modle", 3, r"config\.model\.d_modle is not a known field; allowed: vocab_size"),
+    ("mesh.expert", 3, r"config\.mesh: .*needs 6 devices, but there are 8"),
+    ("mesh.data", -1, None),   # -1 is allowed: the rest
+    ("steps", 0, r"config: option 'steps'=0 is out of range"),
+    ("optim.learning_rate", -1.0, r"config\.optim: option 'learning_rate'=-1\.0"),
+    ("optim.total_steps", 5, r"config\.optim\.total_steps is not a known field"),
+    ("data.seq_len", 4096, r"config\.data: option 'seq_len'=4096 is out of range; allowed: 1 <= seq_len <= 64"),
+    ("data.corpus", "wiki", r"config\.data: option 'corpus'='wiki'.*'pydoc_topics'"),
+    ("data.batch_size", 12, r"config\.data\.batch_size=12 is not divisible by config\.mesh\.data x config\.mesh\.expert = 8"),
+    ("checkpoint.keep", 0, r"config\.checkpoint: option 'keep'=0"),
+    ("eval.top_k", 1000, r"config\.eval: option 'top_k'=1000"),
+    ("restore_step", -2, r"config: option 'restore_step'=-2"),
+    ("learning_rate", 1.0, r"config\.learning_rate is not a known field"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD, ids=[b[0] + "=" + str(b[1]) for b in BAD])
+def test_bad_values_name_the_field(field, value, message):
+  cfg = _override(_load(), field, value)
+  if message is None:
+    config_lib.validate(cfg, num_devices=8)
+    return
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(cfg, num_devices=8)
+
+
+def test_mesh_error_hints_at_simulated_devices():
+  with pytest.raises(ValueError, match=r"needs 8 devices, but there are 1.*--cpu_devices"):
+    config_lib.validate(_load(), num_devices=1)
+
+
+def test_batch_must_divide_over_processes():
+  cfg = _override(_override(_load(), "mesh.data", 1), "mesh.expert", 1)
+  cfg = _override(cfg, "data.batch_size", 3)
+  with pytest.raises(ValueError, match=r"batch_size=3 is not divisible by the 2 processes"):
+    config_lib.validate(cfg, num_devices=1, num_processes=2)
+
+
+def test_json_round_trip_gives_the_same_run():
+  cfg = _load()
+  again = config_lib.from_json(config_lib.to_json(cfg))
+  assert config_lib.validate(again, num_devices=8) == config_lib.validate(cfg, num_devices=8)
+
+
+def test_missing_config_file():
+  with pytest.raises(FileNotFoundError, match="no_such.py"):
+    config_lib.load_file(CONFIGS / "no_such.py")

@@ -1,0 +1,59 @@
+"""A small, fast version of configs/lm_tiny.py for training tests, and run helpers."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from moe_jax import config as config_lib
+from moe_jax.run_log import read_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "lm_tiny.py"
+
+SMALL_MODEL = dict(d_model=32, num_layers=2, num_heads=2, d_ff=64, expert_d_ff=64,
+                   num_experts=4, moe_every=1, first_dense_layers=1, max_len=32)
+
+
+def small_config(steps=12, **top):
+  """lm_tiny with a 2-layer d_model=32 model, 4 experts, seq_len 32, batch 8."""
+  cfg = config_lib.load_file(TINY)
+  cfg.model.update(SMALL_MODEL)
+  cfg.data.update(seq_len=32, batch_size=8, eval_batch_size=16, eval_max_batches=4)
+  cfg.optim.update(warmup_steps=2)
+  cfg.checkpoint.update(every=4, keep=3)
+  cfg.eval.update(sample_tokens=16)
+  cfg.update(dict(steps=steps, log_every=1, eval_every=0, **top))
+  return cfg
+
+
+def losses(workdir) -> dict[int, float]:
+  return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
+
+
+def cli_command(workdir, *overrides, module="moe_jax.train", config=TINY, cpu_devices=8):
+  """The CLI command for `small_config`-equivalent runs (as flags)."""
+  flags = [f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items()]
+  flags += ["--config.data.seq_len=32", "--config.data.batch_size=8",
+            "--config.data.eval_batch_size=16", "--config.data.eval_max_batches=4",
+            "--config.optim.warmup_steps=2", "--config.checkpoint.every=4",
+            "--config.checkpoint.keep=3", "--config.eval.sample_tokens=16",
+            "--config.log_every=1", "--config.eval_every=0"]
+  cmd = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}"]
+  if cpu_devices:
+    cmd.append(f"--cpu_devices={cpu_devices}")
+  return cmd + flags + list(overrides)
+
+
+def subprocess_env(**extra) -> dict[str, str]:
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith("MOE_JAX_") and k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+      filter(None, [str(REPO), env.get("PYTHONPATH")])), **extra)
+  return env
+
+
+def run_cli(cmd, **kw) -> subprocess.CompletedProcess:
+  return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                        timeout=300, **kw)
