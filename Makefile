@@ -22,8 +22,12 @@ $(VENV)/.dev: setup.py | $(BIN)/python
 venv: $(VENV)/.core
 venv-dev: $(VENV)/.dev
 
+# The main job: train configs/lm_tiny.py (experts over 8 simulated CPU devices), then evaluate.
+# Rerunning resumes/re-evaluates the run in DEMO_DIR; delete it to train from scratch.
+DEMO_DIR ?= runs/lm_tiny
 demo: venv
-	$(BIN)/python -m moe_jax.routing.demo
+	JAX_PLATFORMS=cpu $(BIN)/python -m moe_jax.train --config configs/lm_tiny.py --workdir $(DEMO_DIR) --cpu_devices 8
+	JAX_PLATFORMS=cpu $(BIN)/python -m moe_jax.evaluate --workdir $(DEMO_DIR) --cpu_devices 8
 
 # The whole default suite (slow-marked tests excluded; `make test-all` runs them too).
 test: venv-dev

@@ -117,6 +117,9 @@ def train(config, workdir, *, progress: bool = True) -> dict:
     raise
   log = RunLog(workdir, start_step=start, total_steps=run.steps, enabled=is_main,
                progress=progress)
+  if start >= run.steps:
+    log_fn(f"{workdir} already holds the finished run ({run.steps} steps); raise "
+           "config.steps to train on, or use a new --workdir")
   train_step = make_state_train_step(graphdef, aux_loss_weights=run.aux_loss_weights,
                                      schedule=learning_rate_schedule(run.optim))
   eval_step = make_eval_step(graphdef)

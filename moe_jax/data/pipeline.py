@@ -12,15 +12,19 @@ multiple of L: window i is ``t[i*L : i*L + L + 1]``, giving ``inputs = w[:-1]`` 
 first input of window i+1), so every token but the first is a target exactly once per epoch.
 There are ``(n - 1) // L`` windows; up to L-1 trailing tokens are left unused.
 
-Training batches (`make_iterator`): windows -> this process's shard -> shuffle(seed) -> repeat
+Training batches (`make_iterator`): windows -> shuffle(seed) -> repeat -> this process's rows
 -> batch(drop_remainder). grain reseeds the shuffle every epoch (seed + epoch), and batches may
 straddle an epoch boundary, so with ``num_epochs=None`` no window is ever dropped.
 
-Sharding: ``shard_count`` processes each take the strided slice ``windows[shard_index::count]``
-of the first ``count * (num_windows // count)`` windows. Equal-sized shards mean every process
-produces the same number of batches, which multi-host training needs (a process that runs out
-first would leave the others blocked in a collective). Up to count-1 windows are left out for
-that. ``batch_size`` is per process; the global batch is ``batch_size * shard_count``.
+Sharding: the data order is one global sequence of windows, the same for any number of
+processes; global batch j is its elements [j*G, (j+1)*G) with G = ``batch_size * shard_count``,
+and process i takes rows [i*b, (i+1)*b) of it (b = ``batch_size``, per process), reading only
+those windows. So every process yields the same number of batches (multi-host training needs
+that: a process that ran out first would leave the others blocked in a collective), and the
+global batch a multi-host run trains on is exactly the batch a single process with
+``batch_size * shard_count`` would draw: its losses equal the single-process run's, and a run
+may resume on a different number of hosts. The rows of process i are the contiguous block
+``jax.make_array_from_process_local_data`` expects for a batch split over the data axes.
 
 Checkpointing: ``it.get_state()`` is a small JSON-serialisable dict (``{'next_index': int}`` in
 grain 0.2.x: the number of batches already returned) and ``it.set_state(state)`` on a fresh
@@ -121,19 +125,31 @@ def make_dataset(tokens, *, seq_len: int, batch_size: int, seed: int, shuffle: b
   tokens = _as_tokens(tokens, owner)
 
   source = WindowSource(tokens, seq_len)
-  per_shard = len(source) // shard_count
-  if per_shard < batch_size:
+  global_batch = batch_size * shard_count
+  if len(source) < global_batch:
     raise ValueError(
         f"{owner}: corpus too short for one batch: {tokens.size} tokens give {len(source)} "
-        f"windows of seq_len+1={seq_len + 1} tokens, i.e. {per_shard} per shard with "
-        f"shard_count={shard_count}, fewer than batch_size={batch_size}; need at least "
-        f"{batch_size * shard_count * seq_len + 1} tokens")
+        f"windows of seq_len+1={seq_len + 1} tokens, fewer than batch_size x shard_count = "
+        f"{batch_size} x {shard_count}; need at least {global_batch * seq_len + 1} tokens")
   ds = pygrain.MapDataset.source(source)
-  ds = ds[:per_shard * shard_count][shard_index::shard_count]
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
+  if shard_count > 1:
+    ds = _rows_of_process(ds, batch_size, shard_index, shard_count)
   return ds.batch(batch_size, drop_remainder=True)
+
+
+def _rows_of_process(ds: pygrain.MapDataset, batch_size: int, index: int,
+                     count: int) -> pygrain.MapDataset:
+  """Element k of the result is row k % b of this process's block of global batch k // b."""
+  global_batch = batch_size * count
+  num_local = len(ds) // global_batch * batch_size     # whole global batches only
+
+  def element(k):
+    return ds[(k // batch_size) * global_batch + index * batch_size + k % batch_size]
+
+  return pygrain.MapDataset.range(num_local).map(element)
 
 
 def make_iterator(tokens, *, seq_len: int, batch_size: int, seed: int, shuffle: bool = True,

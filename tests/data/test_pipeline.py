@@ -80,28 +80,26 @@ def test_one_epoch_visits_every_window_once():
   assert set(firsts.tolist()) <= set(tokens[0:76:4].tolist())
 
 
-def test_shards_are_disjoint_and_cover_all_windows():
+def test_process_rows_tile_the_single_process_global_batch():
+  """Processes split each global batch into contiguous row blocks: together they are exactly
+  the batches one process with the global batch size draws, so multi-host losses equal
+  single-process losses."""
   seq_len = 4
   tokens = np.arange(4 * 23 + 1, dtype=np.int32)  # 23 windows; a window's first input = start
 
-  def shard_starts(index, batch_size, count=2, toks=tokens):
-    ds = make_dataset(toks, seq_len=seq_len, batch_size=batch_size, seed=3, num_epochs=1,
+  def batches(index, batch_size, count):
+    ds = make_dataset(tokens, seq_len=seq_len, batch_size=batch_size, seed=3, num_epochs=2,
                       shard_index=index, shard_count=count)
-    return [int(row[0]) for batch in ds for row in batch["inputs"]]
+    return [batch["inputs"] for batch in ds]
 
-  # Batch 1 (no remainder to drop): the two shards are disjoint and equal-sized, and together
-  # cover every window except the odd one out that keeps the shards equal.
-  a, b = shard_starts(0, 1), shard_starts(1, 1)
-  assert len(a) == len(b) == 11
-  assert not set(a) & set(b)
-  assert sorted(a + b) == list(range(0, 22 * seq_len, seq_len))
-  # With batch 3 each shard drops its own remainder, and both still yield the same count.
-  a, b = shard_starts(0, 3), shard_starts(1, 3)
-  assert len(a) == len(b) == 9 and not set(a) & set(b)
-  # With an even window count the two shards' epoch is exactly the unsharded epoch's windows.
-  even = tokens[:4 * 22 + 1]
-  a, b = shard_starts(0, 1, toks=even), shard_starts(1, 1, toks=even)
-  assert sorted(a + b) == sorted(shard_starts(0, 1, count=1, toks=even))
+  whole = batches(0, 6, 1)
+  for count in (2, 3):
+    parts = [batches(i, 6 // count, count) for i in range(count)]
+    assert all(len(p) == len(whole) for p in parts)     # every process: the same batch count
+    for j, batch in enumerate(whole):
+      np.testing.assert_array_equal(np.concatenate([p[j] for p in parts]), batch)
+  a, b = batches(0, 3, 2), batches(1, 3, 2)
+  assert not {int(r[0]) for x in a[:3] for r in x} & {int(r[0]) for x in b[:3] for r in x}
 
 
 @pytest.mark.parametrize("read_threads,prefetch", [(1, 4), (0, 0)])

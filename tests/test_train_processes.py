@@ -1,0 +1,80 @@
+"""The training CLI as real processes: SIGKILL and resume; a 2-process jax.distributed run."""
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from moe_jax.train import train
+from tests.train_helpers import REPO, cli_command, losses, small_config, subprocess_env
+
+# Subprocess tests share the 2 cores with the rest of the suite; keep them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("subprocess_training")
+
+
+def _reference(tmp_path, steps):
+  """The uninterrupted single-process run (8 simulated devices, data=2 x expert=4). `steps`
+  sets the cosine schedule, so a reference must have the compared run's step count."""
+  train(small_config(steps=steps), tmp_path / "reference", progress=False)
+  return losses(tmp_path / "reference")
+
+
+def test_cli_killed_with_sigkill_resumes_with_identical_losses(tmp_path):
+  reference = _reference(tmp_path, 40)
+  workdir = tmp_path / "run"
+  cmd = cli_command(workdir, "--config.steps=40")
+  log = open(tmp_path / "first.log", "w")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=log, stderr=log)
+  deadline = time.monotonic() + 240
+  try:   # kill it after the step-4 checkpoint, in the middle of the run
+    while max(losses(workdir), default=0) < 6:
+      assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+      assert time.monotonic() < deadline, "the run did not reach step 6"
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.wait(timeout=60)
+  killed_at = max(losses(workdir))
+  assert proc.returncode == -signal.SIGKILL and killed_at < 40
+  second = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resumed from checkpoint step" in second.stdout
+  assert losses(workdir) == reference                  # bit for bit, every step 1..40
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path):
+  """2 processes x 4 CPU devices (gloo), the same CLI and mesh: the single-process losses."""
+  reference = _reference(tmp_path, 8)
+  workdir, port = tmp_path / "run", _free_port()
+  cmd = cli_command(workdir, "--config.steps=8", cpu_devices=4)
+  procs = []
+  for pid in range(2):
+    env = subprocess_env(MOE_JAX_COORDINATOR=f"127.0.0.1:{port}", MOE_JAX_NUM_PROCESSES="2",
+                         MOE_JAX_PROCESS_ID=str(pid))
+    out = open(tmp_path / f"p{pid}.log", "w")
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out))
+  try:
+    for p in procs:
+      p.wait(timeout=300)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  logs = [(tmp_path / f"p{pid}.log").read_text()[-3000:] for pid in range(2)]
+  assert [p.returncode for p in procs] == [0, 0], logs
+  got = losses(workdir)
+  assert sorted(got) == list(range(1, 9))
+  np.testing.assert_allclose([got[s] for s in range(1, 9)], [reference[s] for s in range(1, 9)],
+                             rtol=1e-5)
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 8]
+  assert sorted(p.name for p in (workdir / "checkpoints" / "8" / "data").iterdir()
+                if p.suffix == ".json") == ["process_0-of-2.json", "process_1-of-2.json"]
