@@ -15,3 +15,20 @@ def test_moe_layer_benchmark_runs(tmp_path):
       "moe/dropless G=4", "moe/dropless EP=4"}
   assert all(r["forward_ms"] > 0 for r in rows)
   assert set(result["sort_phases_ms"]["8"]) == {"route", "pack", "experts", "unpack"}
+
+
+def test_train_step_benchmark_runs(tmp_path):
+  from benchmarks import train_step
+  out = tmp_path / "train_step.json"
+  train_step.main(["--d_model", "32", "--layers", "1", "--experts", "4", "--expert_d_ff", "32",
+                   "--seq_len", "16", "--batch", "8", "--repeats", "1", "--mesh",
+                   "data=2,expert=4", "--out", str(out)])
+  rows = json.loads(out.read_text())["rows"]
+  assert [(r["mesh"], r["model"]) for r in rows] == [
+      (m, name) for m in ("1 device", "data=2,expert=4")
+      for name in ("dense", "moe/sort", "moe/dropless", "moe/einsum")]
+  dense, sort = rows[0], rows[1]
+  assert sort["params"] > dense["params"]
+  # Same active parameters up to the router's D*E weights.
+  assert sort["active_params"] - dense["active_params"] == 32 * 4
+  assert all(r["tokens_per_sec"] > 0 for r in rows)

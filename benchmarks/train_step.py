@@ -1,0 +1,138 @@
+"""LM train-step benchmark: tokens/s of the MoE LM against a dense LM with the same active params.
+
+    python benchmarks/train_step.py [--d_model 128] [--layers 4] [--experts 8] [--k 2]
+        [--expert_d_ff 256] [--seq_len 64] [--batch 32] [--repeats 10] [--mesh data=2,expert=4]
+
+Every FFN is MoE (E experts of hidden size F, top-k) in the MoE LM; the dense LM has the same
+attention and one FFN of hidden size k*F per layer, i.e. the same parameters active per token
+(the MoE LM adds only its routers). Each model takes the full training step (forward,
+backward, AdamW; the jitted step `moe_jax.train` runs), median over `--repeats` steps after
+warm-up, all in one process. Rows: dense, MoE with the `sort` dispatcher (default), `dropless`
+and the `einsum` reference; with `--mesh`, the same rows sharded over that mesh (simulated CPU
+devices here). Ratios are tokens/s relative to the dense LM on the same mesh. Writes
+benchmarks/results/train_step.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import time
+
+if __name__ == "__main__" and "--xla_force_host_platform_device_count" not in os.environ.get(
+    "XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from moe_jax.models import DecoderLM, TransformerConfig  # noqa: E402
+from moe_jax.parallel import make_mesh  # noqa: E402
+from moe_jax.parallel.distributed import host_local_to_global  # noqa: E402
+from moe_jax.train import place_on_mesh  # noqa: E402
+from moe_jax.train_step import OptimConfig, make_optimizer, make_state_train_step  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def _configs(args):
+  common = dict(vocab_size=256, d_model=args.d_model, num_layers=args.layers,
+                num_heads=max(1, args.d_model // 32), max_len=args.seq_len)
+  dense = TransformerConfig(**common, d_ff=args.k * args.expert_d_ff, num_experts=0)
+  moe = {name: TransformerConfig(**common, num_experts=args.experts, router="topk",
+                                 router_options={"k": args.k}, expert_d_ff=args.expert_d_ff,
+                                 dispatcher=name, capacity_factor=args.capacity_factor)
+         for name in args.dispatchers}
+  return {"dense": dense, **{f"moe/{name}": c for name, c in moe.items()}}
+
+
+def _count(model, active_k=None, experts=None):
+  params = nnx.state(model, nnx.Param)
+  total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  expert = sum(int(np.prod(x.shape)) for p, x in jax.tree_util.tree_leaves_with_path(params)
+               if "expert_params" in jax.tree_util.keystr(p))
+  active = total - expert + (expert * active_k // experts if experts else 0)
+  return total, active
+
+
+def _time_steps(config, mesh, args):
+  model = DecoderLM(config, rngs=nnx.Rngs(0), mesh=mesh)
+  total, active = _count(model, args.k, config.num_experts or None)
+  optimizer = nnx.Optimizer(model, make_optimizer(OptimConfig(total_steps=1000,
+                                                              warmup_steps=10)), wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  if mesh is not None:
+    state = place_on_mesh(state, mesh)
+  step = make_state_train_step(graphdef, aux_loss_weights={"load_balancing": 0.01})
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 256, (args.batch, args.seq_len + 1), dtype=np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+  if mesh is not None:
+    batch = host_local_to_global(batch, mesh)
+  key = jax.random.PRNGKey(0)
+  compile_start = time.perf_counter()
+  for _ in range(2):    # compile + one warm step
+    state, metrics = step(state, batch, key)
+  jax.block_until_ready(metrics)
+  warmup_s = time.perf_counter() - compile_start
+  times = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    state, metrics = step(state, batch, key)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  return {"step_ms": 1e3 * step_s, "tokens_per_sec": args.batch * args.seq_len / step_s,
+          "params": total, "active_params": active, "compile_and_warmup_s": warmup_s}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--d_model", type=int, default=128)
+  parser.add_argument("--layers", type=int, default=4)
+  parser.add_argument("--experts", type=int, default=8)
+  parser.add_argument("--k", type=int, default=2)
+  parser.add_argument("--expert_d_ff", type=int, default=256)
+  parser.add_argument("--capacity_factor", type=float, default=1.25)
+  parser.add_argument("--seq_len", type=int, default=64)
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--dispatchers", nargs="+", default=["sort", "dropless", "einsum"])
+  parser.add_argument("--mesh", default="", help="e.g. data=2,expert=4 (also run sharded)")
+  parser.add_argument("--out", default=str(RESULTS / "train_step.json"))
+  args = parser.parse_args(argv)
+
+  meshes = {"1 device": None}
+  if args.mesh:
+    sizes = dict((k, int(v)) for k, v in (item.split("=") for item in args.mesh.split(",")))
+    meshes[args.mesh] = make_mesh(**sizes)
+  rows = []
+  print(f"{jax.default_backend()}, jax {jax.__version__}; d_model {args.d_model}, "
+        f"{args.layers} layers, E={args.experts} k={args.k} F={args.expert_d_ff}, "
+        f"{args.batch}x{args.seq_len} tokens/step")
+  print(f"{'mesh':<18}{'model':<16}{'params':>10}{'active':>10}{'ms/step':>10}"
+        f"{'tokens/s':>11}{'x dense':>9}")
+  for mesh_name, mesh in meshes.items():
+    dense_tps = None
+    for name, config in _configs(args).items():
+      row = {"mesh": mesh_name, "model": name, **_time_steps(config, mesh, args)}
+      dense_tps = dense_tps or row["tokens_per_sec"]
+      row["vs_dense"] = row["tokens_per_sec"] / dense_tps
+      rows.append(row)
+      print(f"{mesh_name:<18}{name:<16}{row['params']:>10,}{row['active_params']:>10,}"
+            f"{row['step_ms']:>10.1f}{row['tokens_per_sec']:>11,.0f}{row['vs_dense']:>9.2f}")
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  result = {"backend": jax.default_backend(), "jax": jax.__version__, "args": vars(args),
+            "rows": rows}
+  out.write_text(json.dumps(result, indent=1))
+  print(f"wrote {out}")
+  return result
+
+
+if __name__ == "__main__":
+  main()
