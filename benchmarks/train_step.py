@@ -114,7 +114,7 @@ def main(argv=None):
   print(f"{jax.default_backend()}, jax {jax.__version__}; d_model {args.d_model}, "
         f"{args.layers} layers, E={args.experts} k={args.k} F={args.expert_d_ff}, "
         f"{args.batch}x{args.seq_len} tokens/step")
-  print(f"{'mesh':<18}{'model':<16}{'params':>10}{'active':>10}{'ms/step':>10}"
+  print(f"{'mesh':<18}{'model':<16}{'params':>13}{'active':>13}{'ms/step':>10}"
         f"{'tokens/s':>11}{'x dense':>9}")
   for mesh_name, mesh in meshes.items():
     dense_tps = None
@@ -123,7 +123,7 @@ def main(argv=None):
       dense_tps = dense_tps or row["tokens_per_sec"]
       row["vs_dense"] = row["tokens_per_sec"] / dense_tps
       rows.append(row)
-      print(f"{mesh_name:<18}{name:<16}{row['params']:>10,}{row['active_params']:>10,}"
+      print(f"{mesh_name:<18}{name:<16}{row['params']:>13,}{row['active_params']:>13,}"
             f"{row['step_ms']:>10.1f}{row['tokens_per_sec']:>11,.0f}{row['vs_dense']:>9.2f}")
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
