@@ -121,7 +121,8 @@ def train(config, workdir, *, progress: bool = True) -> dict:
     log_fn(f"{workdir} already holds the finished run ({run.steps} steps); raise "
            "config.steps to train on, or use a new --workdir")
   train_step = make_state_train_step(graphdef, aux_loss_weights=run.aux_loss_weights,
-                                     schedule=learning_rate_schedule(run.optim))
+                                     schedule=learning_rate_schedule(run.optim), mesh=mesh,
+                                     state_sharding=jax.tree.map(lambda a: a.sharding, state))
   eval_step = make_eval_step(graphdef)
   base_key = jax.random.PRNGKey(run.seed)
   meta = checkpoint_meta(run)

@@ -14,12 +14,14 @@ of aux loss `name`); an aux loss without a weight is reported but not trained on
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from moe_jax.parallel.mesh import batch_sharding
 
 from moe_jax.validation import check_float, check_int
 
@@ -113,18 +115,24 @@ def make_train_step(*, aux_loss_weights: dict[str, float] | None = None, schedul
 
 
 def make_state_train_step(graphdef, *, aux_loss_weights: dict[str, float] | None = None,
-                          schedule=None):
+                          schedule=None, mesh=None, state_sharding=None):
   """The same step as a pure jitted function of the (model, optimizer) nnx.State:
   step(state, batch, rng) -> (new_state, metrics). The training loop uses this form: the state
   is a plain pytree (what the checkpoint saves), its buffers are donated, and no NNX graph is
-  walked on the host per step."""
+  walked on the host per step. With `mesh` and `state_sharding` (the state's shardings) the
+  step's input and output shardings are fixed: the state keeps its placement from step to step,
+  the batch is split over the batch axes, the metrics are replicated."""
   weights = dict(aux_loss_weights or {})
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def step(state, batch, rng):
     model, optimizer = nnx.merge(graphdef, state)
     metrics = apply_step(model, optimizer, batch, rng, aux_loss_weights=weights,
                          schedule=schedule)
     return nnx.state((model, optimizer)), metrics
 
-  return step
+  if mesh is None or state_sharding is None:
+    return jax.jit(step, donate_argnums=0)
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(state_sharding, batch_sharding(mesh), replicated),
+                 out_shardings=(state_sharding, replicated))
