@@ -178,31 +178,41 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """Token embedding + blocks + final norm; `causal` picks decoder or encoder attention."""
+  """Token embedding + blocks + final norm; `causal` picks decoder or encoder attention.
+  `embed_tokens=False` leaves the input embedding to the caller (e.g. image patches), who
+  then calls `encode` on embeddings directly."""
 
   def __init__(self, config: TransformerConfig, *, causal: bool, rngs: nnx.Rngs,
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None, embed_tokens: bool = True):
     validate(config, causal=causal)
     self.config, self.mesh = config, mesh
-    embed = jax.random.normal(rngs.params(), (config.vocab_size, config.d_model),
-                              config.param_dtype)
-    self.embed = sharded_param(embed, ("vocab", "embed"), mesh)
+    self.embed = (sharded_param(jax.random.normal(rngs.params(), (config.vocab_size,
+                                                                  config.d_model),
+                                                  config.param_dtype), ("vocab", "embed"), mesh)
+                  if embed_tokens else None)
     self.blocks = nnx.List([Block(config, i, causal=causal, rngs=rngs, mesh=mesh)
                             for i in range(config.num_layers)])
     self.norm = nnx.RMSNorm(config.d_model, rngs=rngs, param_dtype=config.param_dtype)
 
   def _constrain(self, x):
-    if self.mesh is None:
+    if self.mesh is None or isinstance(self.mesh, jax.sharding.AbstractMesh):
       return x
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P(BATCH_AXES)))
 
   def hidden(self, tokens_BL, *, train=False, rngs=None, mask_BL=None):
     """Final-norm hidden states [B,L,D] and one Routing (or None) per layer."""
-    if tokens_BL.shape[1] > self.config.max_len:
-      raise ValueError(f"model: sequence length {tokens_BL.shape[1]} exceeds max_len="
+    x = self.embed[...][tokens_BL].astype(self.config.dtype)
+    return self.encode(x, train=train, rngs=rngs, token_ids_BL=tokens_BL, mask_BL=mask_BL)
+
+  def encode(self, x_BLD, *, train=False, rngs=None, token_ids_BL=None, mask_BL=None):
+    """The blocks and final norm on input embeddings x [B,L,D]; `token_ids_BL` only for
+    routers that route by token id (hash)."""
+    if x_BLD.shape[1] > self.config.max_len:
+      raise ValueError(f"model: sequence length {x_BLD.shape[1]} exceeds max_len="
                        f"{self.config.max_len}")
-    x = self._constrain(self.embed[...][tokens_BL].astype(self.config.dtype))
-    call = lambda blk, x: blk(x, train=train, rngs=rngs, token_ids_BL=tokens_BL, mask_BL=mask_BL)
+    x = self._constrain(x_BLD.astype(self.config.dtype))
+    call = lambda blk, x: blk(x, train=train, rngs=rngs, token_ids_BL=token_ids_BL,
+                              mask_BL=mask_BL)
     if self.config.remat:
       call = nnx.remat(call)
     routings = []
