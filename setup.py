@@ -24,6 +24,8 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "absl-py>=1.0",           # the CLIs' flags
+        "scikit-learn>=1.3",      # the bundled digits dataset and the classification baselines
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "hypothesis>=6.100"],

@@ -117,20 +117,32 @@ def make_dataset(tokens, *, seq_len: int, batch_size: int, seed: int, shuffle: b
   """The training pipeline as a grain ``MapDataset`` of batches (see `make_iterator`)."""
   owner = "make_iterator"
   seq_len = check_int("seq_len", seq_len, low=1, owner=owner)
+  tokens = _as_tokens(tokens, owner)
+  source = WindowSource(tokens, seq_len)
+  batch_size = check_int("batch_size", batch_size, low=1, owner=owner)
+  _, count = _resolve_shard(shard_index, shard_count, owner)
+  return batched_dataset(source, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                         num_epochs=num_epochs, shard_index=shard_index,
+                         shard_count=shard_count, owner=owner,
+                         describe=f"{tokens.size} tokens give {len(source)} windows of "
+                                  f"seq_len+1={seq_len + 1} tokens (need "
+                                  f"{batch_size * count * seq_len + 1} tokens)")
+
+
+def batched_dataset(source, *, batch_size: int, seed: int, shuffle: bool = True,
+                    num_epochs: int | None = None, shard_index: int | None = None,
+                    shard_count: int | None = None, owner: str = "batched_dataset",
+                    describe: str = "") -> pygrain.MapDataset:
+  """Any random-access source -> shuffle(seed) -> repeat -> this process's rows -> batches
+  (the module docstring's training order and sharding, for windows or examples alike)."""
   batch_size = check_int("batch_size", batch_size, low=1, owner=owner)
   seed = check_int("seed", seed, low=0, high=_MAX_SEED, owner=owner)
   if num_epochs is not None:
     num_epochs = check_int("num_epochs", num_epochs, low=1, owner=owner)
   shard_index, shard_count = _resolve_shard(shard_index, shard_count, owner)
-  tokens = _as_tokens(tokens, owner)
-
-  source = WindowSource(tokens, seq_len)
-  global_batch = batch_size * shard_count
-  if len(source) < global_batch:
-    raise ValueError(
-        f"{owner}: corpus too short for one batch: {tokens.size} tokens give {len(source)} "
-        f"windows of seq_len+1={seq_len + 1} tokens, fewer than batch_size x shard_count = "
-        f"{batch_size} x {shard_count}; need at least {global_batch * seq_len + 1} tokens")
+  if len(source) < batch_size * shard_count:
+    raise ValueError(f"{owner}: corpus too short for one batch: {describe or len(source)}, "
+                     f"fewer than batch_size x shard_count = {batch_size} x {shard_count}")
   ds = pygrain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
