@@ -10,10 +10,12 @@ error names the field as it is spelled on the command line (`config.model.num_ex
 what is allowed. Unknown keys are errors too, so a typo never silently falls back to a default.
 
 ConfigDict layout (see configs/lm_tiny.py for a complete one):
-    seed, steps, log_every, eval_every, restore_step, aux_loss_weights{name: weight}
+    task ('lm' or 'classification'), seed, steps, log_every, eval_every, restore_step, aux_loss_weights{name: weight}
     model.*       TransformerConfig fields (dtype / param_dtype as strings: 'float32', 'bfloat16')
     optim.*       OptimConfig fields except total_steps (= steps)
-    data.*        DataConfig: corpus, tokenizer, seq_len, batch_size (global), eval_*
+    data.*        DataConfig: corpus (lm) or dataset (classification), tokenizer, seq_len,
+                  batch_size (global), eval_*
+    classifier.*  pool ('mean' or 'cls'), patch_size (images)
     mesh.*        data, expert, model (one may be -1: the remaining devices)
     checkpoint.*  every, keep, async_save
     eval.*        prompt, sample_tokens, temperature, top_k
@@ -31,6 +33,7 @@ import ml_collections
 
 from moe_jax import dispatch, routing
 from moe_jax.data import corpus_names
+from moe_jax.data.classification import TASK_SHAPES
 from moe_jax.models.transformer import TransformerConfig, validate as validate_model
 from moe_jax.parallel.mesh import resolve_axis_sizes
 from moe_jax.train_step import OptimConfig
@@ -38,17 +41,26 @@ from moe_jax.validation import check_choice, check_float, check_int
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 TOKENIZERS = ("byte",)
+TASKS = ("lm", "classification")
 BYTE_VOCAB = 256
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  corpus: str = "pydoc_topics"
+  corpus: str = "pydoc_topics"         # task 'lm'
+  dataset: str = "digits"              # task 'classification'
+
   tokenizer: str = "byte"
   seq_len: int = 128
   batch_size: int = 16                 # global: summed over processes
   eval_batch_size: int = 16            # global
   eval_max_batches: int = 0            # 0: the whole validation split
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+  pool: str = "mean"                   # 'mean' or 'cls'
+  patch_size: int = 2                  # image datasets: p x p patches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +94,8 @@ class RunConfig:
   checkpoint: CheckpointConfig
   eval: EvalConfig
   steps: int
+  task: str = "lm"
+  classifier: ClassifierConfig = ClassifierConfig()
   seed: int = 0
   log_every: int = 10
   eval_every: int = 0                  # 0: evaluate at the end only
@@ -93,8 +107,8 @@ class RunConfig:
     return self.data.batch_size * self.data.seq_len
 
 
-_TOP_LEVEL = {"seed", "steps", "log_every", "eval_every", "restore_step", "aux_loss_weights"}
-_SECTIONS = ("model", "optim", "data", "mesh", "checkpoint", "eval")
+_TOP_LEVEL = {"task", "seed", "steps", "log_every", "eval_every", "restore_step", "aux_loss_weights"}
+_SECTIONS = ("model", "optim", "data", "mesh", "checkpoint", "eval", "classifier")
 
 
 def _field_names(cls, exclude=()) -> tuple[str, ...]:
@@ -118,7 +132,7 @@ def _dtype(value, field: str):
   return DTYPES[value]
 
 
-def _model(cfg, mesh: MeshConfig) -> TransformerConfig:
+def _model(cfg, mesh: MeshConfig, *, causal: bool) -> TransformerConfig:
   raw = _section(cfg, "model", TransformerConfig)
   for field in ("dtype", "param_dtype"):
     if field in raw:
@@ -139,7 +153,7 @@ def _model(cfg, mesh: MeshConfig) -> TransformerConfig:
     if model.num_experts % mesh.expert:
       raise ValueError(f"config.model.num_experts={model.num_experts} is not divisible by "
                        f"config.mesh.expert={mesh.expert}: each device must hold whole experts")
-  validate_model(model, causal=True, owner=owner)
+  validate_model(model, causal=causal, owner=owner)
   d_ff = model.d_ff or 4 * model.d_model
   for name, value in (("d_model", model.d_model), ("d_ff", d_ff),
                       ("expert_d_ff", model.expert_d_ff or d_ff)):
@@ -149,16 +163,30 @@ def _model(cfg, mesh: MeshConfig) -> TransformerConfig:
   return model
 
 
-def _data(cfg, model: TransformerConfig, mesh: MeshConfig, num_processes: int) -> DataConfig:
+def _data(cfg, model: TransformerConfig, mesh: MeshConfig, num_processes: int, task: str,
+          classifier: ClassifierConfig) -> DataConfig:
   data = DataConfig(**_section(cfg, "data", DataConfig))
   owner = "config.data"
-  check_choice("corpus", data.corpus, corpus_names(), owner=owner)
   check_choice("tokenizer", data.tokenizer, TOKENIZERS, owner=owner)
-  check_int("seq_len", data.seq_len, low=1, high=model.max_len, owner=owner)
   check_int("eval_max_batches", data.eval_max_batches, low=0, owner=owner)
   if model.vocab_size < BYTE_VOCAB:
     raise ValueError(f"config.model.vocab_size={model.vocab_size} is smaller than the byte "
                      f"tokenizer's {BYTE_VOCAB} tokens")
+  if task == "lm":
+    check_choice("corpus", data.corpus, corpus_names(), owner=owner)
+    length = check_int("seq_len", data.seq_len, low=1, high=model.max_len, owner=owner)
+  else:
+    check_choice("dataset", data.dataset, TASK_SHAPES, owner=owner)
+    kind, _, shape = TASK_SHAPES[data.dataset]
+    patch = classifier.patch_size
+    if kind == "image" and (shape[0] % patch or shape[1] % patch):
+      raise ValueError(f"config.classifier.patch_size={patch} does not divide the "
+                       f"{shape[0]}x{shape[1]} images of {data.dataset!r}")
+    length = (shape[0] // patch) * (shape[1] // patch) if kind == "image" else shape[0]
+    length += classifier.pool == "cls"
+    if length > model.max_len:
+      raise ValueError(f"config.model.max_len={model.max_len} is shorter than the {length} "
+                       f"positions of one {data.dataset!r} example")
   shards = mesh.data * mesh.expert   # the batch is split over both
   for name in ("batch_size", "eval_batch_size"):
     value = check_int(name, getattr(data, name), low=1, owner=owner)
@@ -166,8 +194,8 @@ def _data(cfg, model: TransformerConfig, mesh: MeshConfig, num_processes: int) -
                          (num_processes, f"the {num_processes} processes")):
       if value % divisor:
         raise ValueError(f"config.data.{name}={value} is not divisible by {why}")
-  per_device_tokens = data.batch_size // shards * data.seq_len
-  group = model.group_size or data.seq_len
+  per_device_tokens = data.batch_size // shards * length
+  group = model.group_size or length
   if per_device_tokens % group:
     raise ValueError(f"config.model.group_size={group} does not divide the {per_device_tokens} "
                      "tokens each device routes per step")
@@ -182,11 +210,15 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int,
       raise ValueError(f"config.{key} is not a known field; allowed: "
                        + ", ".join(sorted(_TOP_LEVEL) + list(_SECTIONS)))
   steps = check_int("steps", cfg.get("steps"), low=1, owner="config")
+  task = check_choice("task", cfg.get("task", "lm"), TASKS, owner="config")
+  classifier = ClassifierConfig(**_section(cfg, "classifier", ClassifierConfig))
+  check_choice("pool", classifier.pool, ("mean", "cls"), owner="config.classifier")
+  check_int("patch_size", classifier.patch_size, low=1, owner="config.classifier")
   try:
     mesh = MeshConfig(**resolve_axis_sizes(_section(cfg, "mesh", MeshConfig), num_devices))
   except ValueError as e:
     raise ValueError(f"config.mesh: {e}; on CPU, --cpu_devices=N simulates N devices") from e
-  model = _model(cfg, mesh)
+  model = _model(cfg, mesh, causal=task == "lm")
   optim = OptimConfig(total_steps=steps, **_section(cfg, "optim", OptimConfig,
                                                      exclude=("total_steps",)))
   try:
@@ -207,8 +239,9 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int,
   for name, w in weights.items():
     check_float(f"aux_loss_weights.{name}", w, low=0.0, owner="config")
   return RunConfig(
-      model=model, optim=optim, data=_data(cfg, model, mesh, num_processes), mesh=mesh,
-      checkpoint=checkpoint, eval=evaluation, steps=steps,
+      model=model, optim=optim, data=_data(cfg, model, mesh, num_processes, task, classifier),
+      mesh=mesh, checkpoint=checkpoint, eval=evaluation, steps=steps, task=task,
+      classifier=classifier,
       seed=check_int("seed", cfg.get("seed", 0), low=0, high=2**31 - 1, owner="config"),
       log_every=check_int("log_every", cfg.get("log_every", 10), low=1, owner="config"),
       eval_every=check_int("eval_every", cfg.get("eval_every", 0), low=0, owner="config"),

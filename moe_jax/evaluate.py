@@ -26,22 +26,35 @@ from flax import nnx
 from moe_jax import config as config_lib
 from moe_jax.models import DecoderLM
 from moe_jax.data import ByteTokenizer, eval_batches, load_corpus, unigram_entropy_bits
+from moe_jax.data.classification import eval_example_batches, load_task
 from moe_jax.parallel.distributed import global_to_host, host_local_to_global
 
 _LAYER_METRICS = ("expert_load", "max_vio", "dropped_fraction")
 
 
-def make_eval_step(graphdef):
-  """jitted fn(state, batch) -> summed NLL, token count and per-layer routing metrics, where
-  state is the nnx.State of (model, optimizer) the training loop carries."""
+def make_eval_step(graphdef, task: str = "lm"):
+  """jitted fn(state, batch) -> summed NLL, counts and per-layer routing metrics (and, for
+  classification, correct predictions and the confusion matrix), where state is the
+  nnx.State of (model, optimizer) the training loop carries."""
 
   @jax.jit
   def step(state, batch):
     model, _ = nnx.merge(graphdef, state)
     logits, routings = model(batch["inputs"], train=False)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
-    out = {"nll_sum": jnp.sum(nll * batch["mask"]), "count": jnp.sum(batch["mask"])}
+    mask = batch["mask"]
+    if task == "lm":
+      nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
+      out = {}
+    else:
+      labels = batch["labels"]
+      nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+      predicted = jnp.argmax(logits, axis=-1)
+      classes = logits.shape[-1]
+      out = {"correct": jnp.sum((predicted == labels) * mask),
+             "confusion": jnp.einsum("b,bi,bj->ij", mask, jax.nn.one_hot(labels, classes),
+                                     jax.nn.one_hot(predicted, classes))}
+    out.update({"nll_sum": jnp.sum(nll * mask), "count": jnp.sum(mask)})
     for i, r in enumerate(routings):
       if r is not None:
         out.update({f"layer{i}/{k}": r.metrics[k] for k in _LAYER_METRICS if k in r.metrics})
@@ -50,17 +63,23 @@ def make_eval_step(graphdef):
   return step
 
 
-def validation_metrics(eval_step, state, run: config_lib.RunConfig, mesh) -> dict:
-  """loss, perplexity, bits_per_byte over the validation split (or its first
-  data.eval_max_batches batches), and per-layer routing metrics averaged over batches."""
+def _batches(run: config_lib.RunConfig):
   processes = jax.process_count()
-  tokens = load_corpus(run.data.corpus, "validation")
-  batches = eval_batches(tokens, seq_len=run.data.seq_len,
-                         batch_size=run.data.eval_batch_size // processes,
-                         shard_index=jax.process_index(), shard_count=processes)
+  shard = dict(batch_size=run.data.eval_batch_size // processes,
+               shard_index=jax.process_index(), shard_count=processes)
+  if run.task == "lm":
+    return eval_batches(load_corpus(run.data.corpus, "validation"), seq_len=run.data.seq_len,
+                        **shard)
+  return eval_example_batches(load_task(run.data.dataset).validation, **shard)
+
+
+def validation_metrics(eval_step, state, run: config_lib.RunConfig, mesh) -> dict:
+  """Over the validation split (or its first data.eval_max_batches batches): loss and, for
+  LMs, perplexity and bits_per_byte; for classifiers accuracy, per-class accuracy and the
+  confusion matrix (rows: true class); per-layer routing metrics averaged over batches."""
   sums: dict[str, np.ndarray] = {}
   n = 0
-  for batch in batches:
+  for batch in _batches(run):
     if run.data.eval_max_batches and n == run.data.eval_max_batches:
       break
     out = jax.device_get(eval_step(state, host_local_to_global(batch, mesh)))
@@ -68,9 +87,15 @@ def validation_metrics(eval_step, state, run: config_lib.RunConfig, mesh) -> dic
       sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
     n += 1
   loss = float(sums["nll_sum"] / sums["count"])
-  # Byte tokenizer: one token is one byte, so bits/byte = nats/token / ln 2.
-  result = {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": loss / math.log(2),
-            "tokens": int(sums["count"])}
+  result = {"loss": loss, "examples" if run.task != "lm" else "tokens": int(sums["count"])}
+  if run.task == "lm":
+    # Byte tokenizer: one token is one byte, so bits/byte = nats/token / ln 2.
+    result.update(perplexity=math.exp(loss), bits_per_byte=loss / math.log(2))
+  else:
+    confusion = sums["confusion"]
+    result.update(accuracy=float(sums["correct"] / sums["count"]),
+                  per_class_accuracy=(np.diag(confusion) / np.maximum(confusion.sum(1), 1)),
+                  confusion=confusion.astype(int))
   result.update({k: v / n for k, v in sums.items() if k.startswith("layer")})
   return result
 
@@ -132,32 +157,47 @@ def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool =
   graphdef, abstract = nnx.split((abstract_model, abstract_opt))
   state, _ = ckpts.restore(step, abstract, expect_meta=checkpoint_meta(run))
   ckpts.close()
-  result = {"step": step, **validation_metrics(make_eval_step(graphdef), state, run, mesh)}
-  result["unigram_entropy_bits"] = unigram_entropy_bits(load_corpus(run.data.corpus, "train"))
-  model_state = global_to_host(nnx.state(nnx.merge(graphdef, state)[0]))
-  kw = dict(num_tokens=run.eval.sample_tokens, seed=run.seed)
-  result["prompt"] = run.eval.prompt
-  result["sample_greedy"] = sample(run, model_state, run.eval.prompt, temperature=0.0,
-                                   top_k=0, **kw)
-  result["sample"] = sample(run, model_state, run.eval.prompt, temperature=run.eval.temperature,
-                            top_k=run.eval.top_k, **kw)
-  result["sampling"] = (f"recomputation (no KV cache), window {run.data.seq_len}, dropless "
-                        f"dispatcher; temperature {run.eval.temperature}, top_k {run.eval.top_k}")
+  result = {"step": step, "task": run.task,
+            **validation_metrics(make_eval_step(graphdef, run.task), state, run, mesh)}
+  if run.task == "lm":
+    result.update(_lm_extras(run, graphdef, state))
+  else:
+    from moe_jax.data.classification import baselines
+    task = load_task(run.data.dataset)
+    result["class_names"] = list(task.class_names)
+    result["baselines"] = baselines(task)
   if jax.process_index() == 0:
     _write(workdir, result, run, plots)
   return result
+
+
+def _lm_extras(run, graphdef, state) -> dict:
+  """The corpus's unigram entropy and greedy / sampled continuations of the prompt."""
+  model_state = global_to_host(nnx.state(nnx.merge(graphdef, state)[0]))
+  kw = dict(num_tokens=run.eval.sample_tokens, seed=run.seed)
+  return {
+      "unigram_entropy_bits": unigram_entropy_bits(load_corpus(run.data.corpus, "train")),
+      "prompt": run.eval.prompt,
+      "sample_greedy": sample(run, model_state, run.eval.prompt, temperature=0.0, top_k=0,
+                              **kw),
+      "sample": sample(run, model_state, run.eval.prompt, temperature=run.eval.temperature,
+                       top_k=run.eval.top_k, **kw),
+      "sampling": (f"recomputation (no KV cache), window {run.data.seq_len}, dropless "
+                   f"dispatcher; temperature {run.eval.temperature}, top_k {run.eval.top_k}"),
+  }
 
 
 def _write(workdir: pathlib.Path, result: dict, run, plots: bool) -> None:
   from moe_jax import plots as plot_lib
   from moe_jax.run_log import read_metrics
   layers = sorted({int(k.split("/")[0][5:]) for k in result if k.startswith("layer")})
-  out = {k: v for k, v in result.items() if not k.startswith("layer")}
+  out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()
+         if not k.startswith("layer")}
   out["layers"] = {str(i): {m: np.asarray(result[f"layer{i}/{m}"]).tolist()
                             for m in _LAYER_METRICS if f"layer{i}/{m}" in result}
                    for i in layers}
   (workdir / "eval.json").write_text(json.dumps(out, indent=2))
-  if plots:
+  if plots and run.task == "lm":   # classification plots: next (issue 7)
     if layers:
       plot_lib.expert_load_heatmap(
           np.stack([np.asarray(result[f"layer{i}/expert_load"]) for i in layers]), layers,
@@ -176,6 +216,15 @@ def main(argv):
 
 
 def report(result: dict, workdir: pathlib.Path) -> str:
+  if result["task"] != "lm":
+    per_class = ", ".join(f"{n} {a:.2f}" for n, a in zip(result["class_names"],
+                                                        result["per_class_accuracy"]))
+    return "\n".join([
+        f"step {result['step']}: validation accuracy {result['accuracy']:.4f} on "
+        f"{result['examples']} examples (loss {result['loss']:.4f})",
+        f"baselines: majority class {result['baselines']['majority']:.4f}, logistic "
+        f"regression {result['baselines']['logistic']:.4f}",
+        f"per class: {per_class}", f"wrote {workdir / 'eval.json'}"])
   ratio = result["bits_per_byte"] / result["unigram_entropy_bits"]
   lines = [
       f"step {result['step']}: validation loss {result['loss']:.4f} nats/token, perplexity "

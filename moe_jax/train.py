@@ -37,17 +37,26 @@ from moe_jax import config as config_lib
 from moe_jax.checkpoint import Checkpoints
 from moe_jax.data import load_corpus, make_iterator
 from moe_jax.evaluate import make_eval_step, validation_metrics
-from moe_jax.models import DecoderLM
+from moe_jax.data.classification import TASK_SHAPES, load_task, make_example_iterator
+from moe_jax.models import DecoderLM, EncoderClassifier
 from moe_jax.parallel.distributed import host_local_to_global
 from moe_jax.parallel.mesh import make_mesh
 from moe_jax.run_log import RunLog
-from moe_jax.train_step import learning_rate_schedule, make_optimizer, make_state_train_step
+from moe_jax.train_step import (classification_loss, learning_rate_schedule, lm_loss,
+                                make_optimizer, make_state_train_step)
 
 
 def build(run: config_lib.RunConfig, mesh):
   """(model, optimizer), params placed on `mesh` (or a jax.sharding.AbstractMesh under
   nnx.eval_shape, which builds shapes and shardings without allocating)."""
-  model = DecoderLM(run.model, rngs=nnx.Rngs(run.seed), mesh=mesh)
+  if run.task == "lm":
+    model = DecoderLM(run.model, rngs=nnx.Rngs(run.seed), mesh=mesh)
+  else:
+    kind, num_classes, shape = TASK_SHAPES[run.data.dataset]
+    images = dict(patch_size=run.classifier.patch_size, image_shape=shape) if kind == "image" \
+        else {}
+    model = EncoderClassifier(run.model, num_classes=num_classes, pool=run.classifier.pool,
+                              rngs=nnx.Rngs(run.seed), mesh=mesh, **images)
   optimizer = nnx.Optimizer(model, make_optimizer(run.optim), wrt=nnx.Param)
   return model, optimizer
 
@@ -104,9 +113,13 @@ def train(config, workdir, *, progress: bool = True) -> dict:
   state = place_on_mesh(state, mesh)
   del model, optimizer
   processes = jax.process_count()
-  iterator = make_iterator(load_corpus(run.data.corpus, "train"), seq_len=run.data.seq_len,
-                           batch_size=run.data.batch_size // processes, seed=run.seed,
-                           shard_index=jax.process_index(), shard_count=processes)
+  shard = dict(batch_size=run.data.batch_size // processes, seed=run.seed,
+               shard_index=jax.process_index(), shard_count=processes)
+  if run.task == "lm":
+    iterator = make_iterator(load_corpus(run.data.corpus, "train"), seq_len=run.data.seq_len,
+                             **shard)
+  else:
+    iterator = make_example_iterator(load_task(run.data.dataset).train, **shard)
   ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep,
                       async_save=run.checkpoint.async_save)
   log_fn = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
@@ -122,8 +135,10 @@ def train(config, workdir, *, progress: bool = True) -> dict:
            "config.steps to train on, or use a new --workdir")
   train_step = make_state_train_step(graphdef, aux_loss_weights=run.aux_loss_weights,
                                      schedule=learning_rate_schedule(run.optim), mesh=mesh,
-                                     state_sharding=jax.tree.map(lambda a: a.sharding, state))
-  eval_step = make_eval_step(graphdef)
+                                     state_sharding=jax.tree.map(lambda a: a.sharding, state),
+                                     task_loss=lm_loss if run.task == "lm"
+                                     else classification_loss)
+  eval_step = make_eval_step(graphdef, run.task)
   base_key = jax.random.PRNGKey(run.seed)
   meta = checkpoint_meta(run)
   last, evaluation = {}, {}
@@ -155,9 +170,11 @@ def train(config, workdir, *, progress: bool = True) -> dict:
                    {**meta, "step": step, "rng": np.asarray(base_key).tolist()})
     if start < run.steps:
       evaluation = validation_metrics(eval_step, state, run, mesh)
-      log.write(run.steps, {f"eval/{k}": v for k, v in evaluation.items()})
-      log.message(f"step {run.steps}: validation loss {evaluation['loss']:.4f}, "
-             f"bits/byte {evaluation['bits_per_byte']:.4f}")
+      log.write(run.steps, {f"eval/{k}": v for k, v in evaluation.items()
+                            if k != "confusion"})
+      headline = (f"bits/byte {evaluation['bits_per_byte']:.4f}" if run.task == "lm"
+                  else f"accuracy {evaluation['accuracy']:.4f}")
+      log.message(f"step {run.steps}: validation loss {evaluation['loss']:.4f}, {headline}")
   finally:
     ckpts.wait()
     ckpts.close()

@@ -66,16 +66,9 @@ def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
                   weight_decay=config.weight_decay, mask=_decay_mask))
 
 
-def lm_loss(model, batch, *, aux_loss_weights, train, rngs=None):
-  """(loss, metrics) for next-token prediction; batch: inputs/targets [B,L], optional mask."""
-  logits, routings = model(batch["inputs"], train=train, rngs=rngs)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
-  mask = batch.get("mask", jnp.ones_like(nll))
-  ce = jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+def _add_aux_losses(loss, metrics, routings, aux_loss_weights):
+  """loss + sum weight * (mean over MoE layers of each aux loss); per-layer routing metrics."""
   moe = [r for r in routings if r is not None]
-  metrics = {"ce": ce}
-  loss = ce
   if moe:
     for name in moe[0].aux_losses:
       value = jnp.mean(jnp.stack([r.aux_losses[name] for r in moe]))
@@ -90,11 +83,32 @@ def lm_loss(model, batch, *, aux_loss_weights, train, rngs=None):
   return loss, metrics
 
 
-def apply_step(model, optimizer, batch, rng, *, aux_loss_weights, schedule=None):
+def lm_loss(model, batch, *, aux_loss_weights, train, rngs=None):
+  """(loss, metrics) for next-token prediction; batch: inputs/targets [B,L], optional mask."""
+  logits, routings = model(batch["inputs"], train=train, rngs=rngs)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
+  mask = batch.get("mask", jnp.ones_like(nll))
+  ce = jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  return _add_aux_losses(ce, {"ce": ce}, routings, aux_loss_weights)
+
+
+def classification_loss(model, batch, *, aux_loss_weights, train, rngs=None):
+  """(loss, metrics) for classification; batch: inputs [B,...], labels [B]."""
+  logits, routings = model(batch["inputs"], train=train, rngs=rngs)
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                             batch["labels"][:, None], axis=-1)[:, 0]
+  ce = jnp.mean(nll)
+  accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == batch["labels"]).astype(jnp.float32))
+  return _add_aux_losses(ce, {"ce": ce, "accuracy": accuracy}, routings, aux_loss_weights)
+
+
+def apply_step(model, optimizer, batch, rng, *, aux_loss_weights, schedule=None,
+               task_loss=lm_loss):
   """One update of `model` and `optimizer` in place (not jitted); returns the step's metrics."""
   def loss_fn(model):
-    return lm_loss(model, batch, aux_loss_weights=aux_loss_weights, train=True,
-                   rngs=nnx.Rngs(router=rng))
+    return task_loss(model, batch, aux_loss_weights=aux_loss_weights, train=True,
+                     rngs=nnx.Rngs(router=rng))
   (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
   if schedule is not None:
@@ -115,7 +129,8 @@ def make_train_step(*, aux_loss_weights: dict[str, float] | None = None, schedul
 
 
 def make_state_train_step(graphdef, *, aux_loss_weights: dict[str, float] | None = None,
-                          schedule=None, mesh=None, state_sharding=None):
+                          schedule=None, mesh=None, state_sharding=None,
+                          task_loss=lm_loss):
   """The same step as a pure jitted function of the (model, optimizer) nnx.State:
   step(state, batch, rng) -> (new_state, metrics). The training loop uses this form: the state
   is a plain pytree (what the checkpoint saves), its buffers are donated, and no NNX graph is
@@ -127,7 +142,7 @@ def make_state_train_step(graphdef, *, aux_loss_weights: dict[str, float] | None
   def step(state, batch, rng):
     model, optimizer = nnx.merge(graphdef, state)
     metrics = apply_step(model, optimizer, batch, rng, aux_loss_weights=weights,
-                         schedule=schedule)
+                         schedule=schedule, task_loss=task_loss)
     return nnx.state((model, optimizer)), metrics
 
   if mesh is None or state_sharding is None:

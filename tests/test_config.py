@@ -12,7 +12,8 @@ from moe_jax.train import build
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 # The device count each shipped config's mesh is sized for.
-DEVICES = {"lm_tiny": 8, "lm_small": 8, "lm_gpu_node": 8, "lm_tpu_pod": 256}
+DEVICES = {"lm_tiny": 8, "lm_small": 8, "lm_gpu_node": 8, "lm_tpu_pod": 256,
+           "classify_digits": 8}
 
 
 def _load(name="lm_tiny"):
@@ -20,7 +21,7 @@ def _load(name="lm_tiny"):
 
 
 def test_every_config_file_is_covered():
-  assert {p.stem for p in CONFIGS.glob("lm_*.py")} == set(DEVICES)
+  assert {p.stem for p in CONFIGS.glob("*.py")} == set(DEVICES)
 
 
 @pytest.mark.parametrize("name", sorted(DEVICES))

@@ -107,6 +107,9 @@ def _stdlib_package() -> Task:
 
 
 _TASKS = {"digits": _digits, "stdlib_package": _stdlib_package}
+# What a model needs to know before the data is loaded: kind, classes, one example's shape.
+TASK_SHAPES = {"digits": ("image", 10, (8, 8, 1)),
+               "stdlib_package": ("text", len(PACKAGES), (SNIPPET_BYTES,))}
 
 
 def task_names() -> tuple[str, ...]:
@@ -164,3 +167,24 @@ def make_example_iterator(arrays: dict[str, np.ndarray], *, batch_size: int, see
                        shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
                        shard_count=shard_count, owner="make_example_iterator")
   return iter(ds.to_iter_dataset())
+
+
+def eval_example_batches(arrays: dict[str, np.ndarray], *, batch_size: int, shard_index: int = 0,
+                         shard_count: int = 1):
+  """One ordered pass over every example, padded to whole batches: each batch also has
+  ``mask`` float32[B] (0 on padding rows). Shard i takes examples i::shard_count and every
+  shard yields the same number of batches."""
+  n = len(next(iter(arrays.values())))
+  ids = np.arange(shard_index, n, shard_count)
+  num_batches = -(-(-(-n // shard_count)) // batch_size)
+  for b in range(num_batches):
+    rows = ids[b * batch_size:(b + 1) * batch_size]
+    batch = {}
+    for k, v in arrays.items():
+      block = np.zeros((batch_size,) + v.shape[1:], v.dtype)
+      block[:len(rows)] = v[rows]
+      batch[k] = block
+    mask = np.zeros(batch_size, np.float32)
+    mask[:len(rows)] = 1.0
+    batch["mask"] = mask
+    yield batch
