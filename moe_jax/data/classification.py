@@ -11,7 +11,7 @@ train; 35-37 validation examples per class).
 
 `stdlib_package` — text: which of 10 standard-library packages a 256-byte snippet of Python
 source comes from (email, asyncio, unittest, xml, http, multiprocessing, logging, importlib,
-urllib, ctypes), inputs int32 byte tokens [N, 256]. Snippets are the non-overlapping 256-byte
+urllib, encodings), inputs int32 byte tokens [N, 256]. Snippets are the non-overlapping 256-byte
 windows of each package's `.py` files. Split by file, never by window: within each package
 the files sorted by md5(relative path) are validation iff their rank % 5 == 0 (so every
 package has validation files and no file is in both splits). Classes are balanced by taking at
@@ -37,7 +37,7 @@ from moe_jax.validation import check_choice
 
 SNIPPET_BYTES = 256
 PACKAGES = ("email", "asyncio", "unittest", "xml", "http", "multiprocessing", "logging",
-            "importlib", "urllib", "ctypes")
+            "importlib", "urllib", "encodings")
 _PER_CLASS = {"train": 300, "validation": 60}
 
 

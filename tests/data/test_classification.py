@@ -42,7 +42,7 @@ def test_baselines_are_what_the_readme_says(task):
   if task.name == "digits":
     assert result["logistic"] == pytest.approx(0.9725, abs=0.01)
   else:
-    assert 0.35 < result["logistic"] < 0.55      # bag of bytes: far from solved
+    assert 0.3 < result["logistic"] < 0.6        # bag of bytes: far from solved
 
 
 def test_example_batches_resume_exactly(task):
