@@ -1,7 +1,9 @@
 """Evaluate a trained LM: python -m moe_jax.evaluate --workdir DIR [--step N].
 
-Loads the run's config (DIR/config.json) and its newest (or step N's) checkpoint, then on the
-validation split reports loss (nats/token), perplexity and bits per byte, each MoE layer's
+Loads the run's config (DIR/config.json) and its newest (or step N's) checkpoint. Classifiers:
+accuracy, per-class accuracy, confusion matrix, the dataset's baselines and, per class, which
+experts each MoE layer uses (confusion.png, class_expert_load.png). Language models: on the
+validation split it reports loss (nats/token), perplexity and bits per byte, each MoE layer's
 expert load, MaxVio and dropped fraction; continues a prompt greedily and by temperature/top-k
 sampling; writes DIR/eval.json, DIR/expert_load.png (load by layer and expert) and
 DIR/loss_curve.png (from metrics.jsonl).
@@ -166,9 +168,36 @@ def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool =
     task = load_task(run.data.dataset)
     result["class_names"] = list(task.class_names)
     result["baselines"] = baselines(task)
+    result["class_expert_load"] = per_class_expert_load(make_eval_step(graphdef, run.task),
+                                                        state, run, mesh, task)
   if jax.process_index() == 0:
     _write(workdir, result, run, plots)
   return result
+
+
+def per_class_expert_load(eval_step, state, run, mesh, task) -> np.ndarray | None:
+  """[classes, MoE layers, E]: each layer's expert load over the validation examples of one
+  class alone (its batches are filled by repeating that class's examples), i.e. which experts
+  each class uses. None for a model without MoE layers."""
+  val, batch_size = task.validation, run.data.eval_batch_size
+  processes, index = jax.process_count(), jax.process_index()
+  local = slice(index * batch_size // processes, (index + 1) * batch_size // processes)
+  per_class = []
+  for c in range(task.num_classes):
+    ids = np.flatnonzero(val["labels"] == c)
+    loads = []
+    for start in range(0, len(ids), batch_size):
+      rows = np.resize(ids[start:start + batch_size], batch_size)[local]
+      batch = {"inputs": val["inputs"][rows], "labels": val["labels"][rows],
+               "mask": np.ones(len(rows), np.float32)}
+      out = jax.device_get(eval_step(state, host_local_to_global(batch, mesh)))
+      keys = sorted((k for k in out if k.endswith("/expert_load")),
+                    key=lambda k: int(k.split("/")[0][5:]))
+      if not keys:
+        return None
+      loads.append(np.stack([np.asarray(out[k]) for k in keys]))
+    per_class.append(np.mean(loads, axis=0))
+  return np.stack(per_class)
 
 
 def _lm_extras(run, graphdef, state) -> dict:
@@ -197,13 +226,25 @@ def _write(workdir: pathlib.Path, result: dict, run, plots: bool) -> None:
                             for m in _LAYER_METRICS if f"layer{i}/{m}" in result}
                    for i in layers}
   (workdir / "eval.json").write_text(json.dumps(out, indent=2))
-  if plots and run.task == "lm":   # classification plots: next (issue 7)
-    if layers:
-      plot_lib.expert_load_heatmap(
-          np.stack([np.asarray(result[f"layer{i}/expert_load"]) for i in layers]), layers,
-          workdir / "expert_load.png", title=f"expert load, validation, step {result['step']}")
+  if not plots:
+    return
+  step = result["step"]
+  if layers:
+    plot_lib.expert_load_heatmap(
+        np.stack([np.asarray(result[f"layer{i}/expert_load"]) for i in layers]), layers,
+        workdir / "expert_load.png", title=f"expert load, validation, step {step}")
+  if run.task == "lm":
     plot_lib.loss_curve(read_metrics(workdir), workdir / "loss_curve.png",
                         unigram_bits=result["unigram_entropy_bits"])
+    return
+  plot_lib.loss_curve(read_metrics(workdir), workdir / "loss_curve.png", bits_per_byte=False)
+  plot_lib.confusion_matrix(result["confusion"], result["class_names"],
+                            workdir / "confusion.png",
+                            title=f"validation, step {step}: accuracy {result['accuracy']:.3f}")
+  if result.get("class_expert_load") is not None:
+    plot_lib.class_expert_load(result["class_expert_load"], result["class_names"], layers,
+                               workdir / "class_expert_load.png",
+                               title=f"which experts each class uses (validation, step {step})")
 
 
 def main(argv):
@@ -224,7 +265,9 @@ def report(result: dict, workdir: pathlib.Path) -> str:
         f"{result['examples']} examples (loss {result['loss']:.4f})",
         f"baselines: majority class {result['baselines']['majority']:.4f}, logistic "
         f"regression {result['baselines']['logistic']:.4f}",
-        f"per class: {per_class}", f"wrote {workdir / 'eval.json'}"])
+        f"per class: {per_class}",
+        f"wrote {workdir / 'eval.json'}, confusion.png, class_expert_load.png, "
+        "expert_load.png, loss_curve.png"])
   ratio = result["bits_per_byte"] / result["unigram_entropy_bits"]
   lines = [
       f"step {result['step']}: validation loss {result['loss']:.4f} nats/token, perplexity "

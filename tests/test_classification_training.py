@@ -21,6 +21,11 @@ def test_digits_moe_classifier_reaches_095(tmp_path):
   assert len(saved["per_class_accuracy"]) == 10 and len(saved["confusion"]) == 10
   assert sum(map(sum, saved["confusion"])) == saved["examples"] == 364
   assert saved["baselines"]["majority"] < 0.11
+  load = saved["class_expert_load"]              # [classes, MoE layers, experts]
+  assert (len(load), len(load[0]), len(load[0][0])) == (10, 2, 8)
+  assert all(abs(sum(layer) - 1.0) < 1e-4 for cls in load for layer in cls)
+  for png in ("confusion.png", "class_expert_load.png", "expert_load.png", "loss_curve.png"):
+    assert (tmp_path / "run" / png).stat().st_size > 1000, png
 
 
 def test_decoder_only_routers_are_allowed_in_classifiers():
