@@ -10,7 +10,6 @@ from moe_jax.train import train
 from tests.train_helpers import REPO
 
 
-@pytest.mark.xdist_group("subprocess_training")
 def test_digits_moe_classifier_reaches_095(tmp_path):
   cfg = config_lib.load_file(REPO / "configs" / "classify_digits.py")
   result = train(cfg, tmp_path / "run", progress=False)
@@ -60,9 +59,11 @@ def test_classification_resume_recomputes_exactly(tmp_path):
 
 
 def test_text_classifier_beats_majority_by_a_wide_margin(tmp_path):
-  """configs/classify_text.py, shortened to 120 steps: at least twice the majority baseline
-  (0.103) on the stdlib_package task (the full 300-step config reaches ~0.41)."""
+  """configs/classify_text.py, shortened to 120 steps of 16 snippets: at least twice the
+  majority baseline (0.103) on the stdlib_package task
+  (the full config reaches 0.438)."""
   cfg = config_lib.load_file(REPO / "configs" / "classify_text.py")
   cfg.update(dict(steps=120, eval_every=0))
+  cfg.data.update(batch_size=16)
   result = train(cfg, tmp_path / "run", progress=False)
   assert result["eval"]["accuracy"] >= 0.2, result["eval"]["accuracy"]
