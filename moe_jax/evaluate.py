@@ -102,6 +102,14 @@ def validation_metrics(eval_step, state, run: config_lib.RunConfig, mesh) -> dic
   return result
 
 
+@nnx.jit
+def _next_logits(model, tokens_1L, position):
+  """Logits at `position` of a one-sequence window (module level: compiled once per model
+  structure, shared by the greedy and the sampled continuation)."""
+  logits, _ = model(tokens_1L, train=False)
+  return logits[0, position]
+
+
 def sample(run: config_lib.RunConfig, model_state, prompt: str, *, num_tokens: int,
            temperature: float, top_k: int, seed: int = 0) -> str:
   """Continues `prompt` by `num_tokens` bytes; temperature 0 is greedy (see module docstring).
@@ -112,18 +120,13 @@ def sample(run: config_lib.RunConfig, model_state, prompt: str, *, num_tokens: i
   window = run.data.seq_len
   tokenizer = ByteTokenizer()
 
-  @nnx.jit
-  def next_logits(model, tokens_1L, position):
-    logits, _ = model(tokens_1L, train=False)
-    return logits[0, position]
-
   ids = list(tokenizer.encode(prompt)) or [0]
   rng = jax.random.PRNGKey(seed)
   for _ in range(num_tokens):
     context = ids[-window:]
     buffer = np.zeros((1, window), np.int32)
     buffer[0, :len(context)] = context
-    logits = next_logits(model, jnp.asarray(buffer), len(context) - 1)
+    logits = _next_logits(model, jnp.asarray(buffer), len(context) - 1)
     if temperature == 0:
       token = int(jnp.argmax(logits))
     else:
@@ -159,8 +162,9 @@ def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool =
   graphdef, abstract = nnx.split((abstract_model, abstract_opt))
   state, _ = ckpts.restore(step, abstract, expect_meta=checkpoint_meta(run))
   ckpts.close()
+  eval_step = make_eval_step(graphdef, run.task)   # compiled once, used by both passes
   result = {"step": step, "task": run.task,
-            **validation_metrics(make_eval_step(graphdef, run.task), state, run, mesh)}
+            **validation_metrics(eval_step, state, run, mesh)}
   if run.task == "lm":
     result.update(_lm_extras(run, graphdef, state))
   else:
@@ -168,8 +172,7 @@ def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool =
     task = load_task(run.data.dataset)
     result["class_names"] = list(task.class_names)
     result["baselines"] = baselines(task)
-    result["class_expert_load"] = per_class_expert_load(make_eval_step(graphdef, run.task),
-                                                        state, run, mesh, task)
+    result["class_expert_load"] = per_class_expert_load(eval_step, state, run, mesh, task)
   if jax.process_index() == 0:
     _write(workdir, result, run, plots)
   return result

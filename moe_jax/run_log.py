@@ -39,8 +39,9 @@ def _truncate(workdir: pathlib.Path, start_step: int) -> None:
   if not path.exists():
     return
   lines = [line for line in path.read_text().splitlines() if line.strip()]
-  keep = [line for line in lines if json.loads(line)["step"] <= start_step]
-  dropped = [line for line in lines if json.loads(line)["step"] > start_step]
+  steps = [json.loads(line)["step"] for line in lines]
+  keep = [line for line, step in zip(lines, steps) if step <= start_step]
+  dropped = [line for line, step in zip(lines, steps) if step > start_step]
   if not dropped:
     return
   with open(workdir / "metrics.abandoned.jsonl", "a") as f:
