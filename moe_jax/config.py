@@ -13,7 +13,8 @@ ConfigDict layout (see configs/lm_tiny.py for a complete one):
     task ('lm' or 'classification'), seed, steps, log_every, eval_every, restore_step, aux_loss_weights{name: weight}
     model.*       TransformerConfig fields (dtype / param_dtype as strings: 'float32', 'bfloat16')
     optim.*       OptimConfig fields except total_steps (= steps)
-    data.*        DataConfig: corpus (lm) or dataset (classification), tokenizer, seq_len,
+    data.*        DataConfig: corpus (lm) or dataset (classification), data_dir (tfds),
+                  tokenizer ('byte' or 'sentencepiece' with vocab_size), seq_len,
                   batch_size (global), eval_*
     classifier.*  pool ('mean' or 'cls'), patch_size (images)
     mesh.*        data, expert, model (one may be -1: the remaining devices)
@@ -32,25 +33,28 @@ import jax.numpy as jnp
 import ml_collections
 
 from moe_jax import dispatch, routing
-from moe_jax.data import corpus_names
-from moe_jax.data.classification import TASK_SHAPES
+from moe_jax.data import datasets
 from moe_jax.models.transformer import TransformerConfig, validate as validate_model
 from moe_jax.parallel.mesh import resolve_axis_sizes
 from moe_jax.train_step import OptimConfig
 from moe_jax.validation import check_choice, check_float, check_int
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-TOKENIZERS = ("byte",)
+TOKENIZERS = ("byte", "sentencepiece")
 TASKS = ("lm", "classification")
 BYTE_VOCAB = 256
+SPM_MIN_VOCAB = 300                    # 256 byte-fallback pieces + specials + a few merges
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  corpus: str = "pydoc_topics"         # task 'lm'
-  dataset: str = "digits"              # task 'classification'
+  corpus: str = "pydoc_topics"         # task 'lm': an embedded corpus or a tfds LM dataset
+  dataset: str = "digits"              # task 'classification': embedded or tfds
+  data_dir: str = ""                   # tfds datasets: '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
 
-  tokenizer: str = "byte"
+  tokenizer: str = "byte"              # 'byte' or 'sentencepiece' (trained into the workdir)
+  vocab_size: int = 0                  # sentencepiece: 0 = config.model.vocab_size
+  tokenizer_train_bytes: int = 10_000_000   # sentencepiece: training text read
   seq_len: int = 128
   batch_size: int = 16                 # global: summed over processes
   eval_batch_size: int = 16            # global
@@ -169,15 +173,23 @@ def _data(cfg, model: TransformerConfig, mesh: MeshConfig, num_processes: int, t
   owner = "config.data"
   check_choice("tokenizer", data.tokenizer, TOKENIZERS, owner=owner)
   check_int("eval_max_batches", data.eval_max_batches, low=0, owner=owner)
-  if model.vocab_size < BYTE_VOCAB:
+  if data.tokenizer == "byte" and model.vocab_size < BYTE_VOCAB:
     raise ValueError(f"config.model.vocab_size={model.vocab_size} is smaller than the byte "
                      f"tokenizer's {BYTE_VOCAB} tokens")
+  if data.tokenizer == "sentencepiece":
+    vocab = check_int("vocab_size", data.vocab_size or model.vocab_size, low=SPM_MIN_VOCAB,
+                      high=model.vocab_size, owner=owner)
+    check_int("tokenizer_train_bytes", data.tokenizer_train_bytes, low=1, owner=owner)
+    data = dataclasses.replace(data, vocab_size=vocab)
   if task == "lm":
-    check_choice("corpus", data.corpus, corpus_names(), owner=owner)
+    check_choice("corpus", data.corpus, datasets.lm_names(), owner=owner)
     length = check_int("seq_len", data.seq_len, low=1, high=model.max_len, owner=owner)
   else:
-    check_choice("dataset", data.dataset, TASK_SHAPES, owner=owner)
-    kind, _, shape = TASK_SHAPES[data.dataset]
+    check_choice("dataset", data.dataset, datasets.classification_names(), owner=owner)
+    if data.dataset == "stdlib_package" and data.tokenizer != "byte":
+      raise ValueError("config.data.tokenizer: the 'stdlib_package' snippets are byte tokens; "
+                       "use tokenizer='byte'")
+    kind, _, shape = datasets.classification_info(data)
     patch = classifier.patch_size
     if kind == "image" and (shape[0] % patch or shape[1] % patch):
       raise ValueError(f"config.classifier.patch_size={patch} does not divide the "

@@ -27,8 +27,8 @@ from flax import nnx
 
 from moe_jax import config as config_lib
 from moe_jax.models import DecoderLM
-from moe_jax.data import ByteTokenizer, eval_batches, load_corpus, unigram_entropy_bits
-from moe_jax.data.classification import eval_example_batches, load_task
+from moe_jax.data import datasets, eval_batches
+from moe_jax.data.classification import eval_example_batches
 from moe_jax.parallel.distributed import global_to_host, host_local_to_global
 
 _LAYER_METRICS = ("expert_load", "max_vio", "dropped_fraction")
@@ -42,12 +42,16 @@ def make_eval_step(graphdef, task: str = "lm"):
   @jax.jit
   def step(state, batch):
     model, _ = nnx.merge(graphdef, state)
-    logits, routings = model(batch["inputs"], train=False)
+    if task == "lm":
+      logits, routings = model(batch["inputs"], train=False)
+    else:
+      logits, routings = model(batch["inputs"], train=False, mask_BL=batch.get("token_mask"))
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     mask = batch["mask"]
     if task == "lm":
       nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
-      out = {}
+      # Bytes of text the targets stand for (SentencePiece pieces span several bytes).
+      out = {"target_bytes": jnp.sum(batch["target_bytes"])} if "target_bytes" in batch else {}
     else:
       labels = batch["labels"]
       nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
@@ -65,23 +69,39 @@ def make_eval_step(graphdef, task: str = "lm"):
   return step
 
 
-def _batches(run: config_lib.RunConfig):
+def validation_data(run: config_lib.RunConfig, tokenizer):
+  """The validation split, read once: LM token array, or classification arrays."""
+  if run.task == "lm":
+    return datasets.lm_validation_tokens(run.data, tokenizer)
+  return datasets.classification_validation(run.data, tokenizer)
+
+
+def _batches(run: config_lib.RunConfig, tokenizer, data):
   processes = jax.process_count()
   shard = dict(batch_size=run.data.eval_batch_size // processes,
                shard_index=jax.process_index(), shard_count=processes)
-  if run.task == "lm":
-    return eval_batches(load_corpus(run.data.corpus, "validation"), seq_len=run.data.seq_len,
-                        **shard)
-  return eval_example_batches(load_task(run.data.dataset).validation, **shard)
+  if run.task != "lm":
+    yield from eval_example_batches(data, **shard)
+    return
+  for batch in eval_batches(data, seq_len=run.data.seq_len, **shard):
+    if tokenizer.eos_id is not None:   # not one byte per token
+      batch["target_bytes"] = tokenizer.bytes_per_token[batch["targets"]] * batch["mask"]
+    yield batch
 
 
-def validation_metrics(eval_step, state, run: config_lib.RunConfig, mesh) -> dict:
+def validation_metrics(eval_step, state, run: config_lib.RunConfig, mesh, tokenizer=None,
+                       data=None) -> dict:
   """Over the validation split (or its first data.eval_max_batches batches): loss and, for
   LMs, perplexity and bits_per_byte; for classifiers accuracy, per-class accuracy and the
-  confusion matrix (rows: true class); per-layer routing metrics averaged over batches."""
+  confusion matrix (rows: true class); per-layer routing metrics averaged over batches.
+  `data`: `validation_data(run, tokenizer)` when the caller keeps it between evaluations."""
+  if tokenizer is None:
+    tokenizer = datasets.load_or_train_tokenizer(run, may_train=False)
+  if data is None:
+    data = validation_data(run, tokenizer)
   sums: dict[str, np.ndarray] = {}
   n = 0
-  for batch in _batches(run):
+  for batch in _batches(run, tokenizer, data):
     if run.data.eval_max_batches and n == run.data.eval_max_batches:
       break
     out = jax.device_get(eval_step(state, host_local_to_global(batch, mesh)))
@@ -92,7 +112,10 @@ def validation_metrics(eval_step, state, run: config_lib.RunConfig, mesh) -> dic
   result = {"loss": loss, "examples" if run.task != "lm" else "tokens": int(sums["count"])}
   if run.task == "lm":
     # Byte tokenizer: one token is one byte, so bits/byte = nats/token / ln 2.
-    result.update(perplexity=math.exp(loss), bits_per_byte=loss / math.log(2))
+    num_bytes = float(sums.pop("target_bytes", sums["count"]))
+    result.update(perplexity=math.exp(loss),
+                  bits_per_byte=float(sums["nll_sum"]) / num_bytes / math.log(2),
+                  bytes=int(num_bytes))
   else:
     confusion = sums["confusion"]
     result.update(accuracy=float(sums["correct"] / sums["count"]),
@@ -111,14 +134,14 @@ def _next_logits(model, tokens_1L, position):
 
 
 def sample(run: config_lib.RunConfig, model_state, prompt: str, *, num_tokens: int,
-           temperature: float, top_k: int, seed: int = 0) -> str:
-  """Continues `prompt` by `num_tokens` bytes; temperature 0 is greedy (see module docstring).
+           temperature: float, top_k: int, seed: int = 0, tokenizer=None) -> str:
+  """Continues `prompt` by `num_tokens` tokens; temperature 0 is greedy (see module docstring).
   `model_state`: the model's nnx.State as host arrays."""
   config = dataclasses.replace(run.model, dispatcher="dropless", group_size=None)
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0))))
   model = nnx.merge(graphdef, model_state)
   window = run.data.seq_len
-  tokenizer = ByteTokenizer()
+  tokenizer = tokenizer or datasets.load_or_train_tokenizer(run, may_train=False)
 
   ids = list(tokenizer.encode(prompt)) or [0]
   rng = jax.random.PRNGKey(seed)
@@ -126,7 +149,8 @@ def sample(run: config_lib.RunConfig, model_state, prompt: str, *, num_tokens: i
     context = ids[-window:]
     buffer = np.zeros((1, window), np.int32)
     buffer[0, :len(context)] = context
-    logits = _next_logits(model, jnp.asarray(buffer), len(context) - 1)
+    # Only ids the tokenizer can decode (the embedding table may be larger).
+    logits = _next_logits(model, jnp.asarray(buffer), len(context) - 1)[:tokenizer.vocab_size]
     if temperature == 0:
       token = int(jnp.argmax(logits))
     else:
@@ -136,7 +160,7 @@ def sample(run: config_lib.RunConfig, model_state, prompt: str, *, num_tokens: i
         logits = jnp.where(logits < jax.lax.top_k(logits, top_k)[0][-1], -jnp.inf, logits)
       token = int(jax.random.categorical(key, logits))
     ids.append(token)
-  return tokenizer.decode(np.asarray(ids[len(tokenizer.encode(prompt)):], np.uint8))
+  return tokenizer.decode(np.asarray(ids[len(tokenizer.encode(prompt)):], np.int32))
 
 
 def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool = True) -> dict:
@@ -162,37 +186,39 @@ def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool =
   graphdef, abstract = nnx.split((abstract_model, abstract_opt))
   state, _ = ckpts.restore(step, abstract, expect_meta=checkpoint_meta(run))
   ckpts.close()
+  tokenizer = datasets.load_or_train_tokenizer(run, workdir, may_train=False)
+  data = validation_data(run, tokenizer)
   eval_step = make_eval_step(graphdef, run.task)   # compiled once, used by both passes
   result = {"step": step, "task": run.task,
-            **validation_metrics(eval_step, state, run, mesh)}
+            **validation_metrics(eval_step, state, run, mesh, tokenizer, data)}
   if run.task == "lm":
-    result.update(_lm_extras(run, graphdef, state))
+    result.update(_lm_extras(run, graphdef, state, tokenizer, data))
   else:
-    from moe_jax.data.classification import baselines
-    task = load_task(run.data.dataset)
-    result["class_names"] = list(task.class_names)
-    result["baselines"] = baselines(task)
-    result["class_expert_load"] = per_class_expert_load(eval_step, state, run, mesh, task)
+    result["class_names"] = list(datasets.class_names(run.data))
+    result["baselines"] = datasets.classification_baselines(run.data, data)
+    result["class_expert_load"] = per_class_expert_load(eval_step, state, run, mesh, data,
+                                                        len(result["class_names"]))
   if jax.process_index() == 0:
     _write(workdir, result, run, plots)
   return result
 
 
-def per_class_expert_load(eval_step, state, run, mesh, task) -> np.ndarray | None:
+def per_class_expert_load(eval_step, state, run, mesh, val: dict[str, np.ndarray],
+                          num_classes: int) -> np.ndarray | None:
   """[classes, MoE layers, E]: each layer's expert load over the validation examples of one
   class alone (its batches are filled by repeating that class's examples), i.e. which experts
-  each class uses. None for a model without MoE layers."""
-  val, batch_size = task.validation, run.data.eval_batch_size
+  each class uses. None for a model without MoE layers. `val`: the validation arrays."""
+  batch_size = run.data.eval_batch_size
   processes, index = jax.process_count(), jax.process_index()
   local = slice(index * batch_size // processes, (index + 1) * batch_size // processes)
   per_class = []
-  for c in range(task.num_classes):
+  for c in range(num_classes):
     ids = np.flatnonzero(val["labels"] == c)
     loads = []
     for start in range(0, len(ids), batch_size):
       rows = np.resize(ids[start:start + batch_size], batch_size)[local]
-      batch = {"inputs": val["inputs"][rows], "labels": val["labels"][rows],
-               "mask": np.ones(len(rows), np.float32)}
+      batch = {k: v[rows] for k, v in val.items()}
+      batch["mask"] = np.ones(len(rows), np.float32)
       out = jax.device_get(eval_step(state, host_local_to_global(batch, mesh)))
       keys = sorted((k for k in out if k.endswith("/expert_load")),
                     key=lambda k: int(k.split("/")[0][5:]))
@@ -203,12 +229,14 @@ def per_class_expert_load(eval_step, state, run, mesh, task) -> np.ndarray | Non
   return np.stack(per_class)
 
 
-def _lm_extras(run, graphdef, state) -> dict:
-  """The corpus's unigram entropy and greedy / sampled continuations of the prompt."""
+def _lm_extras(run, graphdef, state, tokenizer, tokens) -> dict:
+  """The byte unigram baseline and greedy / sampled continuations of the prompt."""
   model_state = global_to_host(nnx.state(nnx.merge(graphdef, state)[0]))
-  kw = dict(num_tokens=run.eval.sample_tokens, seed=run.seed)
+  kw = dict(num_tokens=run.eval.sample_tokens, seed=run.seed, tokenizer=tokenizer)
+  baseline, baseline_what = datasets.lm_byte_baseline(run.data, tokenizer, tokens)
   return {
-      "unigram_entropy_bits": unigram_entropy_bits(load_corpus(run.data.corpus, "train")),
+      "unigram_entropy_bits": baseline,
+      "unigram_baseline": baseline_what,
       "prompt": run.eval.prompt,
       "sample_greedy": sample(run, model_state, run.eval.prompt, temperature=0.0, top_k=0,
                               **kw),
@@ -266,8 +294,8 @@ def report(result: dict, workdir: pathlib.Path) -> str:
     return "\n".join([
         f"step {result['step']}: validation accuracy {result['accuracy']:.4f} on "
         f"{result['examples']} examples (loss {result['loss']:.4f})",
-        f"baselines: majority class {result['baselines']['majority']:.4f}, logistic "
-        f"regression {result['baselines']['logistic']:.4f}",
+        "baselines: " + ", ".join(f"{name} {value:.4f}"
+                                  for name, value in result["baselines"].items()),
         f"per class: {per_class}",
         f"wrote {workdir / 'eval.json'}, confusion.png, class_expert_load.png, "
         "expert_load.png, loss_curve.png"])
@@ -275,7 +303,7 @@ def report(result: dict, workdir: pathlib.Path) -> str:
   lines = [
       f"step {result['step']}: validation loss {result['loss']:.4f} nats/token, perplexity "
       f"{result['perplexity']:.3f}, {result['tokens']} tokens",
-      f"bits per byte {result['bits_per_byte']:.3f}  vs  corpus unigram entropy "
+      f"bits per byte {result['bits_per_byte']:.3f}  vs  {result['unigram_baseline']} "
       f"{result['unigram_entropy_bits']:.3f} ({ratio:.2f}x)",
   ]
   for k in sorted(k for k in result if k.endswith("/max_vio")):

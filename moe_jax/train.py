@@ -35,9 +35,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moe_jax import config as config_lib
 from moe_jax.checkpoint import Checkpoints
-from moe_jax.data import load_corpus, make_iterator
+from moe_jax.data import datasets
 from moe_jax.evaluate import make_eval_step, validation_metrics
-from moe_jax.data.classification import TASK_SHAPES, load_task, make_example_iterator
 from moe_jax.models import DecoderLM, EncoderClassifier
 from moe_jax.parallel.distributed import host_local_to_global
 from moe_jax.parallel.mesh import make_mesh
@@ -52,7 +51,7 @@ def build(run: config_lib.RunConfig, mesh):
   if run.task == "lm":
     model = DecoderLM(run.model, rngs=nnx.Rngs(run.seed), mesh=mesh)
   else:
-    kind, num_classes, shape = TASK_SHAPES[run.data.dataset]
+    kind, num_classes, shape = datasets.classification_info(run.data)
     images = dict(patch_size=run.classifier.patch_size, image_shape=shape) if kind == "image" \
         else {}
     model = EncoderClassifier(run.model, num_classes=num_classes, pool=run.classifier.pool,
@@ -97,6 +96,18 @@ def _restore_or_start(ckpts: Checkpoints, run, workdir, state, iterator, log_fn)
   return state, step
 
 
+def _tokenizer(run, workdir: pathlib.Path, is_main: bool):
+  """The run's tokenizer; a SentencePiece model is trained and saved by process 0 only (the
+  workdir is shared, as checkpointing needs), the other processes wait and load it."""
+  if run.data.tokenizer == "byte" or jax.process_count() == 1:
+    return datasets.load_or_train_tokenizer(run, workdir)
+  from jax.experimental import multihost_utils
+  if is_main:
+    datasets.load_or_train_tokenizer(run, workdir)
+  multihost_utils.sync_global_devices("moe_jax tokenizer saved")
+  return datasets.load_or_train_tokenizer(run, workdir, may_train=False)
+
+
 def train(config, workdir, *, progress: bool = True) -> dict:
   """Trains (or resumes) the run described by `config` (a ConfigDict) in `workdir`; returns
   the last logged metrics and the final validation metrics."""
@@ -107,19 +118,19 @@ def train(config, workdir, *, progress: bool = True) -> dict:
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config_lib.to_json(config))
+  # The data first: a missing dataset or a bad tokenizer fails before anything compiles.
+  tokenizer = _tokenizer(run, workdir, is_main)
+  processes = jax.process_count()
+  shard = dict(batch_size=run.data.batch_size // processes, seed=run.seed,
+               shard_index=jax.process_index(), shard_count=processes)
+  make_batches = (datasets.lm_train_iterator if run.task == "lm"
+                  else datasets.classification_train_iterator)
+  iterator = make_batches(run.data, tokenizer, **shard)
   mesh = make_mesh(**dataclasses.asdict(run.mesh))
   model, optimizer = build(run, mesh)
   graphdef, state = nnx.split((model, optimizer))
   state = place_on_mesh(state, mesh)
   del model, optimizer
-  processes = jax.process_count()
-  shard = dict(batch_size=run.data.batch_size // processes, seed=run.seed,
-               shard_index=jax.process_index(), shard_count=processes)
-  if run.task == "lm":
-    iterator = make_iterator(load_corpus(run.data.corpus, "train"), seq_len=run.data.seq_len,
-                             **shard)
-  else:
-    iterator = make_example_iterator(load_task(run.data.dataset).train, **shard)
   ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep,
                       async_save=run.checkpoint.async_save)
   log_fn = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
@@ -139,6 +150,7 @@ def train(config, workdir, *, progress: bool = True) -> dict:
                                      task_loss=lm_loss if run.task == "lm"
                                      else classification_loss)
   eval_step = make_eval_step(graphdef, run.task)
+  validate = lambda: validation_metrics(eval_step, state, run, mesh, tokenizer)
   base_key = jax.random.PRNGKey(run.seed)
   meta = checkpoint_meta(run)
   last, evaluation = {}, {}
@@ -159,8 +171,7 @@ def train(config, workdir, *, progress: bool = True) -> dict:
         metrics["tokens_per_sec"] = run.tokens_per_step * (step - tick_step) / (now - tick)
         tick, tick_step = now, step
         if run.eval_every and step % run.eval_every == 0 and step != run.steps:
-          metrics.update({f"eval/{k}": v for k, v in validation_metrics(
-              eval_step, state, run, mesh).items() if np.ndim(v) == 0})
+          metrics.update({f"eval/{k}": v for k, v in validate().items() if np.ndim(v) == 0})
           tick = time.perf_counter()   # don't count evaluation time as training time
         log.write(step, metrics)
         last = {"step": step, **metrics}
@@ -169,7 +180,7 @@ def train(config, workdir, *, progress: bool = True) -> dict:
         ckpts.save(step, state, iterator,
                    {**meta, "step": step, "rng": np.asarray(base_key).tolist()})
     if start < run.steps:
-      evaluation = validation_metrics(eval_step, state, run, mesh)
+      evaluation = validate()
       log.write(run.steps, {f"eval/{k}": v for k, v in evaluation.items()
                             if k != "confusion"})
       headline = (f"bits/byte {evaluation['bits_per_byte']:.4f}" if run.task == "lm"

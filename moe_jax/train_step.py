@@ -94,8 +94,10 @@ def lm_loss(model, batch, *, aux_loss_weights, train, rngs=None):
 
 
 def classification_loss(model, batch, *, aux_loss_weights, train, rngs=None):
-  """(loss, metrics) for classification; batch: inputs [B,...], labels [B]."""
-  logits, routings = model(batch["inputs"], train=train, rngs=rngs)
+  """(loss, metrics) for classification; batch: inputs [B,...], labels [B] (and token_mask
+  [B, L] for padded texts)."""
+  logits, routings = model(batch["inputs"], train=train, rngs=rngs,
+                           mask_BL=batch.get("token_mask"))
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
                              batch["labels"][:, None], axis=-1)[:, 0]
   ce = jnp.mean(nll)

@@ -158,6 +158,12 @@ def _split_documents(name: str, split: str, max_bytes: int | None) -> Documents:
   return docs
 
 
+def split_documents(name: str = DEFAULT_CORPUS, split: str = "train", *,
+                    max_bytes: int | None = None) -> Documents:
+  """(name, UTF-8 bytes) of each document of `split`, in corpus order."""
+  return _split_documents(name, split, max_bytes)
+
+
 def document_names(name: str = DEFAULT_CORPUS, split: str = "train", *,
                    max_bytes: int | None = None) -> list[str]:
   """Names of the documents in `split` of corpus `name`, in the order they are concatenated."""

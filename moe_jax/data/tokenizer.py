@@ -20,6 +20,13 @@ class ByteTokenizer:
   """UTF-8 bytes <-> int32 ids in [0, 256). decode(encode(s)) == s for any UTF-8-encodable s."""
 
   vocab_size: int = 256
+  # No end-of-document id: the corpora join documents with ordinary bytes (DOC_SEPARATOR).
+  eos_id: int | None = None
+
+  @property
+  def bytes_per_token(self) -> np.ndarray:
+    """int64 [256] of ones: every id is one byte, so a loss in nats/token is already per byte."""
+    return np.ones(self.vocab_size, dtype=np.int64)
 
   def encode(self, text: str) -> np.ndarray:
     """Returns the UTF-8 bytes of `text` as an int32 array of shape [len(bytes)]."""
