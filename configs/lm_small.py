@@ -28,8 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
                  router_options={"k": 2}, expert_d_ff=512, moe_every=2, first_dense_layers=1,
                  dispatcher="sort", capacity_factor=1.25, tie_embeddings=True)
   c.optim = dict(learning_rate=2e-3, warmup_steps=70, weight_decay=0.1, clip_norm=1.0)
-  c.data = dict(corpus="stdlib_py", seq_len=256, batch_size=16, eval_batch_size=32,
-                eval_max_batches=16)
+  c.data = dict(corpus="stdlib_py", tokenizer="byte", vocab_size=0, seq_len=256,
+                batch_size=16, eval_batch_size=32, eval_max_batches=16)
   c.mesh = dict(data=2, expert=4, model=1)
   c.checkpoint = dict(every=100, keep=3)
   c.eval = dict(prompt="def ", sample_tokens=300, temperature=0.8, top_k=40)

@@ -26,8 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
                  router_options={"k": 2}, expert_d_ff=256, moe_every=2, first_dense_layers=1,
                  dispatcher="sort", capacity_factor=1.25, tie_embeddings=True)
   c.optim = dict(learning_rate=3e-3, warmup_steps=50, weight_decay=0.1, clip_norm=1.0)
-  c.data = dict(corpus="pydoc_topics", seq_len=64, batch_size=32, eval_batch_size=64,
-                eval_max_batches=0)
+  # tokenizer='sentencepiece' (with vocab_size <= model.vocab_size) trains one into the workdir
+  c.data = dict(corpus="pydoc_topics", tokenizer="byte", vocab_size=0, seq_len=64,
+                batch_size=32, eval_batch_size=64, eval_max_batches=0)
   c.mesh = dict(data=2, expert=4, model=1)
   c.checkpoint = dict(every=100, keep=3)
   c.eval = dict(prompt="The ", sample_tokens=200, temperature=0.8, top_k=40)

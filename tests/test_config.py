@@ -13,7 +13,7 @@ from moe_jax.train import build
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 # The device count each shipped config's mesh is sized for.
 DEVICES = {"lm_tiny": 8, "lm_small": 8, "lm_gpu_node": 8, "lm_tpu_pod": 256,
-           "classify_digits": 8, "classify_text": 8}
+           "classify_digits": 8, "classify_text": 8, "classify_cifar10": 8, "lm_lm1b": 8}
 
 
 def _load(name="lm_tiny"):
