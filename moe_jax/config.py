@@ -34,6 +34,7 @@ import ml_collections
 
 from moe_jax import dispatch, routing
 from moe_jax.data import datasets
+from moe_jax.data.sentencepiece_tokenizer import MIN_VOCAB_SIZE
 from moe_jax.models.transformer import TransformerConfig, validate as validate_model
 from moe_jax.parallel.mesh import resolve_axis_sizes
 from moe_jax.train_step import OptimConfig
@@ -43,7 +44,6 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 TOKENIZERS = ("byte", "sentencepiece")
 TASKS = ("lm", "classification")
 BYTE_VOCAB = 256
-SPM_MIN_VOCAB = 300                    # 256 byte-fallback pieces + specials + a few merges
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +177,11 @@ def _data(cfg, model: TransformerConfig, mesh: MeshConfig, num_processes: int, t
     raise ValueError(f"config.model.vocab_size={model.vocab_size} is smaller than the byte "
                      f"tokenizer's {BYTE_VOCAB} tokens")
   if data.tokenizer == "sentencepiece":
-    vocab = check_int("vocab_size", data.vocab_size or model.vocab_size, low=SPM_MIN_VOCAB,
+    if model.vocab_size < MIN_VOCAB_SIZE:
+      raise ValueError(f"config.model.vocab_size={model.vocab_size} is too small for "
+                       f"config.data.tokenizer='sentencepiece' (at least {MIN_VOCAB_SIZE}: 256 "
+                       "byte-fallback pieces, the special ids and some merges)")
+    vocab = check_int("vocab_size", data.vocab_size or model.vocab_size, low=MIN_VOCAB_SIZE,
                       high=model.vocab_size, owner=owner)
     check_int("tokenizer_train_bytes", data.tokenizer_train_bytes, low=1, owner=owner)
     data = dataclasses.replace(data, vocab_size=vocab)

@@ -1,7 +1,12 @@
 """Benchmarks are not tests; this only checks that the layer benchmark runs and writes JSON."""
 import json
 
+import pytest
+
 from benchmarks import moe_layer
+
+# Smoke tests of the benchmark scripts (they compile every variant): `make test-all`.
+pytestmark = pytest.mark.slow
 
 
 def test_moe_layer_benchmark_runs(tmp_path):

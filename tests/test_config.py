@@ -79,7 +79,28 @@ BAD = [
     ("eval.top_k", 1000, r"config\.eval: option 'top_k'=1000"),
     ("restore_step", -2, r"config: option 'restore_step'=-2"),
     ("learning_rate", 1.0, r"config\.learning_rate is not a known field"),
+    ("data.tokenizer", "wordpiece", r"config\.data: option 'tokenizer'='wordpiece'.*'sentencepiece'"),
+    ("data.vocab_size", 100, None),   # ignored by the byte tokenizer
 ]
+
+
+def test_sentencepiece_vocab_must_fit_the_model():
+  cfg = _override(_load(), "data.tokenizer", "sentencepiece")
+  with pytest.raises(ValueError, match=r"config\.model\.vocab_size=256 is too small for "
+                                       r"config\.data\.tokenizer='sentencepiece'"):
+    config_lib.validate(cfg, num_devices=8)
+  cfg = _override(cfg, "model.vocab_size", 512)
+  assert config_lib.validate(cfg, num_devices=8).data.vocab_size == 512   # 0: the model's
+  with pytest.raises(ValueError, match=r"config\.data: option 'vocab_size'=1024 is out of "
+                                       r"range; allowed: 275 <= vocab_size <= 512"):
+    config_lib.validate(_override(cfg, "data.vocab_size", 1024), num_devices=8)
+
+
+def test_byte_snippet_task_refuses_sentencepiece():
+  cfg = _override(_load("classify_text"), "data.tokenizer", "sentencepiece")
+  cfg = _override(cfg, "model.vocab_size", 512)
+  with pytest.raises(ValueError, match=r"config\.data\.tokenizer.*stdlib_package.*'byte'"):
+    config_lib.validate(cfg, num_devices=8)
 
 
 @pytest.mark.parametrize("field,value,message", BAD, ids=[b[0] + "=" + str(b[1]) for b in BAD])
