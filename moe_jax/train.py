@@ -1,4 +1,4 @@
-"""Train an MoE language model: python -m moe_jax.train --config configs/X.py --workdir DIR.
+"""Train an MoE LM or classifier: python -m moe_jax.train --config configs/X.py --workdir DIR.
 
     python -m moe_jax.train --config configs/lm_tiny.py --workdir runs/tiny --cpu_devices 8 \\
         --config.steps=200 --config.model.num_experts=16
@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from moe_jax import config as config_lib
 from moe_jax.checkpoint import Checkpoints
 from moe_jax.data import datasets
-from moe_jax.evaluate import make_eval_step, validation_metrics
+from moe_jax.evaluate import make_eval_step, validation_data, validation_metrics
 from moe_jax.models import DecoderLM, EncoderClassifier
 from moe_jax.parallel.distributed import host_local_to_global
 from moe_jax.parallel.mesh import make_mesh
@@ -150,7 +150,13 @@ def train(config, workdir, *, progress: bool = True) -> dict:
                                      task_loss=lm_loss if run.task == "lm"
                                      else classification_loss)
   eval_step = make_eval_step(graphdef, run.task)
-  validate = lambda: validation_metrics(eval_step, state, run, mesh, tokenizer)
+  validation = []   # the validation split, read (and tokenized) once, at the first evaluation
+
+  def validate():
+    if not validation:
+      validation.append(validation_data(run, tokenizer))
+    return validation_metrics(eval_step, state, run, mesh, tokenizer, validation[0])
+
   base_key = jax.random.PRNGKey(run.seed)
   meta = checkpoint_meta(run)
   last, evaluation = {}, {}

@@ -123,8 +123,8 @@ def load_or_train_tokenizer(run, workdir=None, *, may_train: bool = True):
   if not may_train:
     raise FileNotFoundError(f"no tokenizer at {path}: the run's SentencePiece model is saved "
                             "there when training starts")
-  tokenizer = train_sentencepiece(training_text(dataset_name(run), data, data.tokenizer_train_bytes),
-                                  data.vocab_size)
+  text = training_text(dataset_name(run), data, data.tokenizer_train_bytes)
+  tokenizer = train_sentencepiece(text, data.vocab_size, max_bytes=data.tokenizer_train_bytes)
   if path is not None:
     tokenizer.save(path)
   return tokenizer
