@@ -38,6 +38,7 @@ from moe_jax.validation import check_choice
 SNIPPET_BYTES = 256
 PACKAGES = ("email", "asyncio", "unittest", "xml", "http", "multiprocessing", "logging",
             "importlib", "urllib", "encodings")
+DIGITS = tuple(str(d) for d in range(10))
 _PER_CLASS = {"train": 300, "validation": 60}
 
 
@@ -64,7 +65,7 @@ def _digits() -> Task:
     rank_in_class[labels == c] = np.arange(np.sum(labels == c))
   val = rank_in_class % 5 == 0
   split = lambda m: {"inputs": images[m], "labels": labels[m]}
-  return Task("digits", split(~val), split(val), tuple(str(d) for d in range(10)), "image")
+  return Task("digits", split(~val), split(val), DIGITS, "image")
 
 
 def _package_files(package: str) -> list[tuple[str, pathlib.Path]]:
@@ -110,6 +111,10 @@ _TASKS = {"digits": _digits, "stdlib_package": _stdlib_package}
 # What a model needs to know before the data is loaded: kind, classes, one example's shape.
 TASK_SHAPES = {"digits": ("image", 10, (8, 8, 1)),
                "stdlib_package": ("text", len(PACKAGES), (SNIPPET_BYTES,))}
+
+
+# The class names without loading the data.
+CLASS_NAMES = {"digits": DIGITS, "stdlib_package": PACKAGES}
 
 
 def task_names() -> tuple[str, ...]:
@@ -159,11 +164,13 @@ class ExampleSource:
     return {k: v[index] for k, v in self._arrays.items()}
 
 
-def make_example_iterator(arrays: dict[str, np.ndarray], *, batch_size: int, seed: int,
-                          shuffle: bool = True, num_epochs: int | None = None,
-                          shard_index: int | None = None, shard_count: int | None = None):
-  """Shuffled training batches of examples, sharded and resumable as `make_iterator`'s."""
-  ds = batched_dataset(ExampleSource(arrays), batch_size=batch_size, seed=seed,
+def make_example_iterator(examples, *, batch_size: int, seed: int, shuffle: bool = True,
+                          num_epochs: int | None = None, shard_index: int | None = None,
+                          shard_count: int | None = None):
+  """Shuffled training batches of examples, sharded and resumable as `make_iterator`'s.
+  `examples`: a dict of equal-length arrays, or any random-access source of example dicts."""
+  source = ExampleSource(examples) if isinstance(examples, dict) else examples
+  ds = batched_dataset(source, batch_size=batch_size, seed=seed,
                        shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
                        shard_count=shard_count, owner="make_example_iterator")
   return iter(ds.to_iter_dataset())

@@ -34,8 +34,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from moe_jax.data import classification, corpora, tfds_data
-from moe_jax.data.classification import ExampleSource, TASK_SHAPES
-from moe_jax.data.pipeline import batched_dataset, make_iterator
+from moe_jax.data.classification import TASK_SHAPES
+from moe_jax.data.pipeline import make_iterator
 from moe_jax.data.tokenizer import ByteTokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -59,10 +59,8 @@ def classification_info(data) -> tuple[str, int, tuple[int, ...]]:
 
 
 def class_names(data) -> tuple[str, ...]:
-  if data.dataset == "digits":
-    return tuple(str(d) for d in range(10))
-  if data.dataset == "stdlib_package":
-    return classification.PACKAGES
+  if data.dataset in classification.CLASS_NAMES:
+    return classification.CLASS_NAMES[data.dataset]
   return tfds_data.spec(data.dataset).class_names
 
 
@@ -223,12 +221,11 @@ def classification_train_iterator(data, tokenizer, *, batch_size: int, seed: int
                                   shard_index: int | None = None,
                                   shard_count: int | None = None):
   if data.dataset in TASK_SHAPES:
-    source = ExampleSource(classification.load_task(data.dataset).train)
+    examples = classification.load_task(data.dataset).train
   else:
-    source = TfdsExamples(data, tokenizer, tfds_data.spec(data.dataset).train_split)
-  ds = batched_dataset(source, batch_size=batch_size, seed=seed, shard_index=shard_index,
-                       shard_count=shard_count, owner="classification_train_iterator")
-  return iter(ds.to_iter_dataset())
+    examples = TfdsExamples(data, tokenizer, tfds_data.spec(data.dataset).train_split)
+  return classification.make_example_iterator(examples, batch_size=batch_size, seed=seed,
+                                              shard_index=shard_index, shard_count=shard_count)
 
 
 def classification_validation(data, tokenizer) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ import dataclasses
 import os
 import re
 
+from moe_jax.data.classification import DIGITS
 from moe_jax.validation import check_choice
 
 
@@ -50,7 +51,6 @@ class TfdsSpec:
     return len(self.class_names)
 
 
-_DIGITS = tuple(str(d) for d in range(10))
 DATASETS: dict[str, TfdsSpec] = {s.name: s for s in (
     TfdsSpec("lm1b", "lm", ("train", "test"), "train", "test", ("text",), materialize=False),
     TfdsSpec("tiny_shakespeare", "lm", ("train", "validation", "test"), "train", "validation",
@@ -60,7 +60,7 @@ DATASETS: dict[str, TfdsSpec] = {s.name: s for s in (
     TfdsSpec("ag_news_subset", "text", ("train", "test"), "train", "test",
              ("title", "description"), class_names=("World", "Sports", "Business", "Sci/Tech")),
     TfdsSpec("mnist", "image", ("train", "test"), "train", "test", image_shape=(28, 28, 1),
-             class_names=_DIGITS),
+             class_names=DIGITS),
     TfdsSpec("cifar10", "image", ("train", "test"), "train", "test", image_shape=(32, 32, 3),
              class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                           "horse", "ship", "truck")),
