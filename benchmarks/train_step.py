@@ -33,7 +33,7 @@ from flax import nnx  # noqa: E402
 from moe_jax.models import DecoderLM, TransformerConfig  # noqa: E402
 from moe_jax.parallel import make_mesh  # noqa: E402
 from moe_jax.parallel.distributed import host_local_to_global  # noqa: E402
-from moe_jax.train import place_on_mesh  # noqa: E402
+from moe_jax.run_setup import place_on_mesh  # noqa: E402
 from moe_jax.train_step import OptimConfig, make_optimizer, make_state_train_step  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"

@@ -14,28 +14,19 @@ time is claimed: the pipeline is tested on mock CIFAR-10 examples and `tests/tes
 validates and builds this config abstractly. `evaluate`'s class_expert_load.png then shows
 whether animal and vehicle classes use different experts.
 """
-import ml_collections
+import common
 
 
-def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.task = "classification"
-  c.seed = 0
-  c.steps = 20000
+def get_config():
+  c = common.classifier(steps=20000, dataset="cifar10")
   c.log_every = 100
   c.eval_every = 2000
-  c.restore_step = None
-  c.aux_loss_weights = {"load_balancing": 1e-2, "z_loss": 1e-3}
-  c.model = dict(vocab_size=256, d_model=384, num_layers=6, num_heads=6, max_len=65,
-                 d_ff=1536, activation="gelu", num_experts=16, router="topk",
-                 router_options={"k": 2}, expert_d_ff=768, moe_every=2, first_dense_layers=1,
-                 dispatcher="sort", capacity_factor=1.25, tie_embeddings=False,
-                 dtype="bfloat16", param_dtype="float32")
+  c.model.update(d_model=384, num_layers=6, num_heads=6, max_len=65, d_ff=1536,
+                 num_experts=16, expert_d_ff=768, moe_every=2, first_dense_layers=1,
+                 tie_embeddings=False, dtype="bfloat16", param_dtype="float32")
   c.classifier = dict(pool="cls", patch_size=4)
-  c.optim = dict(learning_rate=1e-3, warmup_steps=1000, weight_decay=0.05, clip_norm=1.0)
-  c.data = dict(dataset="cifar10", data_dir="", batch_size=256, eval_batch_size=512,
-                eval_max_batches=0)
+  c.optim.update(learning_rate=1e-3, warmup_steps=1000)
+  c.data.update(data_dir="", batch_size=256, eval_batch_size=512)
   c.mesh = dict(data=1, expert=8, model=1)
-  c.checkpoint = dict(every=2000, keep=3, async_save=True)
-  c.eval = dict()
+  c.checkpoint.update(every=2000, async_save=True)
   return c

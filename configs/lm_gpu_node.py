@@ -10,27 +10,17 @@ and tokens are split over all 8. 65,536 tokens per step. Not run on this project
 GPU node); `tests/test_config.py` validates it and builds its parameter shapes and shardings
 abstractly. Expect hours per 10k steps; tune batch_size to memory.
 """
-import ml_collections
+import common
 
 
-def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.steps = 20000
+def get_config():
+  c = common.accelerator_lm(steps=20000, corpus="stdlib_py")
   c.log_every = 50
   c.eval_every = 1000
-  c.restore_step = None
-  c.aux_loss_weights = {"load_balancing": 1e-2, "z_loss": 1e-3}
-
-  c.model = dict(vocab_size=256, d_model=1024, num_layers=16, num_heads=16, max_len=1024,
-                 d_ff=4096, activation="silu", glu=True, num_experts=64, router="topk",
-                 router_options={"k": 2}, expert_d_ff=2048, moe_every=2, first_dense_layers=1,
-                 dispatcher="sort", capacity_factor=1.25, tie_embeddings=False,
-                 dtype="bfloat16", param_dtype="float32", remat=True)
-  c.optim = dict(learning_rate=6e-4, warmup_steps=1000, weight_decay=0.1, clip_norm=1.0)
-  c.data = dict(corpus="stdlib_py", seq_len=1024, batch_size=64, eval_batch_size=64,
-                eval_max_batches=50)
+  c.model.update(d_model=1024, num_layers=16, num_heads=16, max_len=1024, d_ff=4096,
+                 num_experts=64, expert_d_ff=2048)
+  c.optim.update(learning_rate=6e-4, warmup_steps=1000)
+  c.data.update(seq_len=1024, batch_size=64, eval_batch_size=64, eval_max_batches=50)
   c.mesh = dict(data=1, expert=8, model=1)
-  c.checkpoint = dict(every=1000, keep=3, async_save=True)
-  c.eval = dict(prompt="def ", sample_tokens=500, temperature=0.8, top_k=40)
+  c.checkpoint.update(every=1000)
   return c

@@ -16,27 +16,21 @@ counts the bytes each piece stands for. Not run on this project's machines (no G
 dataset), so no result or time is claimed: the pipeline is tested on mock lm1b sentences and
 `tests/test_config.py` validates and builds this config abstractly.
 """
-import ml_collections
+import common
 
 
-def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.steps = 100000
+def get_config():
+  c = common.accelerator_lm(steps=100000, corpus="lm1b")
   c.log_every = 100
   c.eval_every = 5000
-  c.restore_step = None
-  c.aux_loss_weights = {"load_balancing": 1e-2, "z_loss": 1e-3}
-  c.model = dict(vocab_size=32768, d_model=512, num_layers=8, num_heads=8, max_len=256,
-                 d_ff=2048, activation="silu", glu=True, num_experts=32, router="topk",
-                 router_options={"k": 2}, expert_d_ff=1024, moe_every=2, first_dense_layers=1,
-                 dispatcher="sort", capacity_factor=1.25, tie_embeddings=True,
-                 dtype="bfloat16", param_dtype="float32")
-  c.optim = dict(learning_rate=6e-4, warmup_steps=2000, weight_decay=0.1, clip_norm=1.0)
-  c.data = dict(corpus="lm1b", data_dir="", tokenizer="sentencepiece", vocab_size=32000,
+  c.model.update(vocab_size=32768, d_model=512, num_layers=8, num_heads=8, max_len=256,
+                 d_ff=2048, num_experts=32, expert_d_ff=1024, tie_embeddings=True,
+                 remat=False)
+  c.optim.update(learning_rate=6e-4, warmup_steps=2000)
+  c.data.update(data_dir="", tokenizer="sentencepiece", vocab_size=32000,
                 tokenizer_train_bytes=20_000_000, seq_len=256, batch_size=256,
                 eval_batch_size=256, eval_max_batches=64)
   c.mesh = dict(data=1, expert=8, model=1)
-  c.checkpoint = dict(every=5000, keep=3, async_save=True)
-  c.eval = dict(prompt="The ", sample_tokens=64, temperature=0.8, top_k=40)
+  c.checkpoint.update(every=5000)
+  c.eval.update(prompt="The ", sample_tokens=64)
   return c

@@ -11,26 +11,16 @@ after 40 steps. Ablations
 override one field at a time, e.g. --config.model.num_experts=32 or
 --config.model.router_options.k=1.
 """
-import ml_collections
+import common
 
 
-def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.steps = 700
+def get_config():
+  c = common.byte_lm(steps=700, corpus="stdlib_py")
   c.log_every = 25
   c.eval_every = 100
-  c.restore_step = None
-  c.aux_loss_weights = {"load_balancing": 1e-2, "z_loss": 1e-3}
-
-  c.model = dict(vocab_size=256, d_model=256, num_layers=6, num_heads=8, max_len=256,
-                 d_ff=1024, activation="gelu", num_experts=16, router="topk",
-                 router_options={"k": 2}, expert_d_ff=512, moe_every=2, first_dense_layers=1,
-                 dispatcher="sort", capacity_factor=1.25, tie_embeddings=True)
-  c.optim = dict(learning_rate=2e-3, warmup_steps=70, weight_decay=0.1, clip_norm=1.0)
-  c.data = dict(corpus="stdlib_py", tokenizer="byte", vocab_size=0, seq_len=256,
-                batch_size=16, eval_batch_size=32, eval_max_batches=16)
-  c.mesh = dict(data=2, expert=4, model=1)
-  c.checkpoint = dict(every=100, keep=3)
-  c.eval = dict(prompt="def ", sample_tokens=300, temperature=0.8, top_k=40)
+  c.model.update(d_model=256, num_layers=6, num_heads=8, max_len=256, d_ff=1024,
+                 num_experts=16, expert_d_ff=512, moe_every=2, first_dense_layers=1)
+  c.optim.update(learning_rate=2e-3, warmup_steps=70)
+  c.data.update(seq_len=256, batch_size=16, eval_batch_size=32, eval_max_batches=16)
+  c.eval.update(prompt="def ", sample_tokens=300)
   return c

@@ -10,27 +10,17 @@ over all 256 chips. 1M tokens per step. Not run on this project's machines; `tes
 test_config.py` validates it and builds its parameter shapes and shardings abstractly on a
 256-device abstract mesh. The `dropless` dispatcher uses jax.lax.ragged_dot on TPU.
 """
-import ml_collections
+import common
 
 
-def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.steps = 50000
+def get_config():
+  c = common.accelerator_lm(steps=50000, corpus="stdlib_py")
   c.log_every = 100
   c.eval_every = 2000
-  c.restore_step = None
-  c.aux_loss_weights = {"load_balancing": 1e-2, "z_loss": 1e-3}
-
-  c.model = dict(vocab_size=256, d_model=2048, num_layers=24, num_heads=16, max_len=2048,
-                 d_ff=8192, activation="silu", glu=True, num_experts=64, router="topk",
-                 router_options={"k": 2}, expert_d_ff=4096, moe_every=2, first_dense_layers=1,
-                 dispatcher="sort", capacity_factor=1.25, tie_embeddings=False,
-                 dtype="bfloat16", param_dtype="float32", remat=True)
-  c.optim = dict(learning_rate=3e-4, warmup_steps=2000, weight_decay=0.1, clip_norm=1.0)
-  c.data = dict(corpus="stdlib_py", seq_len=2048, batch_size=512, eval_batch_size=512,
-                eval_max_batches=20)
+  c.model.update(d_model=2048, num_layers=24, num_heads=16, max_len=2048, d_ff=8192,
+                 num_experts=64, expert_d_ff=4096)
+  c.optim.update(learning_rate=3e-4, warmup_steps=2000)
+  c.data.update(seq_len=2048, batch_size=512, eval_batch_size=512, eval_max_batches=20)
   c.mesh = dict(data=4, expert=64, model=1)
-  c.checkpoint = dict(every=1000, keep=5, async_save=True)
-  c.eval = dict(prompt="def ", sample_tokens=500, temperature=0.8, top_k=40)
+  c.checkpoint.update(every=1000, keep=5)
   return c

@@ -19,6 +19,9 @@ moved to `<workdir>/abandoned_checkpoints/`.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import pathlib
 import shutil
 import time
@@ -30,15 +33,47 @@ import orbax.checkpoint as ocp
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be restored: corrupt, incomplete, or from another config."""
+  """A checkpoint that cannot be restored (corrupt, incomplete, from another config) or
+  saved. `retry_flags`: command-line flags that get past it (e.g. an older restore_step),
+  which the CLI appends to the user's own command in its message."""
+
+  def __init__(self, message: str, retry_flags: tuple[str, ...] = ()):
+    super().__init__(message)
+    self.retry_flags = tuple(retry_flags)
+
+
+def short_reason(error: BaseException, limit: int = 200) -> str:
+  """One line on why an Orbax / TensorStore call failed: the OS error if there is one in the
+  chain (disk full, read-only), else the first line of the message without the TensorStore
+  spec (a JSON blob of several lines) that such messages embed."""
+  seen, e = set(), error
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.strerror:
+      return f"{e.strerror}" + (f": {e.filename}" if e.filename else "")
+    e = e.__cause__ or e.__context__
+  text = str(error)
+  for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO):
+    if os.strerror(code) in text:   # TensorStore wraps the OS error in its own message
+      return os.strerror(code)
+  for marker in ("[tensorstore_spec", "tensorstore_spec", "{"):
+    text = text.split(marker)[0]
+  text = " ".join(text.split()).rstrip(" :;,[")
+  text = text if len(text) <= limit else text[:limit] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class Checkpoints:
   """The checkpoints in one directory; `keep` newest are kept."""
 
-  def __init__(self, directory, *, keep: int = 3, async_save: bool = False):
+  def __init__(self, directory, *, keep: int = 3, async_save: bool = False,
+               read_only: bool = False):
     self.directory = pathlib.Path(directory).absolute()
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    # cleanup_tmp_directories: a save cut short by a kill leaves a temporary directory that
+    # is never listed as a step; the resumed run removes it. A reader (evaluate) must not: the
+    # temporary directory may be a save in progress.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           cleanup_tmp_directories=not read_only,
                                            enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -54,10 +89,21 @@ class Checkpoints:
     return steps[-1] if steps else None
 
   def save(self, step: int, state, data_iterator, meta: dict[str, Any]) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        meta=ocp.args.JsonSave(meta)))
+    try:
+      with _quiet_stderr_on_failure():
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            meta=ocp.args.JsonSave(meta)))
+    except Exception as e:  # noqa: BLE001 - disk full, read-only, ...: one readable reason
+      raise self._save_error(step, e) from e
+
+  def _save_error(self, step: int, cause: BaseException) -> CheckpointError:
+    kept = [s for s in self.steps() if s != step]
+    return CheckpointError(
+        f"could not save checkpoint step {step} in {self.directory} ({short_reason(cause)}); "
+        f"the checkpoints already there ({kept or 'none'}) are intact: free space or fix the "
+        "directory, then rerun the same command to resume")
 
   def read_meta(self, step: int) -> dict[str, Any]:
     try:
@@ -87,7 +133,8 @@ class Checkpoints:
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      with _quiet_stderr_on_failure():
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001
       raise self._error(step, e) from e
     return restored["state"], meta
@@ -108,19 +155,46 @@ class Checkpoints:
 
   def _error(self, step: int, cause: Exception) -> CheckpointError:
     older = [s for s in self.steps() if s < step]
-    hint = (f"resume from an older one with --config.restore_step={older[-1]} (available: "
-            f"{older})" if older else "there is no older checkpoint; move it away to start over")
-    detail = str(cause).split(" [tensorstore_spec")[0]
-    if len(detail) > 400:
-      detail = detail[:400] + "..."
+    hint = (f"resume from an older one (available: {older}) with --config.restore_step="
+            f"{older[-1]}" if older else "there is no older checkpoint; move it away to start "
+            "over")
     return CheckpointError(f"checkpoint {self.directory / str(step)} is corrupt or incomplete "
-                           f"({type(cause).__name__}: {detail}); {hint}")
+                           f"({short_reason(cause)}); {hint}",
+                           retry_flags=(f"--config.restore_step={older[-1]}",) if older else ())
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    try:
+      with _quiet_stderr_on_failure():
+        self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - an async save that failed in the background
+      raise self._save_error(self.latest_step() or -1, e) from e
 
   def close(self) -> None:
     self._manager.close()
+
+
+@contextlib.contextmanager
+def _quiet_stderr_on_failure(drain_seconds: float = 0.5):
+  """When a restore or save fails, TensorStore's callbacks for the reads still in flight fire into
+  the event loop Orbax has just closed, and each prints an "Event loop is closed" traceback
+  from a C++ thread (dozens of them; no Python hook sees them). Silence file descriptor 2
+  while the restore runs and, if it fails, while those callbacks drain; the failure itself
+  is reported by the caller. MOE_JAX_THREAD_TRACEBACKS=1 keeps them."""
+  if os.environ.get("MOE_JAX_THREAD_TRACEBACKS"):
+    yield
+    return
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  except BaseException:
+    time.sleep(drain_seconds)
+    raise
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
 
 
 def _describe_difference(saved, expected) -> str:

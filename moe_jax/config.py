@@ -1,25 +1,22 @@
-"""A run's config: an ml_collections ConfigDict validated into frozen dataclasses at one point.
+"""A run's config: a ConfigDict completed from one schema and validated into frozen dataclasses.
 
-    cfg = config_lib.load_file("configs/lm_tiny.py", overrides=["--config.steps=50"])
-    run = config_lib.validate(cfg, num_devices=jax.device_count(), num_processes=1)
-    run.model.num_experts, run.mesh.expert, run.optim.learning_rate, run.data.seq_len, ...
+    cfg = config_lib.load_file("configs/lm_tiny.py")
+    run = config_lib.validate(cfg, num_devices=jax.device_count(),
+                              overrides=["--config.steps=50", "model.router=dense"])
+    run.model.d_model, run.mesh.expert, run.optim.learning_rate, run.data.seq_len, run.notes
 
-`validate` is the only place that reads the raw ConfigDict; everything after it takes the
-typed `RunConfig`. Every check runs here, before anything is built or compiled, and every
-error names the field as it is spelled on the command line (`config.model.num_experts`) and
-what is allowed. Unknown keys are errors too, so a typo never silently falls back to a default.
+`validate` is the only place that reads the raw ConfigDict; everything after it takes the typed
+`RunConfig`. The schema is the dataclasses below (plus `ModelSection`, the flat `config.model.*`
+keys): a config file sets only what it changes, every field can be overridden from the command
+line whether or not the file sets it (`moe_jax.overrides`), and an unknown key is an error naming
+the closest known one. Every check runs here, before anything is built or compiled; every error
+names the field as it is spelled on the command line (`config.model.num_experts`) and what is
+allowed. The task (`config.task`) adds its own checks of `config.data` (`moe_jax.tasks`).
 
-ConfigDict layout (see configs/lm_tiny.py for a complete one):
-    task ('lm' or 'classification'), seed, steps, log_every, eval_every, restore_step, aux_loss_weights{name: weight}
-    model.*       TransformerConfig fields (dtype / param_dtype as strings: 'float32', 'bfloat16')
-    optim.*       OptimConfig fields except total_steps (= steps)
-    data.*        DataConfig: corpus (lm) or dataset (classification), data_dir (tfds),
-                  tokenizer ('byte' or 'sentencepiece' with vocab_size), seq_len,
-                  batch_size (global), eval_*
-    classifier.*  pool ('mean' or 'cls'), patch_size (images)
-    mesh.*        data, expert, model (one may be -1: the remaining devices)
-    checkpoint.*  every, keep, async_save
-    eval.*        prompt, sample_tokens, temperature, top_k
+Forgiving where the intent is clear, and saying so once (`RunConfig.notes`): a warmup longer
+than the run is clipped to it; router options from the config file that the chosen router does
+not take are dropped (so `--config.model.router=dense` works on a top-k config), while such an
+option set on the command line is an error.
 """
 from __future__ import annotations
 
@@ -27,13 +24,13 @@ import dataclasses
 import importlib.util
 import json
 import pathlib
-from typing import Any
+import sys
+from typing import Any, Sequence, get_type_hints
 
 import jax.numpy as jnp
 import ml_collections
 
-from moe_jax import dispatch, routing
-from moe_jax.data import datasets
+from moe_jax import dispatch, overrides as overrides_lib, routing
 from moe_jax.data.sentencepiece_tokenizer import MIN_VOCAB_SIZE
 from moe_jax.models.transformer import TransformerConfig, validate as validate_model
 from moe_jax.parallel.mesh import resolve_axis_sizes
@@ -42,8 +39,36 @@ from moe_jax.validation import check_choice, check_float, check_int
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 TOKENIZERS = ("byte", "sentencepiece")
-TASKS = ("lm", "classification")
 BYTE_VOCAB = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+  """The `config.model.*` keys: the transformer's fields and the MoE options, one flat list."""
+  vocab_size: int = 256
+  d_model: int = 128
+  num_layers: int = 4
+  num_heads: int = 4
+  max_len: int = 1024
+  d_ff: int | None = None             # dense FFN hidden size (default 4 * d_model)
+  activation: str = "gelu"
+  glu: bool = False
+  num_experts: int = 0                # 0: a dense model
+  router: str = "topk"
+  router_options: dict = dataclasses.field(default_factory=dict)
+  expert_d_ff: int | None = None      # default d_ff
+  moe_every: int = 1
+  first_dense_layers: int = 0
+  dispatcher: str = "sort"
+  capacity_factor: float = 1.25
+  group_size: int | None = None       # default: one sequence
+  shared_d_ff: int | None = None      # an always-on shared expert (DeepSeekMoE), or none
+  exchange: str = "auto"              # expert-parallel dropless all-to-all: auto, padded, ragged
+  tie_embeddings: bool = True
+  allow_non_causal_router: bool = False   # for ablations only: leaks future tokens in a decoder
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +76,6 @@ class DataConfig:
   corpus: str = "pydoc_topics"         # task 'lm': an embedded corpus or a tfds LM dataset
   dataset: str = "digits"              # task 'classification': embedded or tfds
   data_dir: str = ""                   # tfds datasets: '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
-
   tokenizer: str = "byte"              # 'byte' or 'sentencepiece' (trained into the workdir)
   vocab_size: int = 0                  # sentencepiece: 0 = config.model.vocab_size
   tokenizer_train_bytes: int = 10_000_000   # sentencepiece: training text read
@@ -90,6 +114,18 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TopLevel:
+  """The fields outside any section."""
+  task: str = "lm"
+  seed: int = 0
+  steps: int = 1000
+  log_every: int = 10
+  eval_every: int = 0                  # 0: evaluate at the end only
+  restore_step: int | None = None      # None: resume from the newest checkpoint, if any
+  aux_loss_weights: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   model: TransformerConfig
   optim: OptimConfig
@@ -102,74 +138,108 @@ class RunConfig:
   classifier: ClassifierConfig = ClassifierConfig()
   seed: int = 0
   log_every: int = 10
-  eval_every: int = 0                  # 0: evaluate at the end only
-  restore_step: int | None = None      # None: resume from the newest checkpoint, if any
+  eval_every: int = 0
+  restore_step: int | None = None
   aux_loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+  notes: tuple[str, ...] = ()          # what validation adjusted, said once when a run starts
+  record: dict = dataclasses.field(default_factory=dict, compare=False)  # -> config.json
 
   @property
   def tokens_per_step(self) -> int:
     return self.data.batch_size * self.data.seq_len
 
 
-_TOP_LEVEL = {"task", "seed", "steps", "log_every", "eval_every", "restore_step", "aux_loss_weights"}
-_SECTIONS = ("model", "optim", "data", "mesh", "checkpoint", "eval", "classifier")
+def _schema_of(cls, exclude=()) -> dict[str, overrides_lib.Field]:
+  hints = get_type_hints(cls)
+  out = {}
+  for f in dataclasses.fields(cls):
+    if f.name in exclude:
+      continue
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    out[f.name] = overrides_lib.Field(hints[f.name], default)
+  return out
 
 
-def _field_names(cls, exclude=()) -> tuple[str, ...]:
-  return tuple(f.name for f in dataclasses.fields(cls) if f.name not in exclude)
+SECTIONS = {"model": ModelSection, "optim": OptimConfig, "data": DataConfig,
+            "classifier": ClassifierConfig, "mesh": MeshConfig,
+            "checkpoint": CheckpointConfig, "eval": EvalConfig}
+SCHEMA: dict = {**_schema_of(TopLevel),
+                **{name: _schema_of(cls, exclude=("total_steps",))
+                   for name, cls in SECTIONS.items()}}
 
 
-def _section(cfg, name: str, cls, exclude=()) -> dict[str, Any]:
-  """The section as a plain dict; unknown keys are errors naming the allowed ones."""
-  raw = cfg.get(name, ml_collections.ConfigDict())
-  raw = raw.to_dict() if isinstance(raw, ml_collections.ConfigDict) else dict(raw)
-  allowed = _field_names(cls, exclude)
-  for key in raw:
-    if key not in allowed:
-      raise ValueError(f"config.{name}.{key} is not a known field; allowed: "
-                       + ", ".join(allowed))
-  return raw
+def defaults() -> ml_collections.ConfigDict:
+  """Every known field at its default: what a config file's fields are laid over."""
+  return ml_collections.ConfigDict(overrides_lib.defaults(SCHEMA))
+
+
+def resolve(cfg, overrides: Sequence[str] = ()) -> tuple[dict, frozenset[str]]:
+  """(the complete config tree with `overrides` applied, the paths the overrides set)."""
+  tree = overrides_lib.complete(cfg, SCHEMA)
+  return overrides_lib.apply(tree, overrides, SCHEMA)
 
 
 def _dtype(value, field: str):
-  check_choice(field.rsplit(".", 1)[-1], value, DTYPES, owner=field.rsplit(".", 1)[0])
+  check_choice(field, value, DTYPES, owner="config.model")
   return DTYPES[value]
 
 
-def _model(cfg, mesh: MeshConfig, *, causal: bool) -> TransformerConfig:
-  raw = _section(cfg, "model", TransformerConfig)
-  for field in ("dtype", "param_dtype"):
-    if field in raw:
-      raw[field] = _dtype(raw[field], f"config.model.{field}")
-  raw["router_options"] = dict(raw.get("router_options") or {})
-  model = TransformerConfig(**raw)
+def _router_options(section: dict, explicit, notes: list) -> dict:
+  """The options the chosen router takes; the file's others are dropped, a flag's are errors."""
+  router, given = section["router"], dict(section["router_options"] or {})
+  check_choice("router", router, routing.names(), owner="config.model")
+  allowed = [k for k in routing.options(router) if k != "num_experts"]
+  unknown = sorted(set(given) - set(allowed))
+  flagged = [k for k in unknown if f"model.router_options.{k}" in explicit
+             or "model.router_options" in explicit]
+  if flagged:
+    raise ValueError(f"config.model.router_options.{flagged[0]}: router {router!r} takes no "
+                     f"option {flagged[0]!r}; it takes: {', '.join(allowed) or 'none'}")
+  if unknown:
+    notes.append(f"router {router!r} takes no option(s) {', '.join(unknown)} (set by the "
+                 "config file for another router): ignored")
+  return {k: v for k, v in given.items() if k in allowed}
+
+
+def _model(section: dict, mesh: MeshConfig, *, causal: bool) -> TransformerConfig:
   owner = "config.model"
-  check_choice("router", model.router, routing.names(), owner=owner)
-  check_choice("dispatcher", model.dispatcher, dispatch.names(), owner=owner)
-  check_float("capacity_factor", model.capacity_factor, low=0.0, low_inclusive=False,
+  section = dict(section)
+  for field in ("dtype", "param_dtype"):
+    section[field] = _dtype(section[field], field)
+  check_choice("dispatcher", section["dispatcher"], dispatch.names(), owner=owner)
+  check_float("capacity_factor", section["capacity_factor"], low=0.0, low_inclusive=False,
               owner=owner)
-  if model.num_experts > 0:
+  num_experts = check_int("num_experts", section["num_experts"], low=0, owner=owner)
+  if num_experts:
     try:
-      routing.get(model.router, num_experts=model.num_experts, **model.router_options)
+      routing.get(section["router"], num_experts=num_experts, **section["router_options"])
     except (TypeError, ValueError) as e:
-      raise ValueError(f"config.model.router_options (router {model.router!r}, "
-                       f"num_experts={model.num_experts}): {e}") from e
-    if model.num_experts % mesh.expert:
-      raise ValueError(f"config.model.num_experts={model.num_experts} is not divisible by "
+      raise ValueError(f"config.model.router_options (router {section['router']!r}, "
+                       f"num_experts={num_experts}): {e}") from e
+    if num_experts % mesh.expert:
+      raise ValueError(f"config.model.num_experts={num_experts} is not divisible by "
                        f"config.mesh.expert={mesh.expert}: each device must hold whole experts")
+  model = build_model_config(section)
   validate_model(model, causal=causal, owner=owner)
-  d_ff = model.d_ff or 4 * model.d_model
-  for name, value in (("d_model", model.d_model), ("d_ff", d_ff),
-                      ("expert_d_ff", model.expert_d_ff or d_ff)):
+  d_ff = section["d_ff"] or 4 * section["d_model"]
+  for name, value in (("d_model", section["d_model"]), ("d_ff", d_ff),
+                      ("expert_d_ff", section["expert_d_ff"] or d_ff)):
     if value % mesh.model:
       raise ValueError(f"config.model.{name}={value} is not divisible by "
                        f"config.mesh.model={mesh.model} (tensor parallelism splits it)")
   return model
 
 
-def _data(cfg, model: TransformerConfig, mesh: MeshConfig, num_processes: int, task: str,
+def build_model_config(section: dict) -> TransformerConfig:
+  """The model's config from the flat `config.model.*` section (dtypes already resolved)."""
+  section = dict(section)
+  section.pop("exchange")
+  return TransformerConfig(**section)
+
+
+def _data(section: dict, model: TransformerConfig, mesh: MeshConfig, num_processes: int, task,
           classifier: ClassifierConfig) -> DataConfig:
-  data = DataConfig(**_section(cfg, "data", DataConfig))
+  data = DataConfig(**section)
   owner = "config.data"
   check_choice("tokenizer", data.tokenizer, TOKENIZERS, owner=owner)
   check_int("eval_max_batches", data.eval_max_batches, low=0, owner=owner)
@@ -185,24 +255,7 @@ def _data(cfg, model: TransformerConfig, mesh: MeshConfig, num_processes: int, t
                       high=model.vocab_size, owner=owner)
     check_int("tokenizer_train_bytes", data.tokenizer_train_bytes, low=1, owner=owner)
     data = dataclasses.replace(data, vocab_size=vocab)
-  if task == "lm":
-    check_choice("corpus", data.corpus, datasets.lm_names(), owner=owner)
-    length = check_int("seq_len", data.seq_len, low=1, high=model.max_len, owner=owner)
-  else:
-    check_choice("dataset", data.dataset, datasets.classification_names(), owner=owner)
-    if data.dataset == "stdlib_package" and data.tokenizer != "byte":
-      raise ValueError("config.data.tokenizer: the 'stdlib_package' snippets are byte tokens; "
-                       "use tokenizer='byte'")
-    kind, _, shape = datasets.classification_info(data)
-    patch = classifier.patch_size
-    if kind == "image" and (shape[0] % patch or shape[1] % patch):
-      raise ValueError(f"config.classifier.patch_size={patch} does not divide the "
-                       f"{shape[0]}x{shape[1]} images of {data.dataset!r}")
-    length = (shape[0] // patch) * (shape[1] // patch) if kind == "image" else shape[0]
-    length += classifier.pool == "cls"
-    if length > model.max_len:
-      raise ValueError(f"config.model.max_len={model.max_len} is shorter than the {length} "
-                       f"positions of one {data.dataset!r} example")
+  length = task.check_data(data, model, classifier)   # positions of one example
   shards = mesh.data * mesh.expert   # the batch is split over both
   for name in ("batch_size", "eval_batch_size"):
     value = check_int(name, getattr(data, name), low=1, owner=owner)
@@ -218,66 +271,103 @@ def _data(cfg, model: TransformerConfig, mesh: MeshConfig, num_processes: int, t
   return data
 
 
-def validate(cfg: ml_collections.ConfigDict, *, num_devices: int,
-             num_processes: int = 1) -> RunConfig:
-  """The typed, checked run config; raises ValueError naming the first bad field."""
-  for key in cfg.keys():
-    if key not in _TOP_LEVEL and key not in _SECTIONS:
-      raise ValueError(f"config.{key} is not a known field; allowed: "
-                       + ", ".join(sorted(_TOP_LEVEL) + list(_SECTIONS)))
-  steps = check_int("steps", cfg.get("steps"), low=1, owner="config")
-  task = check_choice("task", cfg.get("task", "lm"), TASKS, owner="config")
-  classifier = ClassifierConfig(**_section(cfg, "classifier", ClassifierConfig))
-  check_choice("pool", classifier.pool, ("mean", "cls"), owner="config.classifier")
-  check_int("patch_size", classifier.patch_size, low=1, owner="config.classifier")
-  try:
-    mesh = MeshConfig(**resolve_axis_sizes(_section(cfg, "mesh", MeshConfig), num_devices))
-  except ValueError as e:
-    raise ValueError(f"config.mesh: {e}; on CPU, --cpu_devices=N simulates N devices") from e
-  model = _model(cfg, mesh, causal=task == "lm")
-  optim = OptimConfig(total_steps=steps, **_section(cfg, "optim", OptimConfig,
-                                                     exclude=("total_steps",)))
+def _optim(section: dict, steps: int, notes: list) -> OptimConfig:
+  section = dict(section)
+  warmup, longest = section["warmup_steps"], max(steps - 1, 0)   # the cosine needs one step
+  if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > longest:
+    notes.append(f"config.optim.warmup_steps={warmup} does not fit in config.steps={steps}: "
+                 f"warming up over the first {longest} steps instead")
+    section["warmup_steps"] = longest
+  optim = OptimConfig(total_steps=steps, **section)
   try:
     optim.validate()
   except ValueError as e:
     raise ValueError(f"config.{e}") from e
-  checkpoint = CheckpointConfig(**_section(cfg, "checkpoint", CheckpointConfig))
+  return optim
+
+
+def validate(cfg, *, num_devices: int, num_processes: int = 1,
+             overrides: Sequence[str] = ()) -> RunConfig:
+  """The typed, checked run config of `cfg` (a ConfigDict or dict, completed from the schema)
+  with `overrides` ('--config.a.b=v' or 'a.b=v') applied; raises ValueError naming the first
+  bad field."""
+  from moe_jax import tasks
+  tree, explicit = resolve(cfg, overrides)
+  notes: list[str] = []
+  steps = check_int("steps", tree["steps"], low=1, owner="config")
+  task = tasks.get(check_choice("task", tree["task"], tasks.names(), owner="config"))
+  classifier = ClassifierConfig(**tree["classifier"])
+  check_choice("pool", classifier.pool, ("mean", "cls"), owner="config.classifier")
+  check_int("patch_size", classifier.patch_size, low=1, owner="config.classifier")
+  try:
+    mesh = MeshConfig(**resolve_axis_sizes(tree["mesh"], num_devices))
+  except ValueError as e:
+    raise ValueError(f"config.mesh: {e}; on CPU, --cpu_devices=N simulates N devices") from e
+  if tree["model"]["num_experts"]:   # the options the run uses are what config.json records
+    tree["model"]["router_options"] = _router_options(tree["model"], explicit, notes)
+  model = _model(tree["model"], mesh, causal=task.causal)
+  optim = _optim(tree["optim"], steps, notes)
+  checkpoint = CheckpointConfig(**tree["checkpoint"])
   check_int("every", checkpoint.every, low=1, owner="config.checkpoint")
   check_int("keep", checkpoint.keep, low=1, owner="config.checkpoint")
-  evaluation = EvalConfig(**_section(cfg, "eval", EvalConfig))
+  evaluation = EvalConfig(**tree["eval"])
   check_int("sample_tokens", evaluation.sample_tokens, low=0, owner="config.eval")
   check_float("temperature", evaluation.temperature, low=0.0, owner="config.eval")
   check_int("top_k", evaluation.top_k, low=0, high=model.vocab_size, owner="config.eval")
-  restore_step = cfg.get("restore_step")
+  restore_step = tree["restore_step"]
   if restore_step is not None:
     check_int("restore_step", restore_step, low=0, owner="config")
-  weights = dict(cfg.get("aux_loss_weights") or {})
+  weights = dict(tree["aux_loss_weights"] or {})
   for name, w in weights.items():
     check_float(f"aux_loss_weights.{name}", w, low=0.0, owner="config")
   return RunConfig(
-      model=model, optim=optim, data=_data(cfg, model, mesh, num_processes, task, classifier),
-      mesh=mesh, checkpoint=checkpoint, eval=evaluation, steps=steps, task=task,
+      model=model, optim=optim, data=_data(tree["data"], model, mesh, num_processes, task,
+                                           classifier),
+      mesh=mesh, checkpoint=checkpoint, eval=evaluation, steps=steps, task=task.name,
       classifier=classifier,
-      seed=check_int("seed", cfg.get("seed", 0), low=0, high=2**31 - 1, owner="config"),
-      log_every=check_int("log_every", cfg.get("log_every", 10), low=1, owner="config"),
-      eval_every=check_int("eval_every", cfg.get("eval_every", 0), low=0, owner="config"),
-      restore_step=restore_step, aux_loss_weights=weights)
+      seed=check_int("seed", tree["seed"], low=0, high=2**31 - 1, owner="config"),
+      log_every=check_int("log_every", tree["log_every"], low=1, owner="config"),
+      eval_every=check_int("eval_every", tree["eval_every"], low=0, owner="config"),
+      restore_step=restore_step, aux_loss_weights=weights, notes=tuple(notes), record=tree)
 
 
 def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file (as ml_collections' config_flags loads it)."""
-  path = pathlib.Path(path)
+  """`get_config()` of a config file. The file's directory is importable while it loads, so
+  configs/ files share `configs/common.py` by `import common`."""
+  path = pathlib.Path(path).expanduser()
   if not path.is_file():
     raise FileNotFoundError(f"config file {str(path)!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"_moe_jax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  sys.path.insert(0, str(path.parent.absolute()))
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(path.parent.absolute()))
+    sys.modules.pop("common", None)   # another directory's common.py may be loaded next
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {str(path)!r} defines no get_config()")
   return module.get_config()
 
 
-def to_json(cfg: ml_collections.ConfigDict) -> str:
-  return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
+def to_json(cfg) -> str:
+  tree = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+  return json.dumps(tree, indent=2, sort_keys=True)
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
+
+
+def flat_changes(old: dict, new: dict, prefix: str = "") -> dict[str, list[Any]]:
+  """{'optim.learning_rate': [old, new], ...}: the leaves where two config trees differ."""
+  out = {}
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    path = f"{prefix}{key}"
+    if isinstance(a, dict) and isinstance(b, dict) and key not in ("router_options",
+                                                                   "aux_loss_weights"):
+      out.update(flat_changes(a, b, path + "."))
+    elif a != b:
+      out[path] = [a, b]
+  return out

@@ -73,8 +73,13 @@ class RunLog:
     if not self.enabled:
       return
     record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    except OSError as e:
+      raise OSError(e.errno, f"could not write {self.workdir / METRICS_FILE} "
+                    f"({e.strerror}); the checkpoints already saved are intact: free space, "
+                    "then rerun the same command to resume") from e
     if self._tb is not None:
       for name, value in record.items():
         if name != "step" and np.ndim(value) == 0:

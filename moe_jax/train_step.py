@@ -1,15 +1,22 @@
-"""One LM training step: cross-entropy + weighted aux losses, AdamW, router-state update.
+"""One training step: the task's loss + weighted aux losses, AdamW, router-state update.
 
     tx = make_optimizer(OptimConfig(learning_rate=3e-3, warmup_steps=20, total_steps=300))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     step = make_train_step(aux_loss_weights={"load_balancing": 0.01, "z_loss": 1e-3})
     metrics = step(model, optimizer, batch, rng)     # model and optimizer are updated in place
 
+`task_loss(model, batch, *, train, rngs) -> (loss, metrics, routings)` is a task's `loss`
+(moe_jax.tasks; next-token cross-entropy by default).
+
 Router state (balancing bias, centroids, ...) is not a Param: the MoE modules write the new
 state during the `train=True` forward, and NNX carries that write out of the jitted step, so
-no train-step code knows which routers are stateful. The loss is the mean next-token
-cross-entropy (nats) over unmasked targets plus sum_name weight[name] * (mean over MoE layers
-of aux loss `name`); an aux loss without a weight is reported but not trained on.
+no train-step code knows which routers are stateful. The loss is the task's loss plus
+sum_name weight[name] * (mean over MoE layers of aux loss `name`); an aux loss without a weight
+is reported but not trained on.
+
+Every step also reports `finite`: 1.0 iff the loss, the gradient norm and every array of the
+updated state are finite, so the loop can refuse to keep (or save) a state that went NaN even
+when the step's own loss, computed before the update, still looked fine.
 """
 from __future__ import annotations
 
@@ -40,7 +47,9 @@ class OptimConfig:
   def validate(self):
     check_float("learning_rate", self.learning_rate, low=0.0, low_inclusive=False, owner="optim")
     check_int("total_steps", self.total_steps, low=1, owner="optim")
-    check_int("warmup_steps", self.warmup_steps, low=0, high=self.total_steps, owner="optim")
+    # optax's cosine part needs at least one step after the warmup
+    check_int("warmup_steps", self.warmup_steps, low=0, high=max(self.total_steps - 1, 0),
+              owner="optim")
     check_float("clip_norm", self.clip_norm, low=0.0, low_inclusive=False, owner="optim")
     check_float("weight_decay", self.weight_decay, low=0.0, owner="optim")
 
@@ -83,56 +92,53 @@ def _add_aux_losses(loss, metrics, routings, aux_loss_weights):
   return loss, metrics
 
 
-def lm_loss(model, batch, *, aux_loss_weights, train, rngs=None):
-  """(loss, metrics) for next-token prediction; batch: inputs/targets [B,L], optional mask."""
-  logits, routings = model(batch["inputs"], train=train, rngs=rngs)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
-  mask = batch.get("mask", jnp.ones_like(nll))
-  ce = jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-  return _add_aux_losses(ce, {"ce": ce}, routings, aux_loss_weights)
+def _default_loss():
+  from moe_jax.tasks import lm
+  return lm.loss
 
 
-def classification_loss(model, batch, *, aux_loss_weights, train, rngs=None):
-  """(loss, metrics) for classification; batch: inputs [B,...], labels [B] (and token_mask
-  [B, L] for padded texts)."""
-  logits, routings = model(batch["inputs"], train=train, rngs=rngs,
-                           mask_BL=batch.get("token_mask"))
-  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
-                             batch["labels"][:, None], axis=-1)[:, 0]
-  ce = jnp.mean(nll)
-  accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == batch["labels"]).astype(jnp.float32))
-  return _add_aux_losses(ce, {"ce": ce, "accuracy": accuracy}, routings, aux_loss_weights)
+def all_finite(tree) -> jax.Array:
+  """True iff every floating array of `tree` is free of NaN and Inf."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def apply_step(model, optimizer, batch, rng, *, aux_loss_weights, schedule=None,
-               task_loss=lm_loss):
+               task_loss=None):
   """One update of `model` and `optimizer` in place (not jitted); returns the step's metrics."""
+  task_loss = task_loss or _default_loss()
+
   def loss_fn(model):
-    return task_loss(model, batch, aux_loss_weights=aux_loss_weights, train=True,
-                     rngs=nnx.Rngs(router=rng))
+    loss, metrics, routings = task_loss(model, batch, train=True, rngs=nnx.Rngs(router=rng))
+    return _add_aux_losses(loss, metrics, routings, aux_loss_weights)
   (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
   if schedule is not None:
     metrics["lr"] = schedule(optimizer.step[...])
   optimizer.update(model, grads)
+  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            & all_finite(nnx.state((model, optimizer))))
+  metrics["finite"] = finite.astype(jnp.float32)
   return metrics
 
 
-def make_train_step(*, aux_loss_weights: dict[str, float] | None = None, schedule=None):
+def make_train_step(*, aux_loss_weights: dict[str, float] | None = None, schedule=None,
+                    task_loss=None):
   """A jitted step(model, optimizer, batch, rng) -> metrics that updates both in place."""
   weights = dict(aux_loss_weights or {})
 
   @nnx.jit
   def step(model, optimizer, batch, rng):
-    return apply_step(model, optimizer, batch, rng, aux_loss_weights=weights, schedule=schedule)
+    return apply_step(model, optimizer, batch, rng, aux_loss_weights=weights, schedule=schedule,
+                      task_loss=task_loss)
 
   return step
 
 
 def make_state_train_step(graphdef, *, aux_loss_weights: dict[str, float] | None = None,
                           schedule=None, mesh=None, state_sharding=None,
-                          task_loss=lm_loss):
+                          task_loss=None):
   """The same step as a pure jitted function of the (model, optimizer) nnx.State:
   step(state, batch, rng) -> (new_state, metrics). The training loop uses this form: the state
   is a plain pytree (what the checkpoint saves), its buffers are donated, and no NNX graph is

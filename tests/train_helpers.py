@@ -46,6 +46,11 @@ def cli_command(workdir, *overrides, module="moe_jax.train", config=TINY, cpu_de
   return cmd + flags + list(overrides)
 
 
+def eval_command(workdir, *flags, cpu_devices=8):
+  return [sys.executable, "-m", "moe_jax.evaluate", f"--workdir={workdir}",
+          f"--cpu_devices={cpu_devices}", *flags]
+
+
 def subprocess_env(**extra) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items()
          if not k.startswith("MOE_JAX_") and k != "XLA_FLAGS"}
@@ -57,3 +62,23 @@ def subprocess_env(**extra) -> dict[str, str]:
 def run_cli(cmd, **kw) -> subprocess.CompletedProcess:
   return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                         timeout=300, **kw)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str, *, code: int = 1):
+  """The process failed with exit status `code` and a single `error:` line matching
+  `pattern` (a regex), and printed no traceback."""
+  import re
+  output = proc.stdout + proc.stderr
+  assert proc.returncode == code, output[-3000:]
+  assert "Traceback" not in output, output[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert re.search(pattern, errors[0]), errors[0]
+  return errors[0]
+
+
+def snapshot(directory) -> dict[str, bytes]:
+  """Every file under `directory` with its bytes, to check that nothing was changed."""
+  root = pathlib.Path(directory)
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+          if p.is_file()}

@@ -1,6 +1,6 @@
 """Every dataset a run can name, embedded or tfds, behind one set of functions of the data config.
 
-    tokenizer = load_or_train_tokenizer(run.data, workdir)           # byte or SentencePiece
+    tokenizer = load_or_train_tokenizer(run.data, "pydoc_topics", workdir)  # byte or SentencePiece
     it = lm_train_iterator(run.data, tokenizer, batch_size=b, seed=0)  # or classification_...
     tokens = lm_validation_tokens(run.data, tokenizer)
 
@@ -68,11 +68,6 @@ def _data_dir(data) -> str | None:
   return data.data_dir or None
 
 
-def dataset_name(run) -> str:
-  """The corpus (LM) or dataset (classification) the run reads."""
-  return run.data.corpus if run.task == "lm" else run.data.dataset
-
-
 # ---------------------------------------------------------------- tokenizers
 
 def _documents(name: str, data, split: str) -> Iterator[str]:
@@ -104,10 +99,9 @@ def training_text(name: str, data, max_bytes: int) -> Iterator[str]:
       return
 
 
-def load_or_train_tokenizer(run, workdir=None, *, may_train: bool = True):
-  """The run's tokenizer: bytes, or the SentencePiece model in workdir (trained and saved
-  there first when missing and `may_train`)."""
-  data = run.data
+def load_or_train_tokenizer(data, text_source: str, workdir=None, *, may_train: bool = True):
+  """The run's tokenizer: bytes, or the SentencePiece model in workdir (trained on the text of
+  dataset `text_source` and saved there first when missing and `may_train`)."""
   if data.tokenizer == "byte":
     return ByteTokenizer()
   from moe_jax.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
@@ -121,7 +115,7 @@ def load_or_train_tokenizer(run, workdir=None, *, may_train: bool = True):
   if not may_train:
     raise FileNotFoundError(f"no tokenizer at {path}: the run's SentencePiece model is saved "
                             "there when training starts")
-  text = training_text(dataset_name(run), data, data.tokenizer_train_bytes)
+  text = training_text(text_source, data, data.tokenizer_train_bytes)
   tokenizer = train_sentencepiece(text, data.vocab_size, max_bytes=data.tokenizer_train_bytes)
   if path is not None:
     tokenizer.save(path)

@@ -55,7 +55,7 @@ CLASSIFICATION = {
 @pytest.mark.parametrize("name", sorted(CLASSIFICATION))
 def test_classification_batches_and_exact_resume(mock_tfds, name):
   run = make_run("classification", dataset=name)
-  tokenizer = datasets.load_or_train_tokenizer(run)
+  tokenizer = datasets.load_or_train_tokenizer(run.data, run.data.dataset)
   make = lambda: datasets.classification_train_iterator(run.data, tokenizer, batch_size=8,
                                                         seed=3)
   it = make()
@@ -88,7 +88,7 @@ def test_classification_batches_and_exact_resume(mock_tfds, name):
                                            ("tiny_shakespeare", None)])
 def test_lm_batches_and_exact_resume(mock_tfds, name, iterator):
   run = make_run("lm", corpus=name)
-  tokenizer = datasets.load_or_train_tokenizer(run)
+  tokenizer = datasets.load_or_train_tokenizer(run.data, run.data.corpus)
   make = lambda: datasets.lm_train_iterator(run.data, tokenizer, batch_size=8, seed=5)
   it = make()
   if iterator is not None:

@@ -1,0 +1,189 @@
+"""What training and evaluation share before their first step: the run's model and optimizer on
+the mesh, its tokenizer, its checkpoints, and which checkpoint to restore.
+
+    model, optimizer = build(run, mesh)                 # or nnx.eval_shape(lambda: build(...))
+    session = open_training(run, workdir, say)          # data, state, restored step
+    graphdef, state, step = restore_for_eval(run, workdir, mesh, step=None)
+
+Both `moe_jax.train` and `moe_jax.evaluate` import this module and neither imports the other.
+Every refusal (missing data, a checkpoint of another model, a corrupt checkpoint) is raised
+here, before the run is accepted and anything is written into its workdir.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from moe_jax import config as config_lib, tasks, workdir as workdir_lib
+from moe_jax.checkpoint import Checkpoints
+from moe_jax.data import datasets
+from moe_jax.parallel.mesh import make_mesh
+from moe_jax.train_step import make_optimizer
+
+
+def build(run: config_lib.RunConfig, mesh):
+  """(model, optimizer), params placed on `mesh` (or a jax.sharding.AbstractMesh under
+  nnx.eval_shape, which builds shapes and shardings without allocating)."""
+  model = tasks.get(run.task).build_model(run, mesh, nnx.Rngs(run.seed))
+  return model, nnx.Optimizer(model, make_optimizer(run.optim), wrt=nnx.Param)
+
+
+def place_on_mesh(state, mesh):
+  """Every array of `state` on `mesh`: annotated params keep their sharding, the rest (norm
+  scales, optimizer counters) are replicated. Then the jitted step always sees one placement,
+  also for arrays a checkpoint restores (which would otherwise land on one device)."""
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(
+      lambda a: a if isinstance(getattr(a, "sharding", None), NamedSharding)
+      else jax.device_put(a, replicated), state)
+
+
+def checkpoint_meta(run: config_lib.RunConfig) -> dict:
+  """What must match for a checkpoint to be resumed (the model's shape-determining config)."""
+  model = {k: (str(np.dtype(v)) if k.endswith("dtype") else v)
+           for k, v in dataclasses.asdict(run.model).items()}
+  return {"model": json.loads(json.dumps(model, default=str)), "seed": run.seed}
+
+
+def tokenizer(run, workdir: pathlib.Path | None, *, may_train: bool):
+  """The run's tokenizer. A SentencePiece model is trained and saved by process 0 only (the
+  workdir is shared, as checkpointing needs); the other processes wait and load it."""
+  source = tasks.get(run.task).text_source(run.data)
+  load = lambda train: datasets.load_or_train_tokenizer(run.data, source, workdir,
+                                                        may_train=train)
+  if not may_train or run.data.tokenizer == "byte" or jax.process_count() == 1:
+    return load(may_train)
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0:
+    load(True)
+  multihost_utils.sync_global_devices("moe_jax tokenizer saved")
+  return load(False)
+
+
+def run_config(workdir) -> Any:
+  """The ConfigDict of the run in `workdir`: its latest accepted config."""
+  tree = workdir_lib.current_config(workdir)
+  if tree is None:
+    raise FileNotFoundError(f"{pathlib.Path(workdir) / workdir_lib.CONFIG_FILE} not found: "
+                            f"is {workdir} a training workdir?")
+  return config_lib.from_json(json.dumps(tree))
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: pathlib.Path):
+  """One run per workdir. Process 0 takes the lock and tells the others whether it got it,
+  so a busy workdir stops every process of a multi-process run, not just the first."""
+  if jax.process_count() == 1:
+    with workdir_lib.hold(workdir):
+      yield
+    return
+  from jax.experimental import multihost_utils
+  with contextlib.ExitStack() as stack:
+    error = None
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(workdir_lib.hold(workdir))
+      except (workdir_lib.WorkdirBusy, workdir_lib.WorkdirError) as e:
+        error = e
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if error is not None:
+      raise error
+    if failed:
+      raise workdir_lib.WorkdirBusy(f"process 0 could not take --workdir {workdir} (see its "
+                                    "output)")
+    yield
+
+
+def _restore_step(run, ckpts: Checkpoints, workdir, say) -> tuple[int | None, int | None]:
+  """(the step to restore or None, the restore_step fallback applied or None). A
+  restore_step this run already fell back to is not applied again: rerunning the fallback
+  command (after an interruption, say) resumes the newer checkpoints it has written since."""
+  latest = ckpts.latest_step()
+  if run.restore_step is None:
+    return latest, None
+  if run.restore_step not in ckpts.steps():
+    raise ValueError(f"config.restore_step={run.restore_step}: no such checkpoint in "
+                     f"{ckpts.directory}; available: {ckpts.steps() or 'none'}")
+  if run.restore_step in workdir_lib.applied_restores(workdir) and latest != run.restore_step:
+    say(f"note: config.restore_step={run.restore_step} was applied when this run fell back "
+        f"to it earlier; resuming from its newest checkpoint, step {latest} (to fall back "
+        "again, move the newer checkpoints out of the checkpoints directory)")
+    return latest, None
+  return run.restore_step, run.restore_step
+
+
+class Session(NamedTuple):
+  """A training run ready for its first step (nothing written into the workdir yet)."""
+  run: Any
+  task: Any
+  mesh: Any
+  graphdef: Any
+  state: Any
+  iterator: Any
+  tokenizer: Any
+  ckpts: Checkpoints
+  start: int                      # the step restored (0: a fresh run)
+  restored_from: int | None       # the restore_step fallback applied, if any
+
+
+def open_training(run, workdir: pathlib.Path, say) -> Session:
+  """The data, the model and optimizer state on the mesh, restored from the chosen
+  checkpoint. The caller holds the workdir and closes `session.ckpts`."""
+  task = tasks.get(run.task)
+  # The data first: a missing dataset or a bad tokenizer fails before anything compiles.
+  tok = tokenizer(run, workdir, may_train=True)
+  processes = jax.process_count()
+  iterator = task.train_iterator(run, tok, batch_size=run.data.batch_size // processes,
+                                 seed=run.seed, shard_index=jax.process_index(),
+                                 shard_count=processes)
+  mesh = make_mesh(**dataclasses.asdict(run.mesh))
+  graphdef, state = nnx.split(build(run, mesh))
+  state = place_on_mesh(state, mesh)
+  ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep,
+                      async_save=run.checkpoint.async_save)
+  try:
+    step, restored_from = _restore_step(run, ckpts, workdir, say)
+    if step is not None:
+      abstract = jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+      state, _ = ckpts.restore(step, abstract, iterator, expect_meta=checkpoint_meta(run))
+  except BaseException:
+    ckpts.close()
+    raise
+  return Session(run, task, mesh, graphdef, state, iterator, tok, ckpts, step or 0,
+                 restored_from)
+
+
+def abandon_newer(session: Session, workdir: pathlib.Path, say) -> None:
+  """After a restore_step fallback is accepted: newer checkpoints are moved aside, kept."""
+  if session.restored_from is None:
+    return
+  moved = session.ckpts.abandon_after(session.start, workdir)
+  if moved:
+    say(f"restore_step={session.start}: newer checkpoints {moved} moved to "
+        f"{workdir / 'abandoned_checkpoints'}")
+
+
+def restore_for_eval(run, workdir: pathlib.Path, mesh, step: int | None):
+  """(graphdef, state, step) of checkpoint `step` (default: the newest), without allocating
+  a fresh model first."""
+  if not (workdir / "checkpoints").is_dir():
+    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}: train first")
+  ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep, read_only=True)
+  try:
+    step = ckpts.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpts.directory}: train first")
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build(run, mesh)))
+    state, _ = ckpts.restore(step, abstract, expect_meta=checkpoint_meta(run))
+  finally:
+    ckpts.close()
+  return graphdef, state, step

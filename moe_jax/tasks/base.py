@@ -1,0 +1,55 @@
+"""The task contract: what the trainer and the evaluator need to know about a kind of run.
+
+A task is a small named tuple of pure functions, as a router is: the trainer and the evaluator
+call these and never ask which task they hold. `lm` (next-token prediction) and
+`classification` are the built-in ones; a new training mode (distillation, say) is one new
+module that builds a `Task` and registers it.
+
+Shapes in the batches the functions exchange: B batch, L length, C classes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+
+class Task(NamedTuple):
+  name: str
+  causal: bool
+  # (data: DataConfig, model: TransformerConfig, classifier) -> positions of one example.
+  # The task's checks of config.data; errors name the field.
+  check_data: Callable[..., int]
+  # (data) -> the dataset whose training text a SentencePiece tokenizer is trained on
+  text_source: Callable[..., str]
+  # (run, mesh, rngs) -> the nnx model
+  build_model: Callable[..., Any]
+  # (run, tokenizer, *, batch_size, seed, shard_index, shard_count) -> resumable grain iterator
+  train_iterator: Callable[..., Any]
+  # (run, tokenizer) -> the validation split, read once per run
+  validation_data: Callable[..., Any]
+  # (run, tokenizer, data, *, batch_size, shard_index, shard_count) -> host batches
+  eval_batches: Callable[..., Any]
+  # (model, batch, *, train, rngs) -> (loss, metrics, routings); the trainer adds aux losses
+  loss: Callable[..., tuple]
+  # (model, batch) -> (sums over the batch's examples, routings); jitted by the evaluator
+  eval_sums: Callable[..., tuple]
+  # (sums over the split: dict of float64 arrays) -> headline metrics (loss, accuracy, ...)
+  summarize: Callable[[dict], dict]
+  # (metrics) -> a few words for the final log line, e.g. 'bits/byte 2.0180'
+  headline: Callable[[dict], str]
+  # (context: EvalContext) -> what only `evaluate` reports (baselines, samples, ...)
+  evaluate_extras: Callable[..., dict]
+  # (result, workdir) -> the lines `python -m moe_jax.evaluate` prints
+  report: Callable[..., str]
+  # (result, workdir, metrics_records) -> names of the plots written into workdir
+  plots: Callable[..., list]
+
+
+class EvalContext(NamedTuple):
+  """What `evaluate_extras` may use: the restored run and its compiled eval step."""
+  run: Any
+  graphdef: Any
+  state: Any
+  mesh: Any
+  tokenizer: Any
+  data: Any            # task.validation_data(run, tokenizer)
+  eval_step: Callable  # jitted (state, global batch) -> sums and per-layer routing metrics

@@ -1,0 +1,76 @@
+"""The training CLI's config handling, as a user meets it: each command below runs in a
+subprocess and either fails before anything is built, with one `error:` line and nothing
+written, or (the last tests) trains a few steps."""
+import pytest
+
+from moe_jax import config as config_lib
+from tests.train_helpers import REPO, assert_one_line_error, cli_command, losses, run_cli
+
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py") if p.stem != "common")
+
+BAD_FLAGS = [
+    (["--config.model.d_modle=64"],
+     r"--config\.model\.d_modle is not a known field; did you mean --config\.model\.d_model\?"),
+    (["--config.modle.d_model=64"],
+     r"--config\.modle\.d_model is not a known field; did you mean --config\.model\.d_model\?"),
+    (["--config.learning_rate=0.1"],
+     r"--config\.learning_rate is not a known field; did you mean "
+     r"--config\.optim\.learning_rate\?"),
+    (["--config.restore_step=abc"],
+     r"config\.restore_step takes an integer or None, got 'abc'"),
+    (["--config.model.glu=maybe"], r"config\.model\.glu takes true or false, got 'maybe'"),
+    (["--config.model"], r"--config\.model: an override is --config\.FIELD=VALUE"),
+    (["--config.model.router=dense", "--config.model.router_options.k=2"],
+     r"config\.model\.router_options\.k: router 'dense' takes no option 'k'; it takes: "
+     r"init_scale"),
+    (["--config.model.router=expert_choice"],
+     r"router 'expert_choice' is not causal-safe.*"
+     r"config\.model\.allow_non_causal_router=True"),
+    (["--config.model.num_experts=6"],
+     r"config\.model\.num_experts=6 is not divisible by config\.mesh\.expert=4"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_bad_flag_is_one_line_and_writes_nothing(tmp_path, flags, message):
+  workdir = tmp_path / "run"
+  proc = run_cli(cli_command(workdir, *flags))
+  assert_one_line_error(proc, message)
+  assert not workdir.exists()
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+  proc = run_cli(cli_command(tmp_path / "run", config=REPO / "configs" / "lm_tiyn.py"))
+  assert_one_line_error(proc, r"config file '.*configs/lm_tiyn\.py' does not exist")
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path):
+  (tmp_path / "run").write_text("my notes")
+  proc = run_cli(cli_command(tmp_path / "run"))
+  assert_one_line_error(proc, r"--workdir .*/run is a file, not a directory")
+  assert (tmp_path / "run").read_text() == "my notes"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_field_of_every_config_can_be_overridden(path):
+  """Fields the file does not set included (restore_step is None in every config; dtype,
+  data_dir, async_save, allow_non_causal_router are set by some files only)."""
+  overrides = ["restore_step=20", "model.dtype=bfloat16", "data.data_dir=/data/tfds",
+               "checkpoint.async_save=True", "model.allow_non_causal_router=True",
+               "model.exchange=padded", "optim.b2=0.99", "model.router_options.k=1"]
+  devices = 256 if path.stem == "lm_tpu_pod" else 8
+  run = config_lib.validate(config_lib.load_file(path), num_devices=devices,
+                            overrides=[f"--config.{o}" for o in overrides])
+  assert run.restore_step == 20 and run.checkpoint.async_save and run.optim.b2 == 0.99
+  assert run.data.data_dir == "/data/tfds" and run.model.allow_non_causal_router
+  assert run.record["model"]["dtype"] == "bfloat16"
+
+
+def test_warmup_longer_than_the_run_is_clipped_with_a_note(tmp_path):
+  """lm_tiny warms up for 50 steps; `--config.steps=4` alone trains."""
+  proc = run_cli(cli_command(tmp_path / "run", "--config.steps=4",
+                             "--config.optim.warmup_steps=50"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert ("note: config.optim.warmup_steps=50 does not fit in config.steps=4: warming up "
+          "over the first 3 steps instead") in proc.stdout
+  assert sorted(losses(tmp_path / "run")) == [1, 2, 3, 4]

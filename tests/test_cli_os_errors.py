@@ -1,0 +1,69 @@
+"""OS errors through the CLI: a read-only file system and a full disk are one `error:` line
+each, the checkpoints already written stay intact, and `evaluate` prints its results before
+it tries to write any file. The file systems are real: small tmpfs mounts (root only, as on
+the machines this project is developed and tested on; skipped elsewhere)."""
+import contextlib
+import subprocess
+
+import pytest
+
+from tests.train_helpers import (assert_one_line_error, cli_command, eval_command, losses,
+                                 run_cli)
+
+pytestmark = pytest.mark.xdist_group("subprocess_training")
+
+
+@contextlib.contextmanager
+def tmpfs(path, size: str):
+  path.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                           capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path, options: str):
+  subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+def _checkpoints(workdir):
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_read_only_file_system(tmp_path):
+  with tmpfs(tmp_path / "fs", "64m") as fs:
+    workdir = fs / "run"
+    assert run_cli(cli_command(workdir, "--config.steps=8")).returncode == 0
+    remount(fs, "ro")
+    # Training on: refused at once, nothing changed.
+    assert_one_line_error(run_cli(cli_command(workdir, "--config.steps=12")),
+                          r"cannot write to --workdir .*/run: Read-only file system")
+    # A new run in it.
+    assert_one_line_error(run_cli(cli_command(fs / "new", "--config.steps=8")),
+                          r"cannot create --workdir .*/new: Read-only file system")
+    # evaluate computes and prints everything, then says in one line what it could not write.
+    proc = run_cli(eval_command(workdir))
+    assert "bits per byte" in proc.stdout and "greedy:" in proc.stdout
+    assert_one_line_error(proc, r"Read-only file system: .*eval\.json")
+    remount(fs, "rw")
+    assert _checkpoints(workdir) == [4, 8] and sorted(losses(workdir)) == list(range(1, 9))
+
+
+def test_full_disk_is_one_line_and_the_run_resumes_after_freeing_space(tmp_path):
+  with tmpfs(tmp_path / "fs", "3m") as fs:
+    workdir = fs / "run"
+    cmd = cli_command(workdir, "--config.steps=40", "--config.checkpoint.every=1",
+                      "--config.checkpoint.keep=100")
+    line = assert_one_line_error(run_cli(cmd), r"No space left on device")
+    assert "could not save checkpoint step" in line or "metrics" in line or "tensorboard" in line
+    saved = _checkpoints(workdir)
+    assert saved, "the disk filled before the first checkpoint; make the tmpfs larger"
+    remount(fs, "size=256m")                          # space freed
+    proc = run_cli(cmd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from checkpoint step {saved[-1]}" in proc.stdout
+    assert sorted(losses(workdir)) == list(range(1, 41))
