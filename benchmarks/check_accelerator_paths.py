@@ -9,6 +9,7 @@ Prints the largest relative error of each check and exits non-zero if one exceed
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from functools import partial
 
@@ -16,11 +17,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from moe_jax import dispatch, routing
 from moe_jax.dispatch import dropless, expert_parallel
 from moe_jax.dispatch.base import Dispatcher
-from moe_jax.experts import make_experts
-from moe_jax.layer import _local_layer, init_moe_layer, moe_layer, variable_specs
+from moe_jax.layer import MoEConfig, _local_layer, init_moe_layer, moe_layer, variable_specs
 from moe_jax.parallel import make_mesh
 
 E, D, F, K = 8, 64, 128, 2
@@ -40,14 +39,15 @@ def main():
   # Full float32 matmuls: the GPU default (TF32) alone differs from the reference by ~1e-3.
   jax.config.update("jax_default_matmul_precision", "highest")
   print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), jax {jax.__version__}")
-  router = routing.get("topk", num_experts=E, k=K)
-  experts = make_experts(F, glu=True, activation="silu")
-  params = init_moe_layer(jax.random.PRNGKey(0), D, router=router, experts=experts)
+  config = MoEConfig(num_experts=E, expert_d_ff=F, router_options={"k": K}, glu=True,
+                     activation="silu", capacity_factor=8.0)
+  router, experts = config.built_router, config.experts
+  params = init_moe_layer(jax.random.PRNGKey(0), D, config)
   ep = jax.device_count()
   x = jax.random.normal(jax.random.PRNGKey(1), (8 * ep, 32, D))
-  layer = lambda dispatcher: lambda p, x: moe_layer(p, x, router=router, dispatcher=dispatcher,
-                                                    experts=experts, capacity_factor=8.0)[0]
-  reference = _loss_and_grads(layer(dispatch.get("einsum")), params, x)
+  layer = lambda dispatcher: lambda p, x: moe_layer(
+      p, x, dataclasses.replace(config, dispatcher=dispatcher))[0]
+  reference = _loss_and_grads(layer("einsum"), params, x)
   ragged = Dispatcher("dropless", partial(dropless.run, impl="ragged"), False, merge_groups=True)
   errors = {"dropless impl=ragged (ragged_dot)": _rel_err(
       _loss_and_grads(layer(ragged), params, x), reference)}

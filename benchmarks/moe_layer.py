@@ -14,6 +14,7 @@ Writes benchmarks/results/moe_layer.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -28,11 +29,11 @@ if __name__ == "__main__" and "--xla_force_host_platform_device_count" not in os
 import jax  # noqa: E402  (after XLA_FLAGS)
 import jax.numpy as jnp  # noqa: E402
 
-from moe_jax import dispatch, routing  # noqa: E402
+from moe_jax import dispatch  # noqa: E402
 from moe_jax.dispatch import sort  # noqa: E402
 from moe_jax.dispatch.base import expert_capacity  # noqa: E402
 from moe_jax.experts import make_experts  # noqa: E402
-from moe_jax.layer import init_moe_layer, moe_layer  # noqa: E402
+from moe_jax.layer import MoEConfig, init_moe_layer, moe_layer  # noqa: E402
 from moe_jax.parallel import make_mesh  # noqa: E402
 
 
@@ -92,7 +93,7 @@ def _print_row(name, num_experts, row):
         f"{(row['fwd_bwd_temp_bytes'] or 0) / 2**20:9.1f}", flush=True)
 
 
-def _expert_parallel_rows(args, num_experts, router, experts, params, x, repeats):
+def _expert_parallel_rows(args, num_experts, config, params, x, repeats):
   """EP layer vs the unsharded layer with the same per-device routing groups."""
   if jax.device_count() < args.ep or num_experts % args.ep or x.shape[0] % args.ep:
     print(f"(expert-parallel rows skipped: need {args.ep} devices dividing E and the batch)")
@@ -102,9 +103,9 @@ def _expert_parallel_rows(args, num_experts, router, experts, params, x, repeats
   group = x.shape[0] * x.shape[1] // args.ep
   rows = []
   for name in ("sort", "dropless"):
-    def layer(p, x, mesh, name=name):
-      return moe_layer(p, x, router=router, dispatcher=dispatch.get(name), experts=experts,
-                       group_size=group, capacity_factor=1.25, mesh=mesh)[0]
+    case = dataclasses.replace(config, dispatcher=name, group_size=group)
+    def layer(p, x, mesh, case=case):
+      return moe_layer(p, x, case, mesh=mesh)[0]
     local = _forward_and_backward(lambda p, x: layer(p, x, None), params, x, repeats)
     sharded = _forward_and_backward(lambda p, x: layer(p, x, mesh), params, x, repeats)
     for label, row, base in ((f"moe/{name} G={args.ep}", local, local),
@@ -146,13 +147,14 @@ def main(argv=None):
   print(f"{'dense FFN (d_ff=k*F)':<22}{'-':>4}{base['forward_ms']:9.1f}{1:7.2f}"
         f"{base['fwd_bwd_ms']:12.1f}{1:7.2f}{(base['fwd_bwd_temp_bytes'] or 0) / 2**20:9.1f}")
   for num_experts in args.experts:
-    router = routing.get("topk", num_experts=num_experts, k=args.k)
-    experts = make_experts(args.d_ff)
-    params = init_moe_layer(jax.random.PRNGKey(2), args.d_model, router=router, experts=experts)
+    config = MoEConfig(num_experts=num_experts, expert_d_ff=args.d_ff,
+                       router_options={"k": args.k}, group_size=args.tokens,
+                       capacity_factor=1.25)
+    router, experts = config.built_router, config.experts
+    params = init_moe_layer(jax.random.PRNGKey(2), args.d_model, config)
     for name in args.dispatchers:
-      fn = lambda p, x, name=name: moe_layer(p, x, router=router, dispatcher=_dispatcher(name),
-                                             experts=experts, group_size=args.tokens,
-                                             capacity_factor=1.25)[0]
+      case = dataclasses.replace(config, dispatcher=_dispatcher(name))
+      fn = lambda p, x, case=case: moe_layer(p, x, case)[0]
       row = _forward_and_backward(fn, params, x, args.repeats)
       row.update(layer=f"moe/{name}", experts=num_experts,
                  forward_ratio=row["forward_ms"] / base["forward_ms"],
@@ -165,7 +167,7 @@ def main(argv=None):
     print("  sort forward phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     if args.ep > 1:
       print("  ratios below: to the unsharded layer routed in the same per-device groups")
-      results["rows"] += _expert_parallel_rows(args, num_experts, router, experts, params, x,
+      results["rows"] += _expert_parallel_rows(args, num_experts, config, params, x,
                                                args.repeats)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:

@@ -30,7 +30,7 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from moe_jax.models import DecoderLM, TransformerConfig  # noqa: E402
+from moe_jax.models import DecoderLM, make_config  # noqa: E402
 from moe_jax.parallel import make_mesh  # noqa: E402
 from moe_jax.parallel.distributed import host_local_to_global  # noqa: E402
 from moe_jax.run_setup import place_on_mesh  # noqa: E402
@@ -42,8 +42,8 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 def _configs(args):
   common = dict(vocab_size=256, d_model=args.d_model, num_layers=args.layers,
                 num_heads=max(1, args.d_model // 32), max_len=args.seq_len)
-  dense = TransformerConfig(**common, d_ff=args.k * args.expert_d_ff, num_experts=0)
-  moe = {name: TransformerConfig(**common, num_experts=args.experts, router="topk",
+  dense = make_config(**common, d_ff=args.k * args.expert_d_ff, num_experts=0)
+  moe = {name: make_config(**common, num_experts=args.experts, router="topk",
                                  router_options={"k": args.k}, expert_d_ff=args.expert_d_ff,
                                  dispatcher=name, capacity_factor=args.capacity_factor)
          for name in args.dispatchers}

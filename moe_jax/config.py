@@ -32,7 +32,7 @@ import ml_collections
 
 from moe_jax import dispatch, overrides as overrides_lib, routing
 from moe_jax.data.sentencepiece_tokenizer import MIN_VOCAB_SIZE
-from moe_jax.models.transformer import TransformerConfig, validate as validate_model
+from moe_jax.models.transformer import TransformerConfig, make_config, validate as validate_model
 from moe_jax.parallel.mesh import resolve_axis_sizes
 from moe_jax.train_step import OptimConfig
 from moe_jax.validation import check_choice, check_float, check_int
@@ -231,10 +231,12 @@ def _model(section: dict, mesh: MeshConfig, *, causal: bool) -> TransformerConfi
 
 
 def build_model_config(section: dict) -> TransformerConfig:
-  """The model's config from the flat `config.model.*` section (dtypes already resolved)."""
-  section = dict(section)
-  section.pop("exchange")
-  return TransformerConfig(**section)
+  """The model's config from the flat `config.model.*` section (dtypes already resolved); the
+  MoE options' errors name config.model."""
+  try:
+    return make_config(**section)
+  except ValueError as e:
+    raise ValueError(str(e).replace("moe: ", "config.model: ", 1)) from e
 
 
 def _data(section: dict, model: TransformerConfig, mesh: MeshConfig, num_processes: int, task,
@@ -264,7 +266,7 @@ def _data(section: dict, model: TransformerConfig, mesh: MeshConfig, num_process
       if value % divisor:
         raise ValueError(f"config.data.{name}={value} is not divisible by {why}")
   per_device_tokens = data.batch_size // shards * length
-  group = model.group_size or length
+  group = (model.moe and model.moe.group_size) or length
   if per_device_tokens % group:
     raise ValueError(f"config.model.group_size={group} does not divide the {per_device_tokens} "
                      "tokens each device routes per step")

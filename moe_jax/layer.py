@@ -1,6 +1,8 @@
 """The MoE layer: router -> dispatcher -> experts (+ shared experts), as a pure function.
 
-    y_BLD, routing = moe_layer(variables, x_BLD, router=..., dispatcher=..., experts=...)
+    config = MoEConfig(num_experts=8, expert_d_ff=1024, router_options={"k": 2})
+    variables = init_moe_layer(rng, d_model, config)
+    y_BLD, routing = moe_layer(variables, x_BLD, config, train=True, rng=rng, mesh=mesh)
 
 variables = {'router': {'params', 'state'}, 'experts': stacked params, 'shared': params or None}.
 Tokens are routed in groups of `group_size` (default: one sequence), as GShard does, so the
@@ -19,43 +21,51 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 from moe_jax.dispatch import expert_parallel
-from moe_jax.dispatch.base import Dispatcher
 from moe_jax.experts import Experts
-from moe_jax.routing.base import Router, Routing
+from moe_jax.moe_config import MoEConfig
+from moe_jax.routing.base import Routing
 from moe_jax.parallel.mesh import BATCH_AXES, axis_size, logical_to_spec
-from moe_jax.validation import check_float, check_int
+
+__all__ = ["MoEConfig", "check_mesh", "init_moe_layer", "merge_groups", "moe_layer",
+           "variable_specs"]
 
 
-def init_moe_layer(rng, d_model: int, *, router: Router, experts: Experts,
-                   shared_experts: Experts | None = None) -> dict:
+def init_moe_layer(rng, d_model: int, config: MoEConfig) -> dict:
   r_rng, e_rng, s_rng = jax.random.split(rng, 3)
-  return {"router": router.init(r_rng, d_model),
-          "experts": experts.init(e_rng, router.num_experts, d_model),
-          "shared": None if shared_experts is None else shared_experts.init(s_rng, 1, d_model)}
+  shared = config.shared_experts
+  return {"router": config.built_router.init(r_rng, d_model),
+          "experts": config.experts.init(e_rng, config.num_experts, d_model),
+          "shared": None if shared is None else shared.init(s_rng, 1, d_model)}
 
 
-def validate_layer(*, router: Router, dispatcher: Dispatcher, capacity_factor: float,
-                   expert_axis_size: int | None = None, mesh: Mesh | None = None,
-                   experts: Experts | None = None) -> None:
-  """Checks made before anything compiles; each error names the field. The expert axis size
-  is the mesh's unless given."""
-  check_float("capacity_factor", capacity_factor, low=0.0, low_inclusive=False, owner="moe")
-  if expert_axis_size is None:
-    expert_axis_size = axis_size(mesh, "expert")
-  check_int("expert_axis_size", expert_axis_size, low=1, owner="moe")
-  if router.num_experts % expert_axis_size:
-    raise ValueError(f"moe: num_experts={router.num_experts} is not divisible by the mesh's "
-                     f"'expert' axis size {expert_axis_size}")
-  if router.name == "soft" and not dispatcher.supports_soft:
-    raise ValueError(f"moe: router 'soft' needs dispatcher 'einsum', got {dispatcher.name!r}")
-  if mesh is not None:
-    model = axis_size(mesh, "model")
-    if router.name == "soft" and expert_axis_size > 1:
-      raise ValueError("moe: router 'soft' has no expert-parallel dispatcher (its slots mix "
-                       "every token); use a mesh with expert=1")
-    if experts is not None and experts.d_ff % model:
-      raise ValueError(f"moe: experts' d_ff={experts.d_ff} is not divisible by the mesh's "
-                       f"'model' axis size {model}")
+def _platform(mesh) -> str | None:
+  """The mesh's device platform; None (the default backend) for an AbstractMesh, which has no
+  devices and is used to build shapes and shardings without allocating (nnx.eval_shape)."""
+  if mesh is None or isinstance(mesh, jax.sharding.AbstractMesh):
+    return None
+  return mesh.devices.flat[0].platform
+
+
+def check_mesh(config: MoEConfig, mesh: Mesh | None) -> None:
+  """The checks that need the mesh, made before anything compiles; each names the field."""
+  if mesh is None:
+    return
+  expert, model = axis_size(mesh, "expert"), axis_size(mesh, "model")
+  if config.num_experts % expert:
+    raise ValueError(f"moe: num_experts={config.num_experts} is not divisible by the mesh's "
+                     f"'expert' axis size {expert}")
+  if config.expert_d_ff % model:
+    raise ValueError(f"moe: expert_d_ff={config.expert_d_ff} is not divisible by the mesh's "
+                     f"'model' axis size {model}")
+  if expert > 1:
+    if config.built_router.soft:
+      raise ValueError(f"moe: router {config.built_router.name!r} has no expert-parallel form "
+                       "(its slots mix every token); use a mesh with expert=1")
+    if config.built_dispatcher.expert_parallel is None:
+      raise ValueError(f"moe: dispatcher {config.built_dispatcher.name!r} has no "
+                       "expert-parallel version (its expert_parallel capability is None); use "
+                       "a mesh with expert=1 or a dispatcher that has one")
+    expert_parallel.resolve_exchange(config.exchange, backend=_platform(mesh))
 
 
 def _merge_state(state_G):
@@ -66,16 +76,12 @@ def _merge_state(state_G):
   return jax.tree.map(merge, state_G)
 
 
-def moe_layer(variables, x_BLD, *, router: Router, dispatcher: Dispatcher, experts: Experts,
-              shared_experts: Experts | None = None, token_ids_BL=None, rng=None,
-              train: bool = False, group_size: int | None = None,
-              capacity_factor: float = 1.25, mesh: Mesh | None = None, exchange: str = "auto"):
+def moe_layer(variables, x_BLD, config: MoEConfig, *, token_ids_BL=None, rng=None,
+              train: bool = False, mesh: Mesh | None = None):
   """y_BLD, routing. With `mesh`, experts are split over its 'expert' axis (and their hidden
-  dim over 'model'), tokens over ('data', 'expert'); the result equals the unsharded layer's.
-  `exchange` picks the dropless all-to-all under a mesh ('padded', 'ragged', 'auto')."""
+  dim over 'model'), tokens over ('data', 'expert'); the result equals the unsharded layer's."""
   batch, length, _ = x_BLD.shape
-  group_size = length if group_size is None else group_size
-  check_int("group_size", group_size, low=1, owner="moe")
+  group_size = length if config.group_size is None else config.group_size
   shards = 1 if mesh is None else axis_size(mesh, "data") * axis_size(mesh, "expert")
   if batch % shards:
     raise ValueError(f"moe: batch size {batch} is not divisible by the {shards} devices of the "
@@ -87,14 +93,15 @@ def moe_layer(variables, x_BLD, *, router: Router, dispatcher: Dispatcher, exper
                      f"tokens{where}")
   num_groups = batch * length // group_size
   rngs_G = None if rng is None else jax.random.split(rng, num_groups)
-  validate_layer(router=router, dispatcher=dispatcher, capacity_factor=capacity_factor,
-                 mesh=mesh, experts=experts)
-  layer = partial(_local_layer, router=router, experts=experts, shared_experts=shared_experts,
-                  train=train, group_size=group_size, capacity_factor=capacity_factor)
+  check_mesh(config, mesh)
+  layer = partial(_local_layer, router=config.built_router, experts=config.experts,
+                  shared_experts=config.shared_experts, train=train, group_size=group_size,
+                  capacity_factor=config.capacity_factor)
   if mesh is None:
-    return layer(variables, x_BLD, token_ids_BL, rngs_G, dispatcher=dispatcher)
-  return _sharded_layer(layer, variables, x_BLD, token_ids_BL, rngs_G, mesh=mesh, router=router,
-                        dispatcher=dispatcher, experts=experts, exchange=exchange)
+    return layer(variables, x_BLD, token_ids_BL, rngs_G, dispatcher=config.built_dispatcher)
+  return _sharded_layer(layer, variables, x_BLD, token_ids_BL, rngs_G, mesh=mesh,
+                        dispatcher=config.built_dispatcher, experts=config.experts,
+                        exchange=config.exchange)
 
 
 def _local_layer(variables, x_BLD, token_ids_BL, rngs_G, *, router, dispatcher, experts,
@@ -168,8 +175,8 @@ def _reduce_across_devices(routing):
                          new_state=jax.tree.map(merge_state, routing.new_state))
 
 
-def _sharded_layer(layer, variables, x_BLD, token_ids_BL, rngs_G, *, mesh, router, dispatcher,
-                   experts, exchange):
+def _sharded_layer(layer, variables, x_BLD, token_ids_BL, rngs_G, *, mesh, dispatcher, experts,
+                   exchange):
   ep_dispatcher = expert_parallel.make(dispatcher, ep=axis_size(mesh, "expert"),
                                        exchange=exchange)
 

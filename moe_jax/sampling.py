@@ -25,7 +25,10 @@ def host_model_state(graphdef, state):
 
 def _causal_model_config(model):
   """The model's config with every MoE layer on the dropless dispatcher, one routing group."""
-  return dataclasses.replace(model, dispatcher="dropless", group_size=None)
+  if model.moe is None:
+    return model
+  return dataclasses.replace(model, moe=dataclasses.replace(model.moe, dispatcher="dropless",
+                                                            group_size=None))
 
 
 @nnx.jit

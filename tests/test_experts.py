@@ -1,6 +1,5 @@
 """Batched experts against per-expert matmuls."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

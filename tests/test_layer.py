@@ -4,23 +4,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_jax import dispatch, routing
-from moe_jax.experts import loop_reference, make_experts
-from moe_jax.layer import init_moe_layer, moe_layer, validate_layer
+from moe_jax import routing
+from moe_jax.experts import loop_reference
+from moe_jax.layer import MoEConfig, check_mesh, init_moe_layer, moe_layer
+from moe_jax.parallel import make_mesh
 
 
 @pytest.mark.parametrize("dispatcher", ["sort", "dropless"])
 @pytest.mark.parametrize("shared", [False, True])
 def test_layer_equals_loop_over_experts_per_group(dispatcher, shared):
-  router = routing.get("topk", num_experts=4, k=2)
-  experts = make_experts(12)
-  shared_experts = make_experts(8) if shared else None
-  variables = init_moe_layer(jax.random.PRNGKey(0), 8, router=router, experts=experts,
-                             shared_experts=shared_experts)
+  config = MoEConfig(num_experts=4, expert_d_ff=12, router_options={"k": 2},
+                     dispatcher=dispatcher, shared_d_ff=8 if shared else None, group_size=4,
+                     capacity_factor=4.0)
+  router, experts, shared_experts = config.built_router, config.experts, config.shared_experts
+  variables = init_moe_layer(jax.random.PRNGKey(0), 8, config)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 8))
-  y, r = jax.jit(lambda v, x: moe_layer(v, x, router=router, dispatcher=dispatch.get(dispatcher),
-                                        experts=experts, shared_experts=shared_experts,
-                                        group_size=4, capacity_factor=4.0))(variables, x)
+  y, r = jax.jit(lambda v, x: moe_layer(v, x, config))(variables, x)
   tokens = x.reshape(3, 4, 8)
   expected = []
   for g in range(3):
@@ -36,28 +35,55 @@ def test_layer_equals_loop_over_experts_per_group(dispatcher, shared):
 
 
 def test_router_state_is_merged_over_groups():
-  router = routing.get("bias_balanced", num_experts=4, k=1, bias_update_rate=0.1)
-  experts = make_experts(8)
-  variables = init_moe_layer(jax.random.PRNGKey(0), 8, router=router, experts=experts)
+  config = MoEConfig(num_experts=4, expert_d_ff=8, router="bias_balanced",
+                     router_options={"k": 1, "bias_update_rate": 0.1})
+  variables = init_moe_layer(jax.random.PRNGKey(0), 8, config)
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8))
-  _, r = moe_layer(variables, x, router=router, dispatcher=dispatch.get("sort"),
-                   experts=experts, train=True)
+  _, r = moe_layer(variables, x, config, train=True)
   assert r.new_state["bias"].shape == (4,)
   assert np.abs(np.asarray(r.new_state["bias"])).sum() > 0
 
 
-def test_invalid_layer_configs_name_the_field():
-  router = routing.get("topk", num_experts=6)
-  with pytest.raises(ValueError, match="num_experts=6.*'expert' axis size 4"):
-    validate_layer(router=router, dispatcher=dispatch.get("sort"), capacity_factor=1.0,
-                   expert_axis_size=4)
-  with pytest.raises(ValueError, match="capacity_factor"):
-    validate_layer(router=router, dispatcher=dispatch.get("sort"), capacity_factor=0.0)
-  with pytest.raises(ValueError, match="soft.*einsum"):
-    validate_layer(router=routing.get("soft", num_experts=4), dispatcher=dispatch.get("sort"),
-                   capacity_factor=1.0)
-  experts = make_experts(8)
-  variables = init_moe_layer(jax.random.PRNGKey(0), 8, router=router, experts=experts)
-  with pytest.raises(ValueError, match="group_size=5"):
-    moe_layer(variables, jnp.ones((2, 4, 8)), router=router, dispatcher=dispatch.get("sort"),
-              experts=experts, group_size=5)
+BAD = [
+    (dict(num_experts=0), r"moe: option 'num_experts'=0 is out of range"),
+    (dict(expert_d_ff=0), r"moe: option 'expert_d_ff'=0"),
+    (dict(capacity_factor=0.0), r"moe: option 'capacity_factor'=0\.0 is invalid"),
+    (dict(group_size=0), r"moe: option 'group_size'=0"),
+    (dict(shared_d_ff=0), r"moe: option 'shared_d_ff'=0"),
+    (dict(exchange="fast"), r"moe: option 'exchange'='fast' is not allowed; allowed: 'auto'"),
+    (dict(activation="swish2"), r"option 'activation'='swish2'"),
+    (dict(router="nope"), r"unknown router 'nope'; allowed: .*topk"),
+    (dict(router_options={"k": 9}), r"'k'=9 is out of range"),
+    (dict(router_options={"kk": 1}), r"router 'topk' got unknown option\(s\) \['kk'\]"),
+    (dict(dispatcher="fast"), r"unknown dispatcher 'fast'; allowed: dropless, einsum, sort"),
+    (dict(router="soft"), r"router 'soft' mixes tokens.*dispatcher 'sort' cannot run it"),
+    (dict(router=routing.get("topk", num_experts=8)), r"num_experts=4 contradicts the given "
+                                                      r"router's num_experts=8"),
+    (dict(router=routing.get("topk", num_experts=4), router_options={"k": 2}),
+     r"router_options must be empty when router is a built Router"),
+]
+
+
+@pytest.mark.parametrize("fields,message", BAD, ids=[
+    "-".join(f"{k}={'Router' if isinstance(v, routing.Router) else v}" for k, v in f.items())
+    for f, _ in BAD])
+def test_every_bad_moe_option_names_its_field(fields, message):
+  with pytest.raises(ValueError, match=message):
+    MoEConfig(**{"num_experts": 4, "expert_d_ff": 8, **fields})
+
+
+def test_mesh_checks_name_the_axis():
+  mesh = make_mesh(data=2, expert=4)
+  with pytest.raises(ValueError, match=r"num_experts=6.*'expert' axis size 4"):
+    check_mesh(MoEConfig(num_experts=6, expert_d_ff=8), mesh)
+  with pytest.raises(ValueError, match=r"expert_d_ff=9.*'model' axis size 2"):
+    check_mesh(MoEConfig(num_experts=4, expert_d_ff=9), make_mesh(data=2, expert=2, model=2))
+  with pytest.raises(ValueError, match=r"router 'soft' has no expert-parallel form"):
+    check_mesh(MoEConfig(num_experts=4, expert_d_ff=8, router="soft", dispatcher="einsum"), mesh)
+  with pytest.raises(ValueError, match=r"exchange='ragged' needs ragged_all_to_all"):
+    check_mesh(MoEConfig(num_experts=4, expert_d_ff=8, dispatcher="dropless",
+                         exchange="ragged"), mesh)
+  config = MoEConfig(num_experts=4, expert_d_ff=8, group_size=5)
+  variables = init_moe_layer(jax.random.PRNGKey(0), 8, config)
+  with pytest.raises(ValueError, match="group_size=5"):   # 2x4 tokens do not split into 5s
+    moe_layer(variables, jnp.ones((2, 4, 8)), config)

@@ -6,9 +6,8 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from moe_jax import dispatch, routing
-from moe_jax.experts import make_experts
-from moe_jax.layer import init_moe_layer, moe_layer
+from moe_jax import routing
+from moe_jax.layer import MoEConfig, init_moe_layer, moe_layer
 from moe_jax.models import MoE, RouterState
 from moe_jax.parallel.mesh import make_mesh
 
@@ -20,27 +19,25 @@ def _x(seed=1, batch=8, length=4):
 
 
 def test_forward_equals_the_pure_layer():
-  model = MoE(D, router="topk", num_experts=E, router_options={"k": 2}, d_ff=F, shared_d_ff=8,
-              group_size=8, rngs=nnx.Rngs(0))
+  config = MoEConfig(num_experts=E, expert_d_ff=F, router_options={"k": 2}, shared_d_ff=8,
+                     group_size=8)
+  model = MoE(D, config, rngs=nnx.Rngs(0))
   variables = model.layer_variables()
   # The module initialises exactly as the pure layer does from the same key.
-  experts, shared = make_experts(F), make_experts(8)
-  expected_vars = init_moe_layer(nnx.Rngs(0).params(), D, router=model.router, experts=experts,
-                                 shared_experts=shared)
+  expected_vars = init_moe_layer(nnx.Rngs(0).params(), D, config)
   jax.tree.map(np.testing.assert_array_equal, variables, expected_vars)
 
   x = _x()
   y, r = nnx.jit(lambda m, x: m(x))(model, x)
-  y_ref, r_ref = jax.jit(lambda v, x: moe_layer(
-      v, x, router=model.router, dispatcher=dispatch.get("sort"), experts=experts,
-      shared_experts=shared, group_size=8))(variables, x)
+  y_ref, r_ref = jax.jit(lambda v, x: moe_layer(v, x, config))(variables, x)
   np.testing.assert_array_equal(y, y_ref)
   jax.tree.map(np.testing.assert_array_equal, r.aux_losses, r_ref.aux_losses)
 
 
 def test_params_exclude_router_state_and_training_updates_it():
-  model = MoE(D, router="bias_balanced", num_experts=E,
-              router_options={"k": 1, "bias_update_rate": 0.1}, d_ff=F, rngs=nnx.Rngs(0))
+  model = MoE(D, MoEConfig(num_experts=E, expert_d_ff=F, router="bias_balanced",
+                           router_options={"k": 1, "bias_update_rate": 0.1}),
+              rngs=nnx.Rngs(0))
   params = nnx.state(model, nnx.Param)
   param_paths = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(params)}
   assert param_paths == {"router_params/w", "expert_params/w_in", "expert_params/w_out"}
@@ -75,8 +72,8 @@ def test_params_exclude_router_state_and_training_updates_it():
 
 
 def test_router_rng_comes_from_the_router_stream():
-  model = MoE(D, router="topk", num_experts=E, router_options={"k": 2, "jitter_eps": 0.1},
-              d_ff=F, rngs=nnx.Rngs(0))
+  model = MoE(D, MoEConfig(num_experts=E, expert_d_ff=F,
+                           router_options={"k": 2, "jitter_eps": 0.1}), rngs=nnx.Rngs(0))
   call = nnx.jit(lambda m, x, rngs: m(x, train=True, rngs=rngs))
   with pytest.raises(ValueError, match="needs `rng`.*jitter_eps"):   # raised while tracing
     call(model, _x(), None)
@@ -87,11 +84,11 @@ def test_router_rng_comes_from_the_router_stream():
 
 def test_jit_and_mesh_match_the_unsharded_module():
   mesh = make_mesh(data=2, expert=4)
-  kwargs = dict(router="bias_balanced", num_experts=E,
-                router_options={"k": 2, "bias_update_rate": 0.1}, d_ff=F)
+  config = MoEConfig(num_experts=E, expert_d_ff=F, router="bias_balanced",
+                     router_options={"k": 2, "bias_update_rate": 0.1})
   # Separate but equal Rngs: one shared Rngs would give the second model the next keys.
-  plain = MoE(D, rngs=nnx.Rngs(0), **kwargs)
-  sharded = MoE(D, mesh=mesh, rngs=nnx.Rngs(0), **kwargs)
+  plain = MoE(D, config, rngs=nnx.Rngs(0))
+  sharded = MoE(D, config, mesh=mesh, rngs=nnx.Rngs(0))
   w_in = sharded.expert_params["w_in"]
   assert w_in.get_metadata("out_sharding") == ("expert", "embed", "mlp")
   assert w_in[...].sharding.spec == P("expert", None, "model")
@@ -118,17 +115,20 @@ def test_jit_and_mesh_match_the_unsharded_module():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(router="no_such_router", num_experts=E), "unknown router 'no_such_router'"),
-    (dict(router="topk", num_experts=E, router_options={"k": 99}), r"'k'=99 is out of range"),
-    (dict(router="topk", num_experts=E, capacity_factor=0), "capacity_factor"),
-    (dict(router="topk"), "num_experts is required"),
-    (dict(router=routing.get("topk", num_experts=E), num_experts=8), "num_experts=8 contradicts"),
-    (dict(router="topk", num_experts=6, mesh="mesh"), r"num_experts=6.*'expert' axis size 4"),
-    (dict(router="soft", num_experts=E), "soft.*einsum"),
-    (dict(router="topk", num_experts=E, group_size=0), "group_size"),
+    (dict(router="no_such_router"), "unknown router 'no_such_router'"),
+    (dict(router_options={"k": 99}), r"'k'=99 is out of range"),
+    (dict(capacity_factor=0), "capacity_factor"),
+    (dict(router=routing.get("topk", num_experts=8)), "num_experts=4 contradicts"),
+    (dict(router="soft"), "soft.*einsum"),
+    (dict(group_size=0), "group_size"),
+    (dict(dispatcher="no_such_dispatcher"), "unknown dispatcher"),
 ])
-def test_bad_config_raises_at_construction(kwargs, match):
-  if kwargs.get("mesh") == "mesh":
-    kwargs = {**kwargs, "mesh": make_mesh(data=2, expert=4)}
+def test_bad_config_raises_when_the_config_is_made(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    MoE(D, d_ff=F, rngs=nnx.Rngs(0), **kwargs)
+    MoEConfig(num_experts=E, expert_d_ff=F, **kwargs)
+
+
+def test_mesh_mismatch_raises_at_construction():
+  config = MoEConfig(num_experts=6, expert_d_ff=F)
+  with pytest.raises(ValueError, match=r"num_experts=6.*'expert' axis size 4"):
+    MoE(D, config, mesh=make_mesh(data=2, expert=4), rngs=nnx.Rngs(0))

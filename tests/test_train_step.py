@@ -4,7 +4,7 @@ import numpy as np
 from flax import nnx
 
 from moe_jax.data import load_corpus, make_iterator
-from moe_jax.models import DecoderLM, TransformerConfig
+from moe_jax.models import DecoderLM, make_config
 from moe_jax.parallel import make_mesh
 from moe_jax.train_step import OptimConfig, learning_rate_schedule, make_optimizer, \
     make_train_step
@@ -30,7 +30,7 @@ def _train(config, mesh, steps, seed=0):
 
 
 def test_loss_falls_on_the_embedded_corpus_and_router_state_moves():
-  config = TransformerConfig(**CONFIG, dispatcher="dropless")
+  config = make_config(**CONFIG, dispatcher="dropless")
   model, history = _train(config, None, 40)
   first = np.mean([h["ce"] for h in history[:3]])
   last = np.mean([h["ce"] for h in history[-5:]])
@@ -42,7 +42,7 @@ def test_loss_falls_on_the_embedded_corpus_and_router_state_moves():
 
 
 def test_sharded_steps_equal_unsharded_steps():
-  config = TransformerConfig(**CONFIG, dispatcher="sort", capacity_factor=1.0)
+  config = make_config(**CONFIG, dispatcher="sort", capacity_factor=1.0)
   _, plain = _train(config, None, 3)
   _, sharded = _train(config, make_mesh(data=2, expert=4), 3)
   for p, s in zip(plain, sharded):

@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from moe_jax.validation import check_float
 
 
 class Dispatcher(NamedTuple):
+  """A dispatcher and what it can do: the layer and the expert-parallel code ask these
+  capabilities, never the name."""
   name: str
   run: Callable
   supports_soft: bool  # only the einsum reference takes soft MoE's dense weights
@@ -29,6 +30,10 @@ class Dispatcher(NamedTuple):
   # grouped matmul over all groups pads less, and where vmap is unavailable (ragged_dot with
   # unbatched weights, jax<=0.10) or costly (one exchange per group).
   merge_groups: bool = False
+  drops_tokens: bool = False   # has a capacity: assignments past it are dropped and counted
+  # The factory of its version for inside shard_map with experts split over the expert axis:
+  # (ep=, expert_axis=, model_axis=, exchange=) -> Dispatcher. None: not expert-parallel.
+  expert_parallel: Callable | None = None
 
 
 def expert_capacity(num_assignments: int, num_experts: int, capacity_factor: float) -> int:

@@ -40,4 +40,4 @@ def run(routing, x_TD, expert_params, experts, *, capacity_factor: float = 1.25)
   return y_TD, metrics
 
 
-DISPATCHER = Dispatcher("einsum", run, supports_soft=True)
+DISPATCHER = Dispatcher("einsum", run, supports_soft=True, drops_tokens=True)

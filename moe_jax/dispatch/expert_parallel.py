@@ -129,24 +129,42 @@ def resolve_exchange(exchange: str, backend: str | None = None) -> str:
   return exchange
 
 
+def capacity_exchange(name: str):
+  """The expert-parallel factory of a capacity dispatcher (sort, einsum: one capacity rule):
+  the sort dispatcher's [E,C,D] buffer cut into one piece per device."""
+  def factory(*, ep, expert_axis, model_axis, exchange):
+    del exchange   # only dropless has a choice of exchange
+    return Dispatcher(f"{name}[ep={ep}]", partial(_capacity_run, ep=ep, expert_axis=expert_axis,
+                                                  model_axis=model_axis),
+                      supports_soft=False, drops_tokens=True)
+  return factory
+
+
+def dropless_exchange(*, ep, expert_axis, model_axis, exchange):
+  """The expert-parallel factory of `dropless`: the padded or the ragged all-to-all."""
+  body = _ragged_run if resolve_exchange(exchange) == "ragged" else _padded_run
+  return Dispatcher(f"dropless[ep={ep}]",
+                    partial(body, local_impl=dropless.default_impl(), ep=ep,
+                            expert_axis=expert_axis, model_axis=model_axis),
+                    supports_soft=False, merge_groups=True)
+
+
 def make(dispatcher: Dispatcher, *, ep: int, expert_axis: str = "expert",
          model_axis: str = "model", exchange: str = "auto") -> Dispatcher:
-  """The expert-parallel version of a single-device dispatcher, for use inside shard_map.
+  """The expert-parallel version of a single-device dispatcher, for use inside shard_map:
+  what its `expert_parallel` capability builds.
 
   With nothing to exchange (ep == 1) it is the dispatcher itself followed by the 'model' psum,
-  so every router, soft MoE included, runs data- and tensor-parallel.
+  so every dispatcher and router, soft MoE included, runs data- and tensor-parallel.
   """
   if ep == 1:
     def run_local(*args, **kwargs):
       y_TD, metrics = dispatcher.run(*args, **kwargs)
       return jax.lax.psum(y_TD, model_axis), metrics
     return dispatcher._replace(run=run_local)
-  axes = dict(ep=ep, expert_axis=expert_axis, model_axis=model_axis)
-  if dispatcher.name == "dropless":
-    local_impl = dropless.default_impl()
-    body = _ragged_run if resolve_exchange(exchange) == "ragged" else _padded_run
-    return Dispatcher(f"dropless[ep={ep}]", partial(body, local_impl=local_impl, **axes),
-                      supports_soft=False, merge_groups=True)
-  # einsum and sort share the capacity rule, so both map to the capacity exchange.
-  return Dispatcher(f"{dispatcher.name}[ep={ep}]", partial(_capacity_run, **axes),
-                    supports_soft=False)
+  if dispatcher.expert_parallel is None:
+    raise ValueError(f"moe: dispatcher {dispatcher.name!r} has no expert-parallel version "
+                     "(its expert_parallel capability is None); use a mesh with expert=1 or a "
+                     "dispatcher that has one ('sort', 'einsum', 'dropless')")
+  return dispatcher.expert_parallel(ep=ep, expert_axis=expert_axis, model_axis=model_axis,
+                                    exchange=exchange)

@@ -77,4 +77,4 @@ def run(routing, x_TD, expert_params, experts, *, capacity_factor: float = 1.25)
   return y_TD, {"dropped_fraction": dropped_fraction(routing.valid, plan_.kept_N)}
 
 
-DISPATCHER = Dispatcher("sort", run, supports_soft=False)
+DISPATCHER = Dispatcher("sort", run, supports_soft=False, drops_tokens=True)

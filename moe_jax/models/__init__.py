@@ -3,7 +3,8 @@
     from moe_jax.models import DecoderLM, EncoderClassifier, MoE, TransformerConfig
 """
 from moe_jax.models.classifier import EncoderClassifier
-from moe_jax.models.moe import MoE, RouterState
-from moe_jax.models.transformer import DecoderLM, Transformer, TransformerConfig
+from moe_jax.models.moe import MoE, MoEConfig, RouterState
+from moe_jax.models.transformer import DecoderLM, Transformer, TransformerConfig, make_config
 
-__all__ = ["DecoderLM", "EncoderClassifier", "MoE", "RouterState", "Transformer", "TransformerConfig"]
+__all__ = ["DecoderLM", "EncoderClassifier", "MoE", "MoEConfig", "RouterState", "Transformer", "TransformerConfig",
+           "make_config"]

@@ -58,9 +58,9 @@ class EncoderClassifier(nnx.Module):
       length = (h // patch_size) * (w // patch_size) + extra
       if length > config.max_len:
         raise ValueError(f"{owner}: {length} patches exceed max_len={config.max_len}")
-      if config.num_experts and config.router == "hash":
-        raise ValueError(f"{owner}: router 'hash' routes by token id and image patches have "
-                         "none; pick another router")
+      if config.moe is not None and config.moe.built_router.needs_token_ids:
+        raise ValueError(f"{owner}: router {config.moe.built_router.name!r} routes by token "
+                         "id and image patches have none; pick another router")
       self.patch_embed = Linear(patch_size * patch_size * c, config.d_model, (None, "embed"),
                                 rngs=rngs, mesh=mesh, param_dtype=config.param_dtype)
     self.transformer = Transformer(config, causal=False, rngs=rngs, mesh=mesh,

@@ -1,6 +1,6 @@
 """The MoE layer as a Flax NNX module, so models can hold it as a stateful object.
 
-    moe = MoE(64, router="topk", num_experts=8, router_options={"k": 2}, d_ff=256,
+    moe = MoE(64, MoEConfig(num_experts=8, expert_d_ff=256, router_options={"k": 2}),
               rngs=nnx.Rngs(0))
     y_BLD, routing = moe(x_BLD, train=True, rngs=nnx.Rngs(router=1))
     loss = task_loss(y_BLD) + 0.01 * routing.aux_losses["load_balancing"]
@@ -14,20 +14,13 @@ BatchNorm does with its running statistics.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from moe_jax import dispatch, routing
-from moe_jax.dispatch import expert_parallel
-from moe_jax.dispatch.base import Dispatcher
-from moe_jax.experts import make_experts
-from moe_jax.layer import init_moe_layer, moe_layer, validate_layer
-from moe_jax.parallel.mesh import LOGICAL_RULES, axis_size
-from moe_jax.routing.base import Router
-from moe_jax.validation import check_choice, check_int
+from moe_jax.layer import MoEConfig, check_mesh, init_moe_layer, moe_layer
+from moe_jax.parallel.mesh import LOGICAL_RULES
+from moe_jax.validation import check_int
 
 # The rng stream a call draws the router's key from (Switch jitter, noisy gating). nnx.Rngs falls
 # back to its 'default' stream when it has no 'router' stream.
@@ -48,14 +41,6 @@ def sharded_param(value, logical_axes, mesh: Mesh | None) -> nnx.Param:
   """
   return nnx.Param(value, out_sharding=tuple(logical_axes), sharding_rules=_SHARDING_RULES,
                    eager_sharding=mesh is not None, **({} if mesh is None else {"mesh": mesh}))
-
-
-def _platform(mesh) -> str | None:
-  """The mesh's device platform; None (the default backend) for an AbstractMesh, which has no
-  devices and is used to build shapes and shardings without allocating (nnx.eval_shape)."""
-  if isinstance(mesh, jax.sharding.AbstractMesh):
-    return None
-  return mesh.devices.flat[0].platform
 
 
 class RouterState(nnx.Variable):
@@ -88,44 +73,20 @@ def _assign(node: nnx.Dict, tree: dict, where: str) -> None:
 class MoE(nnx.Module):
   """Router -> dispatcher -> experts (+ an optional shared expert), as an NNX module.
 
-  router: a registered name (then `num_experts` is required and `router_options` go to
-    `routing.get`) or a built `Router` (then both are taken from it and must not be given).
-  dispatcher: 'sort', 'dropless', 'einsum' or a Dispatcher. shared_d_ff: hidden size of an
-    always-on shared expert (DeepSeekMoE), None for none.
-  mesh: split experts over its 'expert' axis (their hidden dim over 'model') and tokens over
-    ('data', 'expert'); expert params are then placed sharded at construction. exchange: the
-    expert-parallel all-to-all under a mesh ('auto', 'padded', 'ragged').
-  Every option is checked here, before anything is traced; errors name the field.
+  config: the layer's `MoEConfig` (validated when it was made). mesh: split experts over its
+  'expert' axis (their hidden dim over 'model') and tokens over ('data', 'expert'); expert
+  params are then placed sharded at construction. The mesh checks run here, before anything
+  is traced.
   """
 
-  def __init__(self, d_model: int, *, router: str | Router, num_experts: int | None = None,
-               router_options: dict[str, Any] | None = None, d_ff: int,
-               activation: str = "gelu", glu: bool = False,
-               dispatcher: str | Dispatcher = dispatch.DEFAULT, capacity_factor: float = 1.25,
-               group_size: int | None = None, shared_d_ff: int | None = None,
-               mesh: Mesh | None = None, exchange: str = "auto", rngs: nnx.Rngs):
+  def __init__(self, d_model: int, config: MoEConfig, *, mesh: Mesh | None = None,
+               rngs: nnx.Rngs):
     check_int("d_model", d_model, low=1, owner="moe")
-    if group_size is not None:
-      check_int("group_size", group_size, low=1, owner="moe")
-    self.router = _resolve_router(router, num_experts, router_options)
-    self.dispatcher = _resolve_dispatcher(dispatcher)
-    check_choice("exchange", exchange, expert_parallel.EXCHANGES, owner="moe")
-    if mesh is not None:  # e.g. 'ragged' on a CPU mesh fails here rather than while tracing
-      expert_parallel.resolve_exchange(exchange, backend=_platform(mesh))
-    self.experts = make_experts(d_ff, activation=activation, glu=glu)
-    self.shared_experts = (None if shared_d_ff is None
-                           else make_experts(shared_d_ff, activation=activation, glu=glu))
-    validate_layer(router=self.router, dispatcher=self.dispatcher,
-                   capacity_factor=capacity_factor, expert_axis_size=axis_size(mesh, "expert"),
-                   mesh=mesh, experts=self.experts)
-    self.d_model = d_model
-    self.capacity_factor = capacity_factor
-    self.group_size = group_size
-    self.mesh = mesh
-    self.exchange = exchange
-
-    variables = init_moe_layer(rngs.params(), d_model, router=self.router, experts=self.experts,
-                               shared_experts=self.shared_experts)
+    if not isinstance(config, MoEConfig):
+      raise ValueError(f"moe: config must be a MoEConfig, got {config!r}")
+    check_mesh(config, mesh)
+    self.d_model, self.config, self.mesh = d_model, config, mesh
+    variables = init_moe_layer(rngs.params(), d_model, config)
     if mesh is not None:
       # Replicate the rest on the mesh up front: the layer returns the router state that way, and
       # a jitted step whose inputs change placement after the first call compiles twice.
@@ -140,8 +101,12 @@ class MoE(nnx.Module):
     self.shared_params = (None if variables["shared"] is None
                           else _wrap(variables["shared"], lambda _, v: nnx.Param(v)))
 
+  @property
+  def router(self):
+    return self.config.built_router
+
   def _expert_param(self, name: str, value) -> nnx.Param:
-    return sharded_param(value, self.experts.param_axes[name], self.mesh)
+    return sharded_param(value, self.config.experts.param_axes[name], self.mesh)
 
   def layer_variables(self) -> dict:
     """The current variables in the pure layer's layout, for `moe_layer` or checkpoints."""
@@ -154,43 +119,13 @@ class MoE(nnx.Module):
                rngs: nnx.Rngs | None = None):
     """y_BLD, routing. With train=True the router state is updated in place.
 
-    token_ids: [B, L] ints for routers that hash token ids. rngs: a key is drawn from its
-    'router' stream (or 'default') for routers that are random in training; a router that needs
-    one and gets none raises ValueError.
+    token_ids: [B, L] ints for routers that need them (`needs_token_ids`). rngs: a key is drawn
+    from its 'router' stream (or 'default') for routers that are random in training; a router
+    that needs one and gets none raises ValueError.
     """
     rng = None if rngs is None else getattr(rngs, RNG_STREAM)()
-    y_BLD, r = moe_layer(self.layer_variables(), x_BLD, router=self.router,
-                         dispatcher=self.dispatcher, experts=self.experts,
-                         shared_experts=self.shared_experts, token_ids_BL=token_ids, rng=rng,
-                         train=train, group_size=self.group_size,
-                         capacity_factor=self.capacity_factor, mesh=self.mesh,
-                         exchange=self.exchange)
+    y_BLD, r = moe_layer(self.layer_variables(), x_BLD, self.config, token_ids_BL=token_ids,
+                         rng=rng, train=train, mesh=self.mesh)
     if train:
       _assign(self.router_state, r.new_state, "router_state")
     return y_BLD, r
-
-
-def _resolve_dispatcher(dispatcher) -> Dispatcher:
-  if isinstance(dispatcher, str):
-    return dispatch.get(dispatcher)
-  if not isinstance(dispatcher, Dispatcher):
-    raise ValueError(f"moe: dispatcher must be a dispatcher name or a Dispatcher, got "
-                     f"{dispatcher!r}")
-  return dispatcher
-
-
-def _resolve_router(router, num_experts, router_options) -> Router:
-  if isinstance(router, Router):
-    if router_options:
-      raise ValueError("moe: router_options must be empty when router is a built Router "
-                       f"(its options are fixed: {router.options})")
-    if num_experts is not None and num_experts != router.num_experts:
-      raise ValueError(f"moe: num_experts={num_experts} contradicts the given router's "
-                       f"num_experts={router.num_experts}")
-    return router
-  if not isinstance(router, str):
-    raise ValueError(f"moe: router must be a router name or a Router, got {router!r}")
-  if num_experts is None:
-    raise ValueError(f"moe: num_experts is required when router is a name ({router!r})")
-  check_int("num_experts", num_experts, low=1, owner="moe")
-  return routing.get(router, num_experts=num_experts, **(router_options or {}))

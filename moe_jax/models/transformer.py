@@ -1,15 +1,15 @@
 """The transformer shared by every model: pre-norm blocks whose FFN is dense or MoE per layer.
 
-    config = TransformerConfig(vocab_size=256, d_model=128, num_layers=4, num_heads=4,
-                               num_experts=8, router="topk", router_options={"k": 2})
+    moe = MoEConfig(num_experts=8, expert_d_ff=512, router="topk", router_options={"k": 2})
+    config = TransformerConfig(vocab_size=256, d_model=128, num_layers=4, num_heads=4, moe=moe)
     model = DecoderLM(config, rngs=nnx.Rngs(0), mesh=mesh)
     logits_BLV, routings = model(tokens_BL, train=True, rngs=nnx.Rngs(router=1))
     aux = sum(r.aux_losses["load_balancing"] for r in routings if r is not None)
 
 Block: x + Attn(RMSNorm(x)), then x + FFN(RMSNorm(x)); attention is multi-head with rotary
 position embeddings (RoPE), causal for decoders, bidirectional for encoders. Layer i's FFN is
-MoE iff num_experts > 0, i >= first_dense_layers and (i - first_dense_layers) % moe_every == 0;
-with num_experts = 0 the same model is the dense baseline. Each MoE layer's Routing (aux
+MoE iff `moe` is set, i >= first_dense_layers and (i - first_dense_layers) % moe_every == 0;
+with moe=None the same model is the dense baseline. Each MoE layer's Routing (aux
 losses, metrics, new router state) is returned with the logits: no global state, no `sow`.
 
 Params carry logical axis names ('embed', 'heads', 'mlp', 'expert', 'vocab'), mapped to the
@@ -28,9 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from moe_jax import routing
 from moe_jax.experts import ACTIVATIONS
-from moe_jax.models.moe import MoE, sharded_param
+from moe_jax.models.moe import MoE, MoEConfig, sharded_param
 from moe_jax.parallel.mesh import BATCH_AXES
 from moe_jax.validation import check_choice, check_int
 
@@ -43,44 +42,60 @@ class TransformerConfig:
   num_heads: int
   max_len: int = 1024
   d_ff: int | None = None             # dense FFN hidden size (default 4 * d_model)
-  activation: str = "gelu"
+  activation: str = "gelu"           # of the dense FFNs (the MoE layers' is moe.activation)
   glu: bool = False
-  num_experts: int = 0                # 0: a dense model
-  router: str = "topk"
-  router_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-  expert_d_ff: int | None = None      # default d_ff
+  moe: MoEConfig | None = None        # the MoE layers' options; None: a dense model
   moe_every: int = 1
   first_dense_layers: int = 0
-  dispatcher: str = "sort"
-  capacity_factor: float = 1.25
-  group_size: int | None = None       # default: one sequence
-  shared_d_ff: int | None = None      # an always-on shared expert (DeepSeekMoE), or none
   tie_embeddings: bool = True
   allow_non_causal_router: bool = False   # for ablations only: leaks future tokens in a decoder
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False
 
+  @property
+  def num_experts(self) -> int:
+    return 0 if self.moe is None else self.moe.num_experts
+
   def is_moe_layer(self, i: int) -> bool:
-    return (self.num_experts > 0 and i >= self.first_dense_layers
+    return (self.moe is not None and i >= self.first_dense_layers
             and (i - self.first_dense_layers) % self.moe_every == 0)
+
+
+MOE_KEYS = ("num_experts", "router", "router_options", "expert_d_ff", "dispatcher",
+            "capacity_factor", "group_size", "shared_d_ff", "exchange")
+
+
+def make_config(**fields) -> TransformerConfig:
+  """A TransformerConfig from one flat list of fields, as the run config's `config.model.*`
+  lays them out: the MoE options (`MOE_KEYS`) become its `MoEConfig` (none when num_experts
+  is 0 or absent), sharing the FFN's activation and glu; expert_d_ff defaults to d_ff (itself
+  4 * d_model by default)."""
+  model = {k: v for k, v in fields.items() if k not in MOE_KEYS}
+  moe = {k: v for k, v in fields.items() if k in MOE_KEYS}
+  if not moe.get("num_experts"):
+    return TransformerConfig(**model)
+  moe["expert_d_ff"] = (moe.get("expert_d_ff") or fields.get("d_ff")
+                        or 4 * fields["d_model"])
+  return TransformerConfig(moe=MoEConfig(activation=fields.get("activation", "gelu"),
+                                         glu=fields.get("glu", False), **moe), **model)
 
 
 def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -> None:
   """Checks before anything is built; errors name the field (prefixed by `owner`)."""
   for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_len", "moe_every"):
     check_int(name, getattr(config, name), low=1, owner=owner)
-  check_int("num_experts", config.num_experts, low=0, owner=owner)
+  if config.moe is not None and not isinstance(config.moe, MoEConfig):
+    raise ValueError(f"{owner}: moe must be a MoEConfig or None, got {config.moe!r}")
   check_int("first_dense_layers", config.first_dense_layers, low=0, owner=owner)
   check_choice("activation", config.activation, ACTIVATIONS, owner=owner)
   if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
     raise ValueError(f"{owner}: d_model={config.d_model} must split into num_heads="
                      f"{config.num_heads} heads of even size (RoPE rotates pairs)")
-  if causal and config.num_experts > 0 and not config.allow_non_causal_router:
-    router = routing.get(config.router, num_experts=config.num_experts,
-                         **config.router_options)
+  if causal and config.moe is not None and not config.allow_non_causal_router:
+    router = config.moe.built_router
     if not router.causal_safe:
-      raise ValueError(f"{owner}: router {config.router!r} is not causal-safe (a token's routing "
+      raise ValueError(f"{owner}: router {router.name!r} is not causal-safe (a token's routing "
                        "depends on later tokens), so a decoder would see the future; set "
                        f"{owner}.allow_non_causal_router=True to run it anyway for an ablation")
 
@@ -158,13 +173,7 @@ class Block(nnx.Module):
     self.norm_ffn = nnx.RMSNorm(d, rngs=rngs, param_dtype=config.param_dtype)
     self.is_moe = config.is_moe_layer(layer)
     if self.is_moe:
-      self.ffn = MoE(d, router=config.router, num_experts=config.num_experts,
-                     router_options=dict(config.router_options),
-                     d_ff=config.expert_d_ff or config.d_ff or 4 * d,
-                     activation=config.activation, glu=config.glu,
-                     dispatcher=config.dispatcher, capacity_factor=config.capacity_factor,
-                     group_size=config.group_size, shared_d_ff=config.shared_d_ff, mesh=mesh,
-                     rngs=rngs)
+      self.ffn = MoE(d, config.moe, mesh=mesh, rngs=rngs)
     else:
       self.ffn = DenseFFN(config, rngs=rngs, mesh=mesh)
 

@@ -71,6 +71,8 @@ class Router(NamedTuple):
   num_experts: int
   causal_safe: bool        # True iff a token's routing depends only on it and earlier tokens
   options: dict[str, Any]  # the resolved options, for logs and configs
+  needs_token_ids: bool = False   # routes by token id: route() needs token_ids (hash)
+  soft: bool = False       # returns dense dispatch/combine weights (soft MoE), not assignments
 
 
 def compute_dtype(x: Array):

@@ -8,7 +8,6 @@ Axis letters: T tokens, E experts, K experts per token.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from moe_jax.routing.base import Router, token_choice_routing
@@ -49,4 +48,4 @@ def hash_router(*, num_experts: int, k: int = 1, seed: int = 0) -> Router:
                                 new_state=variables.get("state", {}))
 
   return Router(init, route, "hash", num_experts, causal_safe=True,
-                options=dict(k=k, seed=seed))
+                options=dict(k=k, seed=seed), needs_token_ids=True)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from moe_jax import routing
-from moe_jax.models import EncoderClassifier, TransformerConfig
+from moe_jax.models import EncoderClassifier, make_config
 from moe_jax.models.classifier import patchify
 from moe_jax.parallel import make_mesh
 
@@ -15,7 +15,7 @@ from moe_jax.parallel import make_mesh
 def _config(**overrides):
   base = dict(vocab_size=64, d_model=16, num_layers=2, num_heads=2, d_ff=32, num_experts=4,
               router="topk", router_options={"k": 2}, dispatcher="dropless", max_len=32)
-  return TransformerConfig(**{**base, **overrides})
+  return make_config(**{**base, **overrides})
 
 
 def _tokens(seed=0, batch=8, length=8):

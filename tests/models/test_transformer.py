@@ -6,14 +6,14 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from moe_jax.models import DecoderLM, TransformerConfig
+from moe_jax.models import DecoderLM, make_config
 from moe_jax.parallel import make_mesh
 
 
 def _config(**overrides):
   base = dict(vocab_size=64, d_model=16, num_layers=3, num_heads=2, d_ff=32, num_experts=4,
               router="topk", router_options={"k": 2}, dispatcher="dropless", max_len=32)
-  return TransformerConfig(**{**base, **overrides})
+  return make_config(**{**base, **overrides})
 
 
 def _tokens(seed=0, batch=8, length=8):

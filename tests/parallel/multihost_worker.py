@@ -13,15 +13,14 @@ both sides run the very same code.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_jax import dispatch, routing
-from moe_jax.experts import make_experts
-from moe_jax.layer import init_moe_layer, moe_layer, variable_specs
+from moe_jax.layer import MoEConfig, init_moe_layer, moe_layer, variable_specs
 from moe_jax.parallel import distributed
 from moe_jax.parallel.mesh import batch_sharding
 
@@ -30,29 +29,26 @@ CASES = {"sort": 1.0, "dropless": 1.25}   # dispatcher -> capacity_factor (1.0: 
 
 
 def build():
-  """Router, experts, variables and input as host numpy, identical in every process."""
-  router = routing.get("topk", num_experts=8, k=2)
-  experts = make_experts(32)
+  """The layer's config, variables and input as host numpy, identical in every process."""
+  config = MoEConfig(num_experts=8, expert_d_ff=32, router="topk", router_options={"k": 2})
   # The layer's own init, shapes only: compiling it costs each of 3 processes seconds on CPU.
-  shapes = jax.eval_shape(
-      lambda: init_moe_layer(jax.random.key(0), D_MODEL, router=router, experts=experts))
+  shapes = jax.eval_shape(lambda: init_moe_layer(jax.random.key(0), D_MODEL, config))
   rng = np.random.default_rng(0)
   fan_in = lambda s: s.shape[-2] if len(s.shape) >= 2 else 1   # N(0, 1/fan_in) weights
   variables = jax.tree.map(
       lambda s: (rng.standard_normal(s.shape) / np.sqrt(fan_in(s))).astype(s.dtype), shapes)
   x = rng.standard_normal(SHAPE).astype(np.float32)
-  return router, experts, variables, x
+  return config, variables, x
 
 
-def compute(variables, x, *, router, experts, mesh=None):
+def compute(variables, x, *, config, mesh=None):
   """{name: array}: y, loss, aux and grads (w.r.t. variables and x) for each dispatcher."""
   out = {}
   for name, capacity_factor in CASES.items():
-    dispatcher = dispatch.get(name)
+    case = dataclasses.replace(config, dispatcher=name, capacity_factor=capacity_factor)
 
-    def loss_fn(variables, x, dispatcher=dispatcher, capacity_factor=capacity_factor):
-      y, r = moe_layer(variables, x, router=router, dispatcher=dispatcher, experts=experts,
-                       mesh=mesh, capacity_factor=capacity_factor)
+    def loss_fn(variables, x, case=case):
+      y, r = moe_layer(variables, x, case, mesh=mesh)
       aux = r.aux_losses["load_balancing"]
       return jnp.sum(y ** 2) + aux, (y, aux)
 
@@ -73,10 +69,10 @@ def main(out_path: str) -> None:
   assert jax.device_count() == 8, jax.device_count()
   assert jax.local_device_count() == 4, jax.local_device_count()
   mesh = distributed.global_mesh(data=2, expert=4)
-  router, experts, variables, x_np = build()
+  config, variables, x_np = build()
 
   # Variables: every process has the full copy; each places the shards its devices own.
-  specs = variable_specs(variables, experts)
+  specs = variable_specs(variables, config.experts)
   g_vars = {"router": distributed.host_full_to_global(variables["router"], mesh),
             "experts": {k: distributed.host_full_to_global(v, mesh, specs["experts"][k])
                         for k, v in variables["experts"].items()},
@@ -92,7 +88,7 @@ def main(out_path: str) -> None:
   assert not x.is_fully_addressable and x.sharding == x_from_local.sharding
   np.testing.assert_array_equal(distributed.global_to_host(x_from_local), x_np)
 
-  out = compute(g_vars, x, router=router, experts=experts, mesh=mesh)
+  out = compute(g_vars, x, config=config, mesh=mesh)
   out["process_rows"] = np.asarray(rows)
   if jax.process_index() == 0:
     np.savez(out_path, **out)

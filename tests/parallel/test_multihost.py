@@ -94,8 +94,8 @@ def test_two_processes_match_unsharded(tmp_path):
   started = time.monotonic()
   procs, logs = _start_workers(out_path, tmp_path)
   try:   # the reference compiles while the workers do
-    router, experts, variables, x = worker.build()
-    want = worker.compute(variables, x, router=router, experts=experts, mesh=None)
+    config, variables, x = worker.build()
+    want = worker.compute(variables, x, config=config, mesh=None)
   finally:
     _finish_workers(procs, logs, out_path, started)
   got = dict(np.load(out_path))
