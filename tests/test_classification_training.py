@@ -40,7 +40,7 @@ def test_decoder_only_routers_are_allowed_in_classifiers():
   cfg = config_lib.load_file(REPO / "configs" / "classify_digits.py")
   cfg.model.router, cfg.model.router_options = "expert_choice", {}
   run = config_lib.validate(cfg, num_devices=8)
-  assert run.task == "classification" and run.model.router == "expert_choice"
+  assert run.task == "classification" and run.model.moe.router == "expert_choice"
   cfg.task = "lm"
   with pytest.raises(ValueError, match="not causal-safe"):
     config_lib.validate(cfg, num_devices=8)

@@ -69,7 +69,7 @@ def test_every_field_of_every_config_can_be_overridden(path):
 def test_warmup_longer_than_the_run_is_clipped_with_a_note(tmp_path):
   """lm_tiny warms up for 50 steps; `--config.steps=4` alone trains."""
   proc = run_cli(cli_command(tmp_path / "run", "--config.steps=4",
-                             "--config.optim.warmup_steps=50"))
+                             "--config.optim.warmup_steps=50", cpu_devices=1))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert ("note: config.optim.warmup_steps=50 does not fit in config.steps=4: warming up "
           "over the first 3 steps instead") in proc.stdout

@@ -37,16 +37,16 @@ def _checkpoints(workdir):
 def test_read_only_file_system(tmp_path):
   with tmpfs(tmp_path / "fs", "64m") as fs:
     workdir = fs / "run"
-    assert run_cli(cli_command(workdir, "--config.steps=8")).returncode == 0
+    assert run_cli(cli_command(workdir, "--config.steps=8", cpu_devices=1)).returncode == 0
     remount(fs, "ro")
     # Training on: refused at once, nothing changed.
-    assert_one_line_error(run_cli(cli_command(workdir, "--config.steps=12")),
+    assert_one_line_error(run_cli(cli_command(workdir, "--config.steps=12", cpu_devices=1)),
                           r"cannot write to --workdir .*/run: Read-only file system")
     # A new run in it.
-    assert_one_line_error(run_cli(cli_command(fs / "new", "--config.steps=8")),
+    assert_one_line_error(run_cli(cli_command(fs / "new", "--config.steps=8", cpu_devices=1)),
                           r"cannot create --workdir .*/new: Read-only file system")
     # evaluate computes and prints everything, then says in one line what it could not write.
-    proc = run_cli(eval_command(workdir))
+    proc = run_cli(eval_command(workdir, cpu_devices=1))
     assert "bits per byte" in proc.stdout and "greedy:" in proc.stdout
     assert_one_line_error(proc, r"Read-only file system: .*eval\.json")
     remount(fs, "rw")
@@ -57,7 +57,7 @@ def test_full_disk_is_one_line_and_the_run_resumes_after_freeing_space(tmp_path)
   with tmpfs(tmp_path / "fs", "3m") as fs:
     workdir = fs / "run"
     cmd = cli_command(workdir, "--config.steps=40", "--config.checkpoint.every=1",
-                      "--config.checkpoint.keep=100")
+                      "--config.checkpoint.keep=100", cpu_devices=1)
     line = assert_one_line_error(run_cli(cmd), r"No space left on device")
     assert "could not save checkpoint step" in line or "metrics" in line or "tensorboard" in line
     saved = _checkpoints(workdir)

@@ -60,10 +60,10 @@ def test_every_registered_router_trains_from_the_cli(tmp_path):
     router = routing.get(name, num_experts=4)
     if not router.causal_safe:      # the ablation flag the causal-safety error names
       flags.append("--config.model.allow_non_causal_router=True")
-    if name == "soft":              # mixes every token into slots: einsum, no expert axis
-      flags += ["--config.model.dispatcher=einsum", "--config.mesh.data=-1",
-                "--config.mesh.expert=1"]
-    procs[name] = (_start(cli_command(tmp_path / name, *flags), tmp_path / f"{name}.log"),
+    if name == "soft":              # mixes every token into slots: only einsum runs it
+      flags.append("--config.model.dispatcher=einsum")
+    procs[name] = (_start(cli_command(tmp_path / name, *flags, cpu_devices=1),
+                          tmp_path / f"{name}.log"),
                    "k" not in routing.options(name))
   for name, (proc, drops_k) in procs.items():
     assert proc.wait(timeout=300) == 0, (name, (tmp_path / f"{name}.log").read_text()[-3000:])
@@ -88,7 +88,8 @@ def test_diverged_run_saves_no_nonfinite_state(tmp_path):
   checkpoint, which holds only finite numbers."""
   workdir = tmp_path / "run"
   cmd = cli_command(workdir, "--config.steps=30", "--config.optim.warmup_steps=5",
-                    "--config.checkpoint.every=2", "--config.optim.learning_rate=1e6")
+                    "--config.checkpoint.every=2", "--config.optim.learning_rate=1e6",
+                    cpu_devices=1)
   line = assert_one_line_error(
       run_cli(cmd), r"training diverged at step (\d+): the (loss|gradients|updated "
       r"parameters) went non-finite .* The newest checkpoint, step (\d+) in .*checkpoints, is "
@@ -101,7 +102,8 @@ def test_diverged_run_saves_no_nonfinite_state(tmp_path):
   # With no checkpoint yet the message says so.
   fresh = tmp_path / "fresh"
   cmd = cli_command(fresh, "--config.steps=30", "--config.optim.warmup_steps=5",
-                    "--config.checkpoint.every=100", "--config.optim.learning_rate=1e6")
+                    "--config.checkpoint.every=100", "--config.optim.learning_rate=1e6",
+                    cpu_devices=1)
   assert_one_line_error(run_cli(cmd), r"No checkpoint was saved yet: lower "
                                       r"config\.optim\.learning_rate .* rerun to start over")
   assert not list((fresh / "checkpoints").glob("[0-9]*"))
@@ -167,7 +169,9 @@ def test_refused_or_finished_reruns_leave_the_run_record_alone(reference, tmp_pa
 
 def test_second_run_on_a_busy_workdir_stops_at_once(tmp_path):
   workdir = tmp_path / "run"
-  cmd = cli_command(workdir, "--config.steps=40")
+  # One device trains fast: enough steps that the first run is still going when the second
+  # has started its interpreter and jax.
+  cmd = cli_command(workdir, "--config.steps=150", cpu_devices=1)
   first = _start(cmd, tmp_path / "first.log")
   try:
     _wait_until(lambda: len(losses(workdir)) >= 2, first, tmp_path / "first.log")
@@ -177,7 +181,7 @@ def test_second_run_on_a_busy_workdir_stops_at_once(tmp_path):
   finally:
     assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-3000:]
   assert [r["step"] for r in map(json.loads, (workdir / "metrics.jsonl").open())
-          if "loss" in r] == list(range(1, 41))    # one run's lines, not two interleaved
+          if "loss" in r] == list(range(1, 151))   # one run's lines, not two interleaved
   assert not list((workdir / "checkpoints").glob("*tmp*"))
 
 

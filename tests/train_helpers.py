@@ -33,7 +33,9 @@ def losses(workdir) -> dict[int, float]:
 
 
 def cli_command(workdir, *overrides, module="moe_jax.train", config=TINY, cpu_devices=8):
-  """The CLI command for `small_config`-equivalent runs (as flags)."""
+  """The CLI command for `small_config`-equivalent runs (as flags). cpu_devices=1 also sets a
+  one-device mesh: for tests of the run layer, where the placement does not matter and one
+  device compiles several times faster than the data=2 x expert=4 mesh."""
   flags = [f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items()]
   flags += ["--config.data.seq_len=32", "--config.data.batch_size=8",
             "--config.data.eval_batch_size=16", "--config.data.eval_max_batches=4",
@@ -43,6 +45,8 @@ def cli_command(workdir, *overrides, module="moe_jax.train", config=TINY, cpu_de
   cmd = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}"]
   if cpu_devices:
     cmd.append(f"--cpu_devices={cpu_devices}")
+  if cpu_devices == 1:
+    flags += ["--config.mesh.data=1", "--config.mesh.expert=1"]
   return cmd + flags + list(overrides)
 
 
