@@ -85,7 +85,7 @@ def _add_aux_losses(loss, metrics, routings, aux_loss_weights):
       loss = loss + aux_loss_weights.get(name, 0.0) * value
     for i, r in enumerate(routings):
       if r is not None:
-        for name in ("max_vio", "dropped_fraction", "expert_load"):
+        for name in ("max_vio", "dropped_fraction", "expert_load", "router_logit_abs"):
           if name in r.metrics:
             metrics[f"layer{i}/{name}"] = r.metrics[name]
   metrics["loss"] = loss

@@ -87,14 +87,23 @@ def _entropy(p_TE: Array) -> Array:
   return jnp.sum(jnp.where(p > 0, -p * jnp.log(jnp.where(p > 0, p, 1)), 0), -1).mean()
 
 
-def _load_metrics(load_E: Array, has_expert_T: Array, entropy: Array) -> dict[str, Array]:
+def _load_metrics(load_E: Array, has_expert_T: Array, entropy: Array,
+                  experts_per_token: Array) -> dict[str, Array]:
   num_experts = load_E.shape[0]
   return {
       "expert_load": load_E,                               # [E], sums to 1
       "max_vio": num_experts * load_E.max() - 1.0,         # max load / mean load - 1
       "router_entropy": entropy,
       "no_expert_fraction": 1.0 - has_expert_T.astype(load_E.dtype).mean(),
+      # The expert compute a token gets, in experts' worth: k for top-k, variable for ReLU /
+      # expert choice, E for dense routing (a capacity's drops not subtracted).
+      "experts_per_token": experts_per_token,
   }
+
+
+def logit_metrics(logits_TE: Array) -> dict[str, Array]:
+  """Router logit magnitude (mean |logit|), what ST-MoE's z-loss keeps small."""
+  return {"router_logit_abs": jnp.abs(jax.lax.stop_gradient(logits_TE)).mean()}
 
 
 def assignment_metrics(token_N: Array, expert_N: Array, valid_N: Array, num_tokens: int,
@@ -105,7 +114,8 @@ def assignment_metrics(token_N: Array, expert_N: Array, valid_N: Array, num_toke
   expert_load: fraction of valid assignments per expert; max_vio: MaxVio of the loss-free
   balancing paper; router_entropy: mean entropy of the router's distribution over experts
   (`probs_TE`, or the normalised combine weights for routers without one);
-  no_expert_fraction: tokens with no valid assignment.
+  no_expert_fraction: tokens with no valid assignment; experts_per_token: valid assignments
+  per token.
   """
   valid_f = valid_N.astype(jnp.float32)
   counts_E = jax.ops.segment_sum(valid_f, expert_N, num_segments=num_experts)
@@ -114,25 +124,32 @@ def assignment_metrics(token_N: Array, expert_N: Array, valid_N: Array, num_toke
   if probs_TE is None:
     w = jnp.where(valid_N, weight_N, 0)
     probs_TE = jnp.zeros((num_tokens, num_experts), w.dtype).at[token_N, expert_N].add(w)
-  return _load_metrics(load_E, has_expert_T, _entropy(jax.lax.stop_gradient(probs_TE)))
+  return _load_metrics(load_E, has_expert_T, _entropy(jax.lax.stop_gradient(probs_TE)),
+                       valid_f.sum() / num_tokens)
 
 
 def soft_metrics(dispatch_TES: Array, combine_TES: Array) -> dict[str, Array]:
   """The same telemetry for soft MoE: load is each expert's share of the dispatched mass."""
   mass_E = dispatch_TES.sum((0, 2))
   load_E = mass_E / jnp.maximum(mass_E.sum(), 1e-9)
-  num_tokens = combine_TES.shape[0]
+  num_tokens, num_experts, slots = combine_TES.shape
   combine_TE = jax.lax.stop_gradient(combine_TES.sum(-1))
-  return _load_metrics(load_E, jnp.ones((num_tokens,), bool), _entropy(combine_TE))
+  # Every expert processes its slots whatever the tokens: E * S slots' compute per T tokens.
+  per_token = jnp.asarray(num_experts * slots / num_tokens, load_E.dtype)
+  return _load_metrics(load_E, jnp.ones((num_tokens,), bool), _entropy(combine_TE), per_token)
 
 
 def sparse_routing(token_N: Array, expert_N: Array, weight_N: Array, valid_N: Array, *,
                    num_tokens: int, num_experts: int, probs_TE: Array | None = None,
-                   aux_losses: dict | None = None, new_state: PyTree = None) -> Routing:
-  """Builds a sparse Routing and fills in the shared telemetry."""
+                   logits_TE: Array | None = None, aux_losses: dict | None = None,
+                   new_state: PyTree = None) -> Routing:
+  """Builds a sparse Routing and fills in the shared telemetry (with `logits_TE`, a learned
+  router's logits, their magnitude too)."""
   weight_N = jnp.where(valid_N, weight_N, 0)
   metrics = assignment_metrics(token_N, expert_N, valid_N, num_tokens, num_experts,
                                probs_TE=probs_TE, weight_N=weight_N)
+  if logits_TE is not None:
+    metrics.update(logit_metrics(logits_TE))
   return Routing(num_tokens=num_tokens, num_experts=num_experts,
                  token=token_N.astype(jnp.int32), expert=expert_N.astype(jnp.int32),
                  weight=weight_N, valid=valid_N, aux_losses=aux_losses or {}, metrics=metrics,

@@ -31,7 +31,7 @@ def dense(*, num_experts: int, init_scale: float = 1.0) -> Router:
         jnp.tile(jnp.arange(num_tokens), num_experts),
         jnp.repeat(jnp.arange(num_experts), num_tokens),
         probs_TE.T.reshape(-1), jnp.ones((num_tokens * num_experts,), bool),
-        num_tokens=num_tokens, num_experts=num_experts, probs_TE=probs_TE,
+        num_tokens=num_tokens, num_experts=num_experts, probs_TE=probs_TE, logits_TE=logits_TE,
         aux_losses={"z_loss": losses.router_z_loss(logits_TE),
                     "importance": losses.importance_loss(probs_TE)},
         new_state=variables.get("state", {}))

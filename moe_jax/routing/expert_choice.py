@@ -46,7 +46,7 @@ def expert_choice(*, num_experts: int, capacity_factor: float = 2.0,
     return sparse_routing(
         token_EC.reshape(-1), jnp.repeat(jnp.arange(num_experts), capacity),
         weight_EC.reshape(-1), jnp.ones((num_experts * capacity,), bool),
-        num_tokens=num_tokens, num_experts=num_experts, probs_TE=probs_TE,
+        num_tokens=num_tokens, num_experts=num_experts, probs_TE=probs_TE, logits_TE=logits_TE,
         aux_losses={"z_loss": losses.router_z_loss(logits_TE)},
         new_state=variables.get("state", {}))
 

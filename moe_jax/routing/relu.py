@@ -55,13 +55,14 @@ def relu(*, num_experts: int, k: int = 2, max_active: int | None = None,
 
   def route(variables, x_TD, *, token_ids=None, rng=None, train=False):
     del token_ids, rng
-    gates_TE = jax.nn.relu(linear_logits(variables["params"]["w"], x_TD))
+    logits_TE = linear_logits(variables["params"]["w"], x_TD)
+    gates_TE = jax.nn.relu(logits_TE)
     num_tokens = gates_TE.shape[0]
     coef = variables["state"]["l1_coef"]
     sparsity = jnp.mean((gates_TE <= 0).astype(jnp.float32))
     if train:
       coef = coef * l1_update_rate ** jnp.sign(target_sparsity - sparsity)
-    fields = dict(num_experts=num_experts, new_state={"l1_coef": coef},
+    fields = dict(num_experts=num_experts, new_state={"l1_coef": coef}, logits_TE=logits_TE,
                   aux_losses={"l1_sparsity": variables["state"]["l1_coef"]
                               * l1_penalty(gates_TE, k, balanced_l1)})
     if max_active is None:

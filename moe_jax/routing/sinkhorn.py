@@ -58,7 +58,7 @@ def sinkhorn(*, num_experts: int, k: int = 1, num_iters: int = 20, temperature: 
     if renormalize:
       weight_TK = weight_TK / weight_TK.sum(-1, keepdims=True)
     return token_choice_routing(expert_TK, weight_TK, num_experts=num_experts,
-                                probs_TE=probs_TE,
+                                probs_TE=probs_TE, logits_TE=logits_TE,
                                 aux_losses={"z_loss": losses.router_z_loss(logits_TE)},
                                 new_state=variables.get("state", {}))
 

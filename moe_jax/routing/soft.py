@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moe_jax.routing.base import Router, Routing, compute_dtype, soft_metrics
+from moe_jax.routing.base import Router, Routing, compute_dtype, logit_metrics, soft_metrics
 from moe_jax.routing.linear import check_common, init_linear
 from moe_jax.routing.registry import register
 from moe_jax.validation import check_int
@@ -53,7 +53,8 @@ def soft(*, num_experts: int, slots_per_expert: int = 1, normalize: bool = True,
     combine_TES = jax.nn.softmax(logits_TX, axis=1).reshape(shape)   # each token: mix of slots
     return Routing(num_tokens=num_tokens, num_experts=num_experts,
                    dispatch_weights=dispatch_TES, combine_weights=combine_TES,
-                   aux_losses={}, metrics=soft_metrics(dispatch_TES, combine_TES),
+                   aux_losses={}, metrics={**soft_metrics(dispatch_TES, combine_TES),
+                                                    **logit_metrics(logits_TX)},
                    new_state=variables.get("state", {}))
 
   return Router(init, route, "soft", num_experts, causal_safe=False,

@@ -64,7 +64,7 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
       top_logits_TK, expert_TK = jax.lax.top_k(logits_TE, k)
       weight_TK = jax.nn.softmax(top_logits_TK, axis=-1)
     routing = token_choice_routing(expert_TK, weight_TK, num_experts=num_experts,
-                                   probs_TE=probs_TE)
+                                   probs_TE=probs_TE, logits_TE=logits_TE)
     aux = {
         "load_balancing": losses.load_balancing_loss(probs_TE, routing.expert, routing.valid),
         "z_loss": losses.router_z_loss(logits_TE),
@@ -114,7 +114,8 @@ def bias_balanced(*, num_experts: int, k: int = 2, score: str = "sigmoid",
     if train:
       bias_E = bias_E + bias_update_rate * jnp.sign(counts_E.mean() - counts_E)
     routing = token_choice_routing(expert_TK, weight_TK, num_experts=num_experts,
-                                   probs_TE=probs_TE, new_state={"bias": bias_E})
+                                   probs_TE=probs_TE, logits_TE=logits_TE,
+                                   new_state={"bias": bias_E})
     aux = {"load_balancing": losses.load_balancing_loss(probs_TE, routing.expert, routing.valid)}
     return routing.replace(aux_losses=aux)
 

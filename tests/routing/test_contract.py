@@ -76,6 +76,15 @@ def test_metrics_are_consistent(router):
     has_expert = np.zeros(64, bool)
     has_expert[np.asarray(r.token)[np.asarray(r.valid)]] = True
     np.testing.assert_allclose(r.metrics["no_expert_fraction"], 1 - has_expert.mean(), atol=1e-6)
+    np.testing.assert_allclose(r.metrics["experts_per_token"], np.asarray(r.valid).sum() / 64,
+                               rtol=1e-6)
+  else:   # every expert computes all its slots: E * S slots for T tokens
+    _, experts, slots = np.asarray(r.combine_weights).shape
+    np.testing.assert_allclose(r.metrics["experts_per_token"], experts * slots / 64, rtol=1e-6)
+  # Learned routers report their logit magnitude; hash and cluster routing have no logits.
+  assert ("router_logit_abs" in r.metrics) == (router.name not in ("hash", "cluster"))
+  if "router_logit_abs" in r.metrics:
+    assert float(r.metrics["router_logit_abs"]) > 0
   for value in r.aux_losses.values():
     chex.assert_shape(value, ())
     assert np.isfinite(float(value))
