@@ -1,0 +1,71 @@
+"""Balancing and stability: the load-balancing loss, the router z-loss, and aux-loss-free
+balancing (Switch, Fedus et al. 2021; ST-MoE, Zoph et al. 2022; DeepSeek-V3 / Wang et al. 2024).
+
+    python -m experiments.run experiments/balancing.py
+    python -m experiments.run experiments/balancing.py --quick
+
+Top-1 over 8 experts (experiments/bases.py LM) with the load-balancing coefficient in
+{0, 1e-3, 1e-2, 1e-1} crossed with the z-loss coefficient in {0, 1e-3}, and `bias_balanced`
+(a per-expert bias nudged towards balance after every step, no aux loss). Reported: loss,
+MaxVio, mean |router logit|. Papers: the z-loss keeps router logits small without hurting
+quality; without a balancing loss load collapses (high MaxVio); aux-loss-free balancing reaches
+similar balance at equal or lower loss than the aux loss.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from experiments import bases, report
+from experiments.sweep import Sweep, axis, point, product
+
+LB = (0.0, 1e-3, 1e-2, 1e-1)
+Z = (0.0, 1e-3)
+
+
+def analyze(records, out) -> list[str]:
+  aux = [r for r in records if r["lb"] is not None]
+  report.plot_lines(aux, "lb_x", "eval_loss", out / "loss_vs_lb.png", series="z", logx=10,
+                    xlabel="load-balancing coefficient (0 drawn at 1e-4)",
+                    ylabel="validation loss (nats/byte)", title="loss against balancing weight")
+  report.plot_lines(aux, "lb_x", "max_vio", out / "maxvio_vs_lb.png", series="z", logx=10,
+                    xlabel="load-balancing coefficient (0 drawn at 1e-4)", ylabel="MaxVio",
+                    title="load imbalance against balancing weight")
+  report.plot_bars(records, "router_logit_abs", out / "logit_by_point.png",
+                   ylabel="mean |router logit|", title="router logit magnitude")
+  g = report.groups(records)
+  mean = lambda name, f: float(np.mean(report.values(g[name], f)))
+  lines = ["## Reading", ""]
+  for name in g:
+    lines.append(f"- {name}: loss {report.fmt(*report.mean_std(report.values(g[name], 'eval_loss')))}"
+                 f", MaxVio {mean(name, 'max_vio'):.3f}, mean |logit| "
+                 f"{mean(name, 'router_logit_abs'):.3f}")
+  lb_ref = [n for n in g if n.startswith("lb0.01-")]
+  if "lb0.01-z0.0" in g and "lb0.01-z0.001" in g:
+    smaller = mean("lb0.01-z0.001", "router_logit_abs") < mean("lb0.01-z0.0", "router_logit_abs")
+    lines += ["", f"z-loss (at lb 1e-2): mean |logit| {mean('lb0.01-z0.0', 'router_logit_abs'):.3f}"
+              f" -> {mean('lb0.01-z0.001', 'router_logit_abs'):.3f} "
+              f"({'smaller, as ST-MoE reports' if smaller else 'not smaller: not reproduced'}); "
+              f"loss {report.trend(g['lb0.01-z0.001'], g['lb0.01-z0.0'])} with it "
+              "(the paper: no worse)."]
+  if "lb0.0-z0.0" in g and lb_ref:
+    lines.append(f"No balancing loss: MaxVio {mean('lb0.0-z0.0', 'max_vio'):.3f} against "
+                 f"{mean(lb_ref[0], 'max_vio'):.3f} at lb 1e-2.")
+  if "bias_balanced" in g and lb_ref:
+    lines.append(f"Aux-loss-free (bias_balanced): MaxVio {mean('bias_balanced', 'max_vio'):.3f}"
+                 f" vs {mean(lb_ref[0], 'max_vio'):.3f} with the aux loss; loss "
+                 f"{report.trend(g['bias_balanced'], g[lb_ref[0]])} than with it "
+                 "(DeepSeek-V3: equal or lower).")
+  return lines
+
+
+def get_sweep(quick: bool) -> Sweep:
+  lbs, zs = ((0.0, 1e-2), (0.0, 1e-3)) if quick else (LB, Z)
+  grid = product(axis("lb", "aux_loss_weights.load_balancing", lbs),
+                 axis("z", "aux_loss_weights.z_loss", zs))
+  grid = [p._replace(name=f"lb{p.values['lb']}-z{p.values['z']}",
+                     values={**p.values, "lb_x": p.values["lb"] or 1e-4}) for p in grid]
+  grid.append(point({"lb": None, "z": 0.0, "lb_x": None},
+                    {"model.router": "bias_balanced", "aux_loss_weights.load_balancing": 0.0,
+                     "aux_loss_weights.z_loss": 0.0}, name="bias_balanced"))
+  return Sweep(name="balancing", base=lambda: bases.lm(quick=quick), points=grid,
+               seeds=2 if quick else 3, analyze=analyze, description=__doc__.split("\n\n")[2])

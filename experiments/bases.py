@@ -1,0 +1,67 @@
+"""The base configs the sweeps start from, sized for 2 CPU cores, and their --quick versions.
+
+LM sweeps train byte-level models on the embedded `stdlib_py` corpus (10.7 MB of Python
+source): a default run sees well under one epoch (300 steps x 16 x 128 tokens = 0.6 M
+tokens), so a bigger model cannot win by memorising. They start from configs/common.py's
+recipe (AdamW, warmup + cosine, aux-loss weights of Switch / ST-MoE) on one device by default
+(`mesh.data=-1`: every device the machine has, as data parallelism). --quick keeps the code
+path and shrinks everything to seconds per run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+_COMMON = pathlib.Path(__file__).resolve().parent.parent / "configs" / "common.py"
+
+
+def _common():
+  spec = importlib.util.spec_from_file_location("moe_jax_configs_common", _COMMON)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def lm(*, quick: bool, steps: int = 300, d_model: int = 96, num_layers: int = 4,
+       expert_d_ff: int = 256) -> ml_collections.ConfigDict:
+  """A byte-level decoder with MoE FFNs in layers 1 and 3 (every other layer after a dense
+  first one, as Switch and GShard place them), top-1, the sort dispatcher."""
+  c = _common().byte_lm(steps=steps, corpus="stdlib_py")
+  c.model.update(d_model=d_model, num_layers=num_layers, num_heads=4, max_len=128,
+                 d_ff=expert_d_ff, num_experts=8, expert_d_ff=expert_d_ff, moe_every=2,
+                 first_dense_layers=1, router_options={"k": 1})
+  c.optim.update(learning_rate=3e-3, warmup_steps=30)
+  c.data.update(seq_len=128, batch_size=16, eval_batch_size=32, eval_max_batches=16)
+  c.mesh.update(data=-1, expert=1, model=1)
+  c.log_every = 25
+  c.eval_every = 0
+  c.checkpoint.update(every=100, keep=1)
+  c.eval.update(sample_tokens=0)
+  if quick:
+    c.steps = 6
+    c.model.update(d_model=32, num_heads=2, max_len=32, d_ff=32, expert_d_ff=32)
+    c.optim.update(warmup_steps=2)
+    c.data.update(seq_len=32, batch_size=8, eval_batch_size=8, eval_max_batches=2)
+    c.log_every = 2
+    c.checkpoint.update(every=3)
+  return c
+
+
+def classifier(*, quick: bool, config: str) -> ml_collections.ConfigDict:
+  """A shipped classifier config (configs/classify_digits.py, classify_text.py) on the sweeps'
+  one-device mesh, validated once at the end only."""
+  from moe_jax import config as config_lib
+  c = config_lib.load_file(_COMMON.parent / config)
+  c.mesh.update(data=-1, expert=1, model=1)
+  c.eval_every = 0
+  c.checkpoint.update(every=100, keep=1)
+  if quick:
+    c.steps = 6
+    c.model.update(d_model=32, num_heads=2, d_ff=32, expert_d_ff=32)
+    c.optim.update(warmup_steps=2)
+    c.data.update(batch_size=16, eval_batch_size=32, eval_max_batches=2)
+    c.log_every = 2
+    c.checkpoint.update(every=3)
+  return c

@@ -1,0 +1,69 @@
+"""Capacity factor: what dropping tokens costs in quality and what capacity costs in time
+(GShard, Lepikhin et al. 2020; Switch Transformer, Fedus et al. 2021, Table 1).
+
+    python -m experiments.run experiments/capacity_factor.py
+    python -m experiments.run experiments/capacity_factor.py --quick
+
+cf in {0.5, 1.0, 1.25, 2.0} with the sort dispatcher (each expert takes at most
+ceil(cf * tokens * k / E) assignments per routing group; the rest are dropped and pass through
+the residual only), and the dropless dispatcher (no capacity). 8 experts top-1 in layers 1 and
+3 of the experiments/bases.py LM. Papers: a low capacity factor drops tokens and raises the
+loss; a higher one costs step time (bigger buffers); dropless is the quality ceiling.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from experiments import bases, report
+from experiments.sweep import Sweep, point
+
+FACTORS = (0.5, 1.0, 1.25, 2.0)
+
+
+def analyze(records, out) -> list[str]:
+  capped = [r for r in records if r["capacity"] != "dropless"]
+  report.plot_bars(records, "eval_loss", out / "loss_by_capacity.png",
+                   ylabel="validation loss (nats/byte)",
+                   title="validation loss by capacity factor (dropless = no capacity)")
+  report.plot_lines(capped, "cf", "dropped_fraction", out / "dropped_vs_capacity.png",
+                    xlabel="capacity factor", ylabel="dropped fraction (validation)",
+                    title="assignments dropped at the final validation")
+  report.plot_bars(records, "step_ms", out / "step_time_by_capacity.png",
+                   ylabel="median train step (ms)", title="step time by capacity factor")
+  g = report.groups(records)
+  lines = ["## Reading", ""]
+  for name, rs in g.items():
+    lines.append(f"- {name}: loss {report.fmt(*report.mean_std(report.values(rs, 'eval_loss')))}"
+                 f", dropped {np.mean(report.values(rs, 'dropped_fraction')):.3f}, step "
+                 f"{np.mean(report.values(rs, 'step_ms')):.0f} ms")
+  names = [n for n in g if n != "dropless"]
+  low, high = g[names[0]], g[names[-1]]
+  verdict = report.trend(low, high)
+  lines += ["", f"Drops hurt quality: cf {names[0][2:]} is {verdict} than cf {names[-1][2:]} "
+            "in validation loss" + (" (reproduced)" if verdict == "higher" else
+                                    " (not reproduced at this scale)") + "."]
+  if "dropless" in g:
+    lines.append(f"Dropless against cf {names[-1][2:]}: {report.trend(g['dropless'], high)}.")
+  t = [np.mean(report.values(g[n], "step_ms")) for n in names]
+  lines.append("Step time by capacity: " + ", ".join(f"{n} {x:.0f} ms" for n, x in zip(names, t))
+               + (" (rises with capacity, as expected)" if t[-1] > t[0] else
+                  " (no rise measured: on CPU the buffers are small next to the rest)") + ".")
+  return lines
+
+
+def get_sweep(quick: bool) -> Sweep:
+  factors = (0.5, 2.0) if quick else FACTORS
+  points = [point({"capacity": f"cf{f}", "cf": f},
+                  {"model.dispatcher": "sort", "model.capacity_factor": f}, name=f"cf{f}")
+            for f in factors]
+  points.append(point({"capacity": "dropless", "cf": None}, {"model.dispatcher": "dropless"},
+                      name="dropless"))
+  return Sweep(name="capacity_factor",
+               base=lambda: _base(quick), points=points, seeds=2 if quick else 3,
+               analyze=analyze, description=__doc__.split("\n\n")[2])
+
+
+def _base(quick: bool):
+  c = bases.lm(quick=quick)
+  c.model.num_experts = 8
+  return c

@@ -1,0 +1,161 @@
+"""Runs a sweep: every (point, seed) through the public train + evaluate, one workdir each.
+
+    records = run_sweep(sweep, out_dir)      # out_dir/runs/<point>/seed<s>/, results.csv, ...
+
+Each run is an ordinary moe_jax run (`moe_jax.train.train(base, workdir, overrides=...)`, then
+`moe_jax.evaluate.evaluate`), so everything that protects a single run protects a sweep: a
+point killed mid-run resumes from its newest checkpoint when the sweep is rerun, exactly; a
+point whose `record.json` exists is finished and skipped. The record of a run holds the final
+validation metrics, the parameter / FLOP accounting (experiments/accounting.py), tokens seen,
+wall time, tokens/s and the routing telemetry; results.csv / results.json hold one row per run.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import fnmatch
+import json
+import math
+import pathlib
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+from experiments import accounting
+from experiments.sweep import Point, Sweep, override_flags
+from moe_jax import config as config_lib, run_setup
+from moe_jax.evaluate import evaluate
+from moe_jax.run_log import read_metrics
+from moe_jax.train import train
+
+RECORD = "record.json"
+
+
+def run_dirs(out_dir: pathlib.Path, p: Point, seed: int) -> pathlib.Path:
+  return out_dir / "runs" / p.name / f"seed{seed}"
+
+
+def selected(sweep: Sweep, only: str | None) -> list[Point]:
+  """The sweep's points whose name matches the glob `only` (all without one)."""
+  points = [p for p in sweep.points if only is None or fnmatch.fnmatch(p.name, only)]
+  if not points:
+    names = ", ".join(p.name for p in sweep.points)
+    raise ValueError(f"--only {only!r} matches none of the sweep's points: {names}")
+  return points
+
+
+def _mean_over_layers(layers: dict, key: str):
+  values = [float(np.mean(m[key])) for m in layers.values() if key in m]
+  return float(np.mean(values)) if values else None
+
+
+def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> dict:
+  """One run's row: what the sweep varied, the final validation and the accounting."""
+  run = config_lib.validate(run_setup.run_config(workdir), num_devices=1,
+                            overrides=["mesh.data=1", "mesh.expert=1", "mesh.model=1"])
+  result = json.loads((workdir / "eval.json").read_text())
+  layers = result.get("layers", {})
+  per_token = {int(k): float(m["experts_per_token"]) for k, m in layers.items()
+               if "experts_per_token" in m}
+  train_lines = [r for r in read_metrics(workdir) if "loss" in r]
+  tokens_per_step = run.data.batch_size * (run.data.seq_len if run.task == "lm" else 1)
+  speeds = [r["tokens_per_sec"] for r in train_lines[1:] if "tokens_per_sec" in r]
+  tps = statistics.median(speeds) if speeds else None
+  record = {
+      "point": p.name, "seed": seed, **p.values,
+      "eval_loss": result["loss"],
+      "bits_per_byte": result.get("bits_per_byte"), "accuracy": result.get("accuracy"),
+      "train_loss": train_lines[-1]["loss"] if train_lines else None,
+      **accounting.account(run, per_token),
+      "steps": run.steps, "tokens_seen": run.steps * tokens_per_step,
+      "wall_s": round(wall_s, 2), "tokens_per_sec": tps,
+      "step_ms": 1000.0 * tokens_per_step / tps if tps else None,
+      "max_vio": _mean_over_layers(layers, "max_vio"),
+      "dropped_fraction": _mean_over_layers(layers, "dropped_fraction"),
+      "router_logit_abs": _mean_over_layers(layers, "router_logit_abs"),
+      "experts_per_token": _mean_over_layers(layers, "experts_per_token"),
+      "expert_load": {k: list(np.asarray(m["expert_load"], float).round(4))
+                      for k, m in layers.items() if "expert_load" in m},
+  }
+  record["train_flops"] = 3 * record["flops_per_token"] * record["tokens_seen"]
+  return record
+
+
+def _run_point(base, workdir: pathlib.Path, p: Point, seed: int) -> dict:
+  workdir.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  # The run's own output (resume notes, validation lines) goes to its log, so the sweep's
+  # terminal keeps one line per point.
+  with open(workdir / "train.log", "a") as log, contextlib.redirect_stdout(log), \
+      contextlib.redirect_stderr(log):
+    train(base, workdir, overrides=override_flags(p, seed), progress=False)
+    evaluate(None, workdir, plots=False)
+  record = make_record(workdir, p, seed, time.perf_counter() - start)
+  tmp = workdir / (RECORD + ".tmp")
+  tmp.write_text(json.dumps(record, indent=1))
+  tmp.replace(workdir / RECORD)          # a record exists only for a finished run
+  return record
+
+
+def _describe(record: dict, metric: str) -> str:
+  value = record.get(metric)
+  text = f"{metric} {value:.4f}" if isinstance(value, float) else f"{metric} {value}"
+  if record.get("bits_per_byte") is not None and metric != "bits_per_byte":
+    text += f" ({record['bits_per_byte']:.3f} bits/byte)"
+  return text
+
+
+def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | None = None,
+              say: Callable[[str], None] = print) -> list[dict]:
+  """Runs every unfinished (point, seed) of `sweep` into `out_dir`; returns all records."""
+  out_dir = pathlib.Path(out_dir)
+  seeds = sweep.seeds if seeds is None else seeds
+  if seeds < 1:
+    raise ValueError(f"--seeds must be at least 1, got {seeds}")
+  todo = [(p, s) for p in selected(sweep, only) for s in range(seeds)]
+  done = sum((run_dirs(out_dir, p, s) / RECORD).exists() for p, s in todo)
+  say(f"sweep {sweep.name}: {len(todo)} runs ({len(todo) // seeds} points x {seeds} seeds) in "
+      f"{out_dir}" + (f"; {done} finished earlier, skipped" if done else ""))
+  records, times = [], []
+  base = sweep.base()
+  for i, (p, seed) in enumerate(todo, 1):
+    workdir = run_dirs(out_dir, p, seed)
+    tag = f"[{i:>{len(str(len(todo)))}}/{len(todo)}] {p.name} seed {seed}"
+    if (workdir / RECORD).exists():
+      records.append(json.loads((workdir / RECORD).read_text()))
+      continue
+    resumed = (workdir / "checkpoints").exists()
+    start = time.perf_counter()
+    record = _run_point(base, workdir, p, seed)
+    times.append(time.perf_counter() - start)
+    records.append(record)
+    left = sum(not (run_dirs(out_dir, q, s) / RECORD).exists() for q, s in todo[i:])
+    eta = statistics.mean(times) * left
+    say(f"{tag}: {record['steps']} steps{' (resumed)' if resumed else ''}, "
+        f"{_describe(record, sweep.metric)}, {times[-1]:.0f} s; sweep ETA "
+        f"{_minutes(eta)}")
+  return records
+
+
+def _minutes(seconds: float) -> str:
+  return f"{seconds:.0f} s" if seconds < 90 else f"{math.ceil(seconds / 60)} min"
+
+
+COLUMNS_FIRST = ("point", "seed")
+
+
+def write_results(records: list[dict], out_dir) -> list[pathlib.Path]:
+  """results.json (every field) and results.csv (the scalar fields, one row per run)."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "results.json").write_text(json.dumps(records, indent=1))
+  columns = list(COLUMNS_FIRST)
+  for r in records:
+    columns += [k for k, v in r.items() if k not in columns and not isinstance(v, (dict, list))]
+  with open(out_dir / "results.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+  return [out_dir / "results.json", out_dir / "results.csv"]

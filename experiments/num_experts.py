@@ -1,0 +1,61 @@
+"""Number of experts at fixed active compute (Switch Transformer, Fedus et al. 2021, Fig. 4).
+
+    python -m experiments.run experiments/num_experts.py          # default: 6 x 3 seeds
+    python -m experiments.run experiments/num_experts.py --quick  # seconds, for tests
+
+E in {1 = the dense model, 2, 4, 8, 16, 32} experts, top-1, every expert as wide as the dense
+FFN, so every point spends the same FLOPs per token (plus the router's 2*d*E) while total
+parameters grow with E. Paper: at fixed compute the loss falls as experts are added, with
+diminishing returns. Byte-level LM on stdlib_py (experiments/bases.py: d_model 96, 4 layers, MoE in
+layers 1 and 3, 300 steps of 16 x 128 tokens, less than one epoch).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from experiments import bases, report
+from experiments.sweep import Sweep, point
+
+EXPERTS = (1, 2, 4, 8, 16, 32)
+
+
+def _point(e: int):
+  # E = 1 is the dense model (num_experts=0: a plain FFN of the experts' width, no router).
+  return point({"E": e}, {"model.num_experts": 0 if e == 1 else e}, name=f"E{e}")
+
+
+def analyze(records, out) -> list[str]:
+  report.plot_lines(records, "E", "eval_loss", out / "loss_vs_experts.png", logx=True,
+                    xticks=EXPERTS, xlabel="experts E (1 = dense), top-1",
+                    ylabel="validation loss (nats/byte)",
+                    title="validation loss against experts at fixed active FLOPs")
+  report.plot_lines(records, "total_params", "eval_loss", out / "loss_vs_total_params.png",
+                    xlabel="total parameters", ylabel="validation loss (nats/byte)",
+                    title="the same points against total parameters")
+  g = report.groups(records)
+  dense, names = g.get("E1"), list(g)
+  lines = ["## Reading", ""]
+  if dense:
+    base = np.mean(report.values(dense, "eval_loss"))
+    for name in names[1:]:
+      mean = np.mean(report.values(g[name], "eval_loss"))
+      lines.append(f"- {name}: validation loss {mean:.4f} vs dense {base:.4f} "
+                   f"(difference {mean - base:+.4f}: {report.trend(g[name], dense)})")
+  means = [np.mean(report.values(g[n], "eval_loss")) for n in names]
+  falling = all(b <= a for a, b in zip(means, means[1:]))
+  steps = np.diff(means)
+  lines += ["", "Paper's direction (loss falls with E at fixed compute): "
+            + ("reproduced: the mean loss falls at every doubling" if falling else
+               "not monotone here: " + ", ".join(f"{n} {m:.4f}" for n, m in zip(names, means))),
+            "Diminishing returns (each doubling gains less than the one before): "
+            + ("yes" if len(steps) > 2 and all(abs(b) <= abs(a) + 1e-3 for a, b in
+                                                zip(steps[1:], steps[2:])) else "not clearly")
+            + ". Loss changes per doubling: " + ", ".join(f"{s:+.4f}" for s in steps) + "."]
+  return lines
+
+
+def get_sweep(quick: bool) -> Sweep:
+  experts = (1, 2, 4) if quick else EXPERTS
+  return Sweep(name="num_experts", base=lambda: bases.lm(quick=quick),
+               points=[_point(e) for e in experts], seeds=2 if quick else 3,
+               analyze=analyze, description=__doc__.split("\n\n")[2])

@@ -1,0 +1,111 @@
+"""The routed scaling law (Clark et al. 2022, "Unified Scaling Laws for Routed Language
+Models"): the number-of-experts sweep at three base model sizes, and the fitted law.
+
+    python -m experiments.run experiments/routed_scaling.py
+    python -m experiments.run experiments/routed_scaling.py --quick
+
+Base sizes d_model in {48, 64, 96} (the experiments/bases.py LM, 4 layers, with
+d_ff = expert_d_ff = 4 d_model, MoE in layers 1 and 3), each with
+E in {1 = dense, 2, 4, 8, 16} experts top-1. N is the dense model's non-embedding parameter
+count (the base size), E the experts. Fit: log L = a log N + b log E + c log N log E + d by
+least squares over every run, with 95% bootstrap intervals resampling whole (N, E) configs;
+Clark's saturating form (E replaced by E-hat) is fitted too and kept only if AIC prefers it.
+Paper: b < 0 (experts lower the loss) and c > 0 (their benefit shrinks as N grows).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from experiments import bases, report, scaling_fit
+from experiments.sweep import Sweep, axis, point, product
+
+SIZES = (48, 64, 96)
+EXPERTS = (1, 2, 4, 8, 16)
+
+
+def _sizes(sizes):
+  return [point({"d_model": d}, {"model.d_model": d, "model.d_ff": 4 * d,
+                                 "model.expert_d_ff": 4 * d}, name=f"d{d}") for d in sizes]
+
+
+def _experts(experts):
+  return axis("E", "model.num_experts", experts, lambda e: 0 if e == 1 else e)
+
+
+def analyze(records, out) -> list[str]:
+  dense_n = {r["d_model"]: r["non_embedding_params"] for r in records if r["E"] == 1}
+  rows = [r for r in records if r["d_model"] in dense_n]
+  for r in rows:
+    r["N"] = dense_n[r["d_model"]]
+  report.plot_lines(rows, "E", "eval_loss", out / "loss_vs_experts_by_size.png",
+                    series="d_model", logx=True, xticks=sorted({r["E"] for r in rows}),
+                    xlabel="experts E (1 = dense), top-1", ylabel="validation loss (nats/byte)",
+                    title="loss against experts, one line per base size")
+  lines = ["## Reading", ""]
+  try:
+    fit = scaling_fit.fit_routed_law([r["N"] for r in rows], [r["E"] for r in rows],
+                                     [r["eval_loss"] for r in rows],
+                                     groups=[f"{r['N']}-{r['E']}" for r in rows],
+                                     bootstrap=1000)
+  except ValueError as e:
+    return lines + [f"No fit: {e}."]
+  ci = fit["ci"]
+  lines.append("Fit log L = a log N + b log E + c log N log E + d over "
+               f"{fit['n_points']} runs (R^2 {fit['r2']:.3f}, residual std "
+               f"{fit['residual_std']:.4f} in log L):")
+  lines.append("")
+  lines.append("| coefficient | value | 95% bootstrap interval |")
+  lines.append("|---|---|---|")
+  for k in ("a", "b", "c", "d"):
+    lines.append(f"| {k} | {fit[k]:.5f} | {ci[k][0]:.5f} .. {ci[k][1]:.5f} |")
+  lines.append("")
+  b_neg = ci["b"][1] < 0
+  c_pos = ci["c"][0] > 0
+  lines.append(f"b < 0 (experts help): {'reproduced' if b_neg else 'not established'} "
+               f"(b = {fit['b']:.4f}, interval {ci['b'][0]:.4f} .. {ci['b'][1]:.4f}).")
+  lines.append("c > 0 (the benefit shrinks with N): "
+               + ("reproduced" if c_pos else "not established at this scale: the interval "
+                  "includes 0 or lies below it")
+               + f" (c = {fit['c']:.4f}, interval {ci['c'][0]:.4f} .. {ci['c'][1]:.4f}).")
+  sat = scaling_fit.fit_routed_law_saturating([r["N"] for r in rows], [r["E"] for r in rows],
+                                              [r["eval_loss"] for r in rows]) \
+      if len({r["E"] for r in rows}) >= 4 and len(rows) >= 7 else {"ok": False,
+                                                                  "reason": "too few E values"}
+  if sat.get("ok"):
+    lines.append(f"Saturating form: E_start {sat['e_start']:.2f}, E_max {sat['e_max']:.3g}; AIC "
+                 f"{sat['aic']:.1f} vs {sat['aic_plain']:.1f} for the plain form: "
+                 + ("preferred" if sat["improves"] else "not preferred (the data do not "
+                                                         "support saturation here)") + ".")
+  else:
+    lines.append(f"Saturating form not fitted: {sat.get('reason')}.")
+  _plot_fit(rows, fit, out / "routed_law_fit.png")
+  return lines
+
+
+def _plot_fit(rows, fit, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for n in sorted({r["N"] for r in rows}):
+    pts = [r for r in rows if r["N"] == n]
+    es = np.array(sorted({r["E"] for r in pts}), float)
+    line, = ax.plot(es, scaling_fit.predict_routed(fit, np.full_like(es, n), es), "--")
+    ax.scatter([r["E"] for r in pts], [r["eval_loss"] for r in pts], s=12,
+               color=line.get_color(), label=f"N = {n / 1e3:.0f}k")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("experts E")
+  ax.set_ylabel("validation loss (nats/byte)")
+  ax.set_title("fitted routed scaling law (dashed) over every run", fontsize=10)
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def get_sweep(quick: bool) -> Sweep:
+  sizes, experts = ((32, 48), (1, 2, 4)) if quick else (SIZES, EXPERTS)
+  return Sweep(name="routed_scaling", base=lambda: bases.lm(quick=quick),
+               points=product(_sizes(sizes), _experts(experts)), seeds=2,
+               analyze=analyze, description=__doc__.split("\n\n")[2])

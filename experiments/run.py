@@ -1,0 +1,93 @@
+"""Run a sweep: python -m experiments.run experiments/SWEEP.py [--quick] [--seeds N] [--only GLOB]
+                                     [--out DIR] [--workdir DIR] [--config FILE] [--cpu_devices N]
+
+Expands the sweep's grid x seeds, trains and evaluates every run that has no record yet (a
+killed sweep, rerun, resumes its unfinished runs from their checkpoints and skips the finished
+ones), then writes into --out (default experiments/results/SWEEP, or runs/sweeps/SWEEP-quick
+with --quick): results.csv, results.json, the sweep's plots and summary.md. The runs' workdirs
+(checkpoints, logs) go under --workdir (default runs/sweeps/SWEEP[-quick]), which git ignores.
+
+--quick runs the same code on the sweep's tiny setting (seconds per run, for tests);
+--config replaces the sweep's base config with a config file (e.g. configs/lm_gpu_node.py for
+the same grid on GPU-sized models); --only runs the points whose name matches a glob.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load_sweep(path: str, quick: bool):
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(2, "No such sweep file", str(path))
+  spec = importlib.util.spec_from_file_location(f"sweep_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"{path} defines no get_sweep(quick) function")
+  return module.get_sweep(quick), module
+
+
+def parse(argv):
+  parser = argparse.ArgumentParser(prog="python -m experiments.run",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("sweep", help="a sweep file, e.g. experiments/num_experts.py")
+  parser.add_argument("--quick", action="store_true", help="the tiny setting, for tests")
+  parser.add_argument("--seeds", type=int, default=None, help="seeds per point")
+  parser.add_argument("--only", default=None, help="run only points matching this glob")
+  parser.add_argument("--out", default=None, help="results directory")
+  parser.add_argument("--workdir", default=None, help="where the runs' workdirs go")
+  parser.add_argument("--config", default=None, help="a config file replacing the base")
+  parser.add_argument("--cpu_devices", type=int, default=0,
+                      help="simulate this many CPU devices (0: leave as is)")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  args = parse(sys.argv[1:] if argv is None else argv)
+  import jax
+  from moe_jax import cli
+  if args.cpu_devices:
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+  cli._quiet_background_threads()
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  cli.run_reporting_errors(run, args)
+
+
+def run(args) -> None:
+  from experiments import harness, report
+  from moe_jax import config as config_lib
+  sweep, _ = load_sweep(args.sweep, args.quick)
+  if args.config:
+    sweep = sweep._replace(base=lambda: config_lib.load_file(args.config))
+  # Quick results are for tests and trying things: they never overwrite the committed ones.
+  runs = REPO / "runs" / "sweeps" / (sweep.name + ("-quick" if args.quick else ""))
+  out = pathlib.Path(args.out or (runs / "results" if args.quick
+                                  else REPO / "experiments" / "results" / sweep.name))
+  workdir = pathlib.Path(args.workdir or runs)
+  start = time.perf_counter()
+  records = harness.run_sweep(sweep, workdir, seeds=args.seeds, only=args.only)
+  written = harness.write_results(records, out)
+  written += report.write_summary(sweep, records, out, command=command_line(args),
+                                  seconds=time.perf_counter() - start)
+  print("wrote " + ", ".join(str(p) for p in written))
+
+
+def command_line(args) -> str:
+  """The command that reproduces these results (the summary prints it)."""
+  parts = ["python -m experiments.run", args.sweep]
+  parts += ["--quick"] * args.quick
+  parts += [f"--{k} {getattr(args, k)}" for k in ("seeds", "only", "config")
+            if getattr(args, k) is not None]
+  return " ".join(parts)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,91 @@
+"""What a sweep file declares: a base config, a grid of points, seeds, and how to read the results.
+
+A sweep is a Python file in experiments/ (big_vision style) with a docstring (the command, the
+paper trend it reproduces, the measured runtime) and
+
+    def get_sweep(quick: bool) -> Sweep
+
+    Sweep(name="num_experts", base=lambda: lm_base(steps=300),
+          points=product(point("E{}", E=[1, 2, 4]), ...), seeds=3, analyze=analyze)
+
+A point is a name, the swept quantities (`values`, the table's columns: E=8, G=2) and the config
+overrides that realise them ('model.num_experts': 8). Grids compose: `product` crosses axes,
+`zipped` ties axes that move together (granularity: experts, width and k), `concat` joins
+grids. Seeds are an axis the harness adds (`seed=s` on every point), so every point runs with
+`seeds` seeds unless the command line says otherwise.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any, Callable, NamedTuple, Sequence
+
+import ml_collections
+
+
+class Point(NamedTuple):
+  name: str                     # a file-system-safe id: 'E8', 'G2-shared'
+  values: dict[str, Any]        # the swept quantities, as the results table shows them
+  overrides: dict[str, Any]     # config path -> value, applied as --config.PATH=VALUE
+
+
+class Sweep(NamedTuple):
+  name: str
+  base: Callable[[], ml_collections.ConfigDict]
+  points: list[Point]
+  seeds: int = 3
+  # (records, out_dir) -> the summary's markdown lines; draws the sweep's plots into out_dir.
+  analyze: Callable[[list[dict], Any], list[str]] | None = None
+  metric: str = "eval_loss"      # the record field the progress line and tables lead with
+  description: str = ""
+
+
+def _name(values: dict[str, Any]) -> str:
+  text = "-".join(f"{k}{v}" for k, v in values.items())
+  return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
+
+
+def point(values: dict[str, Any], overrides: dict[str, Any], name: str | None = None) -> Point:
+  return Point(name or _name(values), dict(values), dict(overrides))
+
+
+def axis(quantity: str, path: str | Sequence[str], values: Sequence[Any],
+         transform: Callable[[Any], Any] | None = None) -> list[Point]:
+  """One swept quantity: each value sets `path` (or each of several paths) to
+  `transform(value)` (default: the value itself)."""
+  paths = [path] if isinstance(path, str) else list(path)
+  transform = transform or (lambda v: v)
+  return [point({quantity: v}, {p: transform(v) for p in paths}) for v in values]
+
+
+def product(*grids: Sequence[Point]) -> list[Point]:
+  """Every combination of one point from each grid (values and overrides merged)."""
+  out = []
+  for combo in itertools.product(*grids):
+    values, overrides = {}, {}
+    for p in combo:
+      values.update(p.values)
+      overrides.update(p.overrides)
+    out.append(point(values, overrides, "-".join(p.name for p in combo)))
+  return out
+
+
+def zipped(*grids: Sequence[Point]) -> list[Point]:
+  """The i-th points of equally long grids, merged: quantities that move together."""
+  if len({len(g) for g in grids}) > 1:
+    raise ValueError(f"zipped() needs grids of one length, got {[len(g) for g in grids]}")
+  return [product(*[[p] for p in combo])[0] for combo in zip(*grids)]
+
+
+def concat(*grids: Sequence[Point]) -> list[Point]:
+  out = [p for g in grids for p in g]
+  names = [p.name for p in out]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f"points with the same name: {duplicates}")
+  return out
+
+
+def override_flags(p: Point, seed: int) -> list[str]:
+  """The point as `train(..., overrides=...)` takes it ('a.b=v', values as Python literals)."""
+  return [f"{path}={value!r}" for path, value in p.overrides.items()] + [f"seed={seed}"]

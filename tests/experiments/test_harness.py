@@ -1,0 +1,107 @@
+"""The sweep harness: grids, and sweeps run end to end through the CLI in --quick mode, killed
+and resumed without rerunning what finished."""
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments.sweep import axis, concat, override_flags, point, product, zipped
+from tests.train_helpers import REPO, subprocess_env
+
+SWEEPS = ["num_experts", "routed_scaling", "granularity", "capacity_factor", "routers",
+          "balancing", "classification"]
+# The columns every results.csv has, whatever the sweep.
+COLUMNS = {"point", "seed", "eval_loss", "train_loss", "total_params", "active_params",
+           "non_embedding_params", "expert_params", "flops_per_token", "train_flops",
+           "tokens_seen", "steps", "wall_s", "tokens_per_sec", "step_ms", "max_vio",
+           "dropped_fraction", "router_logit_abs", "experts_per_token"}
+
+
+def test_grids_cross_tie_and_join_points():
+  e = axis("E", "model.num_experts", [2, 4])
+  k = axis("k", "model.router_options.k", [1, 2])
+  crossed = product(e, k)
+  assert [p.name for p in crossed] == ["E2-k1", "E2-k2", "E4-k1", "E4-k2"]
+  assert crossed[1].overrides == {"model.num_experts": 2, "model.router_options.k": 2}
+  assert crossed[1].values == {"E": 2, "k": 2}
+  tied = zipped(e, k)
+  assert [p.name for p in tied] == ["E2-k1", "E4-k2"]
+  with pytest.raises(ValueError, match="one length"):
+    zipped(e, axis("k", "k", [1, 2, 3]))
+  with pytest.raises(ValueError, match=r"same name: \['E2'\]"):
+    concat(e, e[:1])
+  dense = point({"E": 1}, {"model.num_experts": 0, "model.router": "topk"}, name="dense")
+  assert override_flags(dense, 2) == ["model.num_experts=0", "model.router='topk'", "seed=2"]
+
+
+def _sweep_cmd(name, out, workdir, *extra):
+  return [sys.executable, "-m", "experiments.run", f"experiments/{name}.py", "--quick",
+          f"--out={out}", f"--workdir={workdir}", *extra]
+
+
+def _run(cmd, timeout=600):
+  return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_runs_end_to_end_quick(name, tmp_path):
+  out, workdir = tmp_path / "results", tmp_path / "runs"
+  proc = _run(_sweep_cmd(name, out, workdir))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert COLUMNS <= set(rows[0]), COLUMNS - set(rows[0])
+  points = {r["point"] for r in rows}
+  assert len(rows) == 2 * len(points) and {r["seed"] for r in rows} == {"0", "1"}
+  assert all(float(r["eval_loss"]) > 0 for r in rows)
+  summary = (out / "summary.md").read_text()
+  assert "## Reading" in summary and "## Every point" in summary and "±" in summary
+  assert list(out.glob("*.png"))
+  records = json.loads((out / "results.json").read_text())
+  assert len(records) == len(rows) and all(r["expert_load"] is not None for r in records)
+  # One progress line per run, then the files written.
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("[")]
+  assert len(lines) == len(rows), proc.stdout
+
+
+def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(tmp_path):
+  out, workdir = tmp_path / "results", tmp_path / "runs"
+  cmd = _sweep_cmd("num_experts", out, workdir, "--only=E[12]", "--seeds=1")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  first = workdir / "runs" / "E1" / "seed0" / "record.json"
+  second = workdir / "runs" / "E2" / "seed0" / "checkpoints"
+  deadline = time.time() + 300
+  while not (first.exists() and any(second.glob("[0-9]*"))) and time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "runs" / "E2" / "seed0" / "record.json").exists()
+  first_record = first.read_text()
+  first_mtime = first.stat().st_mtime_ns
+
+  rerun = _run(cmd)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "1 finished earlier, skipped" in rerun.stdout
+  assert "E2 seed 0: 6 steps (resumed)" in rerun.stdout
+  assert first.read_text() == first_record and first.stat().st_mtime_ns == first_mtime
+  log = (workdir / "runs" / "E2" / "seed0" / "train.log").read_text()
+  assert "resum" in log.lower()
+  with open(out / "results.csv") as f:
+    assert [r["point"] for r in csv.DictReader(f)] == ["E1", "E2"]
+
+
+def test_bad_sweep_arguments_are_one_line(tmp_path):
+  proc = _run(_sweep_cmd("num_experts", tmp_path / "o", tmp_path / "w", "--only=E99"))
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [
+      "error: --only 'E99' matches none of the sweep's points: E1, E2, E4"]
+  proc = _run([sys.executable, "-m", "experiments.run", "experiments/nope.py"])
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == "error: No such sweep file: experiments/nope.py"
