@@ -83,14 +83,14 @@ def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> di
   return record
 
 
-def _run_point(base, workdir: pathlib.Path, p: Point, seed: int) -> dict:
+def _run_point(base, workdir: pathlib.Path, p: Point, seed: int, overrides=()) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
   # The run's own output (resume notes, validation lines) goes to its log, so the sweep's
   # terminal keeps one line per point.
   with open(workdir / "train.log", "a") as log, contextlib.redirect_stdout(log), \
       contextlib.redirect_stderr(log):
-    train(base, workdir, overrides=override_flags(p, seed), progress=False)
+    train(base, workdir, overrides=[*overrides, *override_flags(p, seed)], progress=False)
     evaluate(None, workdir, plots=False)
   record = make_record(workdir, p, seed, time.perf_counter() - start)
   tmp = workdir / (RECORD + ".tmp")
@@ -108,8 +108,9 @@ def _describe(record: dict, metric: str) -> str:
 
 
 def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | None = None,
-              say: Callable[[str], None] = print) -> list[dict]:
-  """Runs every unfinished (point, seed) of `sweep` into `out_dir`; returns all records."""
+              overrides=(), say: Callable[[str], None] = print) -> list[dict]:
+  """Runs every unfinished (point, seed) of `sweep` into `out_dir`; returns all records.
+  `overrides` ('a.b=v') apply to every run, before the point's own."""
   out_dir = pathlib.Path(out_dir)
   seeds = sweep.seeds if seeds is None else seeds
   if seeds < 1:
@@ -128,7 +129,7 @@ def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | No
       continue
     resumed = (workdir / "checkpoints").exists()
     start = time.perf_counter()
-    record = _run_point(base, workdir, p, seed)
+    record = _run_point(base, workdir, p, seed, overrides)
     times.append(time.perf_counter() - start)
     records.append(record)
     left = sum(not (run_dirs(out_dir, q, s) / RECORD).exists() for q, s in todo[i:])

@@ -1,5 +1,6 @@
 """Run a sweep: python -m experiments.run experiments/SWEEP.py [--quick] [--seeds N] [--only GLOB]
                                      [--out DIR] [--workdir DIR] [--config FILE] [--cpu_devices N]
+                                     [--config.a.b=v ...]
 
 Expands the sweep's grid x seeds, trains and evaluates every run that has no record yet (a
 killed sweep, rerun, resumes its unfinished runs from their checkpoints and skips the finished
@@ -9,7 +10,9 @@ with --quick): results.csv, results.json, the sweep's plots and summary.md. The 
 
 --quick runs the same code on the sweep's tiny setting (seconds per run, for tests);
 --config replaces the sweep's base config with a config file (e.g. configs/lm_gpu_node.py for
-the same grid on GPU-sized models); --only runs the points whose name matches a glob.
+the same grid on GPU-sized models); --config.a.b=v sets a field for every run (the point's own
+values win), e.g. --config.mesh.expert=1 so that every E of the grid fits the mesh; --only runs
+the points whose name matches a glob.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ def load_sweep(path: str, quick: bool):
 
 
 def parse(argv):
+  from moe_jax.cli import split_overrides
+  argv, overrides = split_overrides(list(argv))
   parser = argparse.ArgumentParser(prog="python -m experiments.run",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("sweep", help="a sweep file, e.g. experiments/num_experts.py")
@@ -46,7 +51,9 @@ def parse(argv):
   parser.add_argument("--config", default=None, help="a config file replacing the base")
   parser.add_argument("--cpu_devices", type=int, default=0,
                       help="simulate this many CPU devices (0: leave as is)")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  args.overrides = overrides
+  return args
 
 
 def main(argv=None) -> None:
@@ -73,7 +80,8 @@ def run(args) -> None:
                                   else REPO / "experiments" / "results" / sweep.name))
   workdir = pathlib.Path(args.workdir or runs)
   start = time.perf_counter()
-  records = harness.run_sweep(sweep, workdir, seeds=args.seeds, only=args.only)
+  records = harness.run_sweep(sweep, workdir, seeds=args.seeds, only=args.only,
+                              overrides=args.overrides)
   written = harness.write_results(records, out)
   written += report.write_summary(sweep, records, out, command=command_line(args),
                                   seconds=time.perf_counter() - start)
@@ -86,6 +94,7 @@ def command_line(args) -> str:
   parts += ["--quick"] * args.quick
   parts += [f"--{k} {getattr(args, k)}" for k in ("seeds", "only", "config")
             if getattr(args, k) is not None]
+  parts += [f"--config.{o}" for o in args.overrides]
   return " ".join(parts)
 
 

@@ -87,5 +87,7 @@ def concat(*grids: Sequence[Point]) -> list[Point]:
 
 
 def override_flags(p: Point, seed: int) -> list[str]:
-  """The point as `train(..., overrides=...)` takes it ('a.b=v', values as Python literals)."""
-  return [f"{path}={value!r}" for path, value in p.overrides.items()] + [f"seed={seed}"]
+  """The point as `train(..., overrides=...)` takes it ('a.b=v'): strings as they are (as on
+  the command line), other values as Python literals."""
+  text = lambda v: v if isinstance(v, str) else repr(v)
+  return [f"{path}={text(value)}" for path, value in p.overrides.items()] + [f"seed={seed}"]

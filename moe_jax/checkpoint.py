@@ -56,7 +56,8 @@ def short_reason(error: BaseException, limit: int = 200) -> str:
   for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO):
     if os.strerror(code) in text:   # TensorStore wraps the OS error in its own message
       return os.strerror(code)
-  for marker in ("[tensorstore_spec", "tensorstore_spec", "{"):
+  for marker in ("[tensorstore_spec", "tensorstore_spec", "{", "See full TensorStore details",
+                 " index: ("):
     text = text.split(marker)[0]
   text = " ".join(text.split()).rstrip(" :;,[")
   text = text if len(text) <= limit else text[:limit] + "..."
