@@ -99,6 +99,12 @@ def _run_point(base, workdir: pathlib.Path, p: Point, seed: int, overrides=()) -
   return record
 
 
+def _has_checkpoint(workdir: pathlib.Path) -> bool:
+  """A complete checkpoint (Orbax names it by its step; a save in progress has a longer name)."""
+  ckpts = workdir / "checkpoints"
+  return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+
+
 def _describe(record: dict, metric: str) -> str:
   value = record.get(metric)
   text = f"{metric} {value:.4f}" if isinstance(value, float) else f"{metric} {value}"
@@ -127,7 +133,7 @@ def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | No
     if (workdir / RECORD).exists():
       records.append(json.loads((workdir / RECORD).read_text()))
       continue
-    resumed = (workdir / "checkpoints").exists()
+    resumed = _has_checkpoint(workdir)
     start = time.perf_counter()
     record = _run_point(base, workdir, p, seed, overrides)
     times.append(time.perf_counter() - start)

@@ -81,7 +81,8 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(tmp_path):
   first = workdir / "runs" / "E1" / "seed0" / "record.json"
   second = workdir / "runs" / "E2" / "seed0" / "checkpoints"
   deadline = time.time() + 300
-  while not (first.exists() and any(second.glob("[0-9]*"))) and time.time() < deadline:
+  complete = lambda: second.is_dir() and any(p.name.isdigit() for p in second.iterdir())
+  while not (first.exists() and complete()) and time.time() < deadline:
     assert proc.poll() is None, proc.communicate()
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
@@ -95,8 +96,13 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(tmp_path):
   assert "1 finished earlier, skipped" in rerun.stdout
   assert "E2 seed 0: 6 steps (resumed)" in rerun.stdout
   assert first.read_text() == first_record and first.stat().st_mtime_ns == first_mtime
+  # The rerun continued the killed run from its checkpoint (or, killed after its last step,
+  # found it finished and only evaluated it); it never started it over.
   log = (workdir / "runs" / "E2" / "seed0" / "train.log").read_text()
-  assert "resum" in log.lower()
+  assert "resumed from checkpoint step" in log or "already holds the finished run" in log, log
+  history = (workdir / "runs" / "E2" / "seed0" / "config_history.jsonl")
+  assert not history.exists() or all(json.loads(l)["start_step"] > 0
+                                     for l in history.read_text().splitlines())
   with open(out / "results.csv") as f:
     assert [r["point"] for r in csv.DictReader(f)] == ["E1", "E2"]
 
