@@ -11,6 +11,7 @@ from moe_jax.train import train
 from tests.train_helpers import REPO, losses
 
 
+@pytest.mark.slow   # 400 steps on 8 simulated devices, ~90 s: `make test-all` runs it
 def test_digits_moe_classifier_reaches_095(tmp_path):
   cfg = config_lib.load_file(REPO / "configs" / "classify_digits.py")
   result = train(cfg, tmp_path / "run", progress=False)
