@@ -45,7 +45,7 @@ def analyze(records, out) -> list[str]:
     lines += ["", f"z-loss (at lb 1e-2): mean |logit| {mean('lb0.01-z0.0', 'router_logit_abs'):.3f}"
               f" -> {mean('lb0.01-z0.001', 'router_logit_abs'):.3f} "
               f"({'smaller, as ST-MoE reports' if smaller else 'not smaller: not reproduced'}); "
-              f"loss {report.trend(g['lb0.01-z0.001'], g['lb0.01-z0.0'])} with it "
+              f"loss with it {report.compared(g['lb0.01-z0.001'], g['lb0.01-z0.0'], 'without')} "
               "(the paper: no worse)."]
   if "lb0.0-z0.0" in g and lb_ref:
     lines.append(f"No balancing loss: MaxVio {mean('lb0.0-z0.0', 'max_vio'):.3f} against "
@@ -53,7 +53,7 @@ def analyze(records, out) -> list[str]:
   if "bias_balanced" in g and lb_ref:
     lines.append(f"Aux-loss-free (bias_balanced): MaxVio {mean('bias_balanced', 'max_vio'):.3f}"
                  f" vs {mean(lb_ref[0], 'max_vio'):.3f} with the aux loss; loss "
-                 f"{report.trend(g['bias_balanced'], g[lb_ref[0]])} than with it "
+                 f"{report.compared(g['bias_balanced'], g[lb_ref[0]], 'with it')} "
                  "(DeepSeek-V3: equal or lower).")
   return lines
 

@@ -39,11 +39,11 @@ def analyze(records, out) -> list[str]:
   names = [n for n in g if n != "dropless"]
   low, high = g[names[0]], g[names[-1]]
   verdict = report.trend(low, high)
-  lines += ["", f"Drops hurt quality: cf {names[0][2:]} is {verdict} than cf {names[-1][2:]} "
-            "in validation loss" + (" (reproduced)" if verdict == "higher" else
+  lines += ["", f"Drops hurt quality: the loss at {names[0]} is "
+            f"{report.compared(low, high, names[-1])}" + (" (reproduced)" if verdict == "higher" else
                                     " (not reproduced at this scale)") + "."]
   if "dropless" in g:
-    lines.append(f"Dropless against cf {names[-1][2:]}: {report.trend(g['dropless'], high)}.")
+    lines.append(f"Dropless: loss {report.compared(g['dropless'], high, names[-1])}.")
   t = [np.mean(report.values(g[n], "step_ms")) for n in names]
   lines.append("Step time by capacity: " + ", ".join(f"{n} {x:.0f} ms" for n, x in zip(names, t))
                + (" (rises with capacity, as expected)" if t[-1] > t[0] else

@@ -44,7 +44,7 @@ def analyze(records, out) -> list[str]:
     dense = g.get(f"{task}-E1-topk")
     for n, v in g.items():
       if dense and n != f"{task}-E1-topk":
-        lines.append(f"- {n}: accuracy {report.trend(v, dense, 'accuracy')} than dense")
+        lines.append(f"- {n}: accuracy {report.compared(v, dense, 'dense', 'accuracy')}")
     lines.append("")
   return lines
 

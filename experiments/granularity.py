@@ -60,13 +60,14 @@ def analyze(records, out) -> list[str]:
                                   key=lambda n: int(n[1:]))
   if first in g and last != first:
     verdict = report.trend(g[last], g[first])
-    lines.append(f"Finer granularity: {last} is {verdict} than {first} in validation loss"
+    lines.append(f"Finer granularity: {last}'s loss is {report.compared(g[last], g[first], first)}"
                  + (" (the paper's direction)." if verdict == "lower" else
                     " (the paper's direction did not reproduce at this scale)."))
   for name in g:
     if name.endswith("-shared") and name[:-7] in g:
-      lines.append(f"Shared expert at {name[:-7]}: {report.trend(g[name], g[name[:-7]])} "
-                   "than routed-only (DeepSeekMoE: lower).")
+      lines.append(f"Shared expert at {name[:-7]}: loss "
+                   f"{report.compared(g[name], g[name[:-7]], 'routed-only')} (DeepSeekMoE: "
+                   "lower).")
   means = {n: np.mean(report.values(rs, "eval_loss")) for n, rs in g.items()}
   lines.append("Mean validation loss: " + ", ".join(f"{n} {m:.4f}" for n, m in means.items())
                + ".")

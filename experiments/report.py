@@ -69,6 +69,18 @@ def trend(records_a: list[dict], records_b: list[dict], field: str = "eval_loss"
   return scaling_fit.difference_verdict(a, b)
 
 
+def compared(records_a: list[dict], records_b: list[dict], other: str,
+             field: str = "eval_loss") -> str:
+  """`trend` as a phrase: 'lower than OTHER', 'higher than OTHER', 'within seed noise of
+  OTHER'."""
+  verdict = trend(records_a, records_b, field)
+  if verdict in ("lower", "higher"):
+    return f"{verdict} than {other}"
+  if verdict == "within seed noise":
+    return f"within seed noise of {other}"
+  return verdict
+
+
 def plot_lines(records: list[dict], x: str, y: str, path, *, series: str | None = None,
                logx: bool | int = False, xlabel: str | None = None, ylabel: str | None = None,
                title: str = "", xticks: Sequence | None = None) -> pathlib.Path:

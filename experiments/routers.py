@@ -58,15 +58,15 @@ def analyze(records, out) -> list[str]:
   if len(topk) > 1:
     lines.append("top-k: " + ", ".join(
         f"{n} {report.fmt(*report.mean_std(report.values(g[n], 'eval_loss')))}" for n in topk))
-    lines.append(f"k={topk[-1][6:]} is {report.trend(g[topk[-1]], g[topk[0]])} than k="
-                 f"{topk[0][6:]} (the papers: lower, at k times the expert compute).")
+    lines.append(f"k={topk[-1][6:]}: loss {report.compared(g[topk[-1]], g[topk[0]], 'k=' + topk[0][6:])}"
+                 " (the papers: lower, at k times the expert compute).")
   base = g.get("topk-k1") or g.get("topk")
   for name, rs in g.items():
     if name in topk or name == "topk":
       continue
     flag = " [not causal-safe: leaks the future, loss not comparable]" if name in leaky else ""
     lines.append(f"- {name}: loss {report.fmt(*report.mean_std(report.values(rs, 'eval_loss')))}"
-                 f" ({report.trend(rs, base) if base else '-'} than top-1), MaxVio "
+                 f" ({report.compared(rs, base, 'top-1') if base else '-'}), MaxVio "
                  f"{np.mean(report.values(rs, 'max_vio')):.3f}, experts/token "
                  f"{np.mean(report.values(rs, 'experts_per_token') or [np.nan]):.2f}{flag}")
   return lines

@@ -122,3 +122,34 @@ def test_bad_sweep_arguments_are_one_line(tmp_path):
   proc = _run([sys.executable, "-m", "experiments.run", "experiments/nope.py"])
   assert proc.returncode == 1
   assert proc.stderr.strip() == "error: No such sweep file: experiments/nope.py"
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["default", "quick"])
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_point_of_every_sweep_is_a_valid_run(name, quick):
+  """Each point's overrides on its sweep's base pass the run config's checks (the default
+  settings too, which only the committed results exercise otherwise)."""
+  from experiments.run import load_sweep
+  from moe_jax import config as config_lib
+  sweep, _ = load_sweep(REPO / "experiments" / f"{name}.py", quick)
+  assert len({p.name for p in sweep.points}) == len(sweep.points)
+  assert sweep.seeds >= 2
+  for p in sweep.points:
+    run = config_lib.validate(sweep.base(), num_devices=1,
+                              overrides=override_flags(p, seed=1))
+    assert run.seed == 1
+
+
+def test_a_sweep_runs_on_an_accelerator_config_with_overrides():
+  """The README's example: the num_experts grid on configs/lm_gpu_node.py's model, with every
+  run's mesh set so that each E fits (validated here on an 8-device count, not trained)."""
+  from experiments.run import load_sweep, parse
+  from moe_jax import config as config_lib
+  args = parse(["experiments/num_experts.py", "--config", "configs/lm_gpu_node.py",
+                "--config.mesh.expert=1", "--config.mesh.data=-1"])
+  assert args.overrides == ["mesh.expert=1", "mesh.data=-1"]
+  sweep, _ = load_sweep(REPO / args.sweep, False)
+  for p in sweep.points:
+    run = config_lib.validate(config_lib.load_file(REPO / args.config), num_devices=8,
+                              overrides=[*args.overrides, *override_flags(p, seed=0)])
+    assert run.mesh.data == 8 and run.model.d_model == 1024
