@@ -185,6 +185,16 @@ def plot_loads(records: list[dict], path, *, title: str = "") -> pathlib.Path:
   return path
 
 
+def timing_spread(records: list[dict]) -> float:
+  """The largest (max - min) / mean of step_ms among the seeds of one point (0 with one)."""
+  worst = 0.0
+  for rs in groups(records).values():
+    t = values(rs, "step_ms")
+    if len(t) > 1:
+      worst = max(worst, (max(t) - min(t)) / np.mean(t))
+  return worst
+
+
 def write_summary(sweep, records: list[dict], out_dir, *, command: str,
                   seconds: float) -> list[pathlib.Path]:
   """summary.md: the sweep's description, how it was run, its analysis (which also draws the
@@ -207,6 +217,12 @@ def write_summary(sweep, records: list[dict], out_dir, *, command: str,
                             ("max_vio", "MaxVio", 3), ("dropped_fraction", "dropped", 3),
                             ("router_logit_abs", "mean abs logit", 3),
                             ("step_ms", "step ms", 1)]), ""]
+  spread = timing_spread(records)
+  if spread > 0.2:
+    lines.insert(lines.index("## Every point"),
+                 f"Timing: the step time of one point varies by up to {100 * spread:.0f} % "
+                 "between its seeds, so the machine was shared while this sweep ran: read no "
+                 "speed comparison from the step and wall times here.\n")
   path = out_dir / "summary.md"
   path.write_text("\n".join(lines))
   return [path, *sorted(out_dir.glob("*.png"))]
