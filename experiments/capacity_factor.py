@@ -45,9 +45,15 @@ def analyze(records, out) -> list[str]:
   if "dropless" in g:
     lines.append(f"Dropless: loss {report.compared(g['dropless'], high, names[-1])}.")
   t = [np.mean(report.values(g[n], "step_ms")) for n in names]
+  if report.timing_spread(records) > 0.2:
+    reading = (" (not read: the seeds of one point differ by more than that, the machine was "
+               "shared; benchmarks/moe_layer.py measures the dispatchers' time in one process)")
+  elif t[-1] > t[0]:
+    reading = " (rises with capacity, as expected)"
+  else:
+    reading = " (no rise measured: on CPU the buffers are small next to the rest)"
   lines.append("Step time by capacity: " + ", ".join(f"{n} {x:.0f} ms" for n, x in zip(names, t))
-               + (" (rises with capacity, as expected)" if t[-1] > t[0] else
-                  " (no rise measured: on CPU the buffers are small next to the rest)") + ".")
+               + reading + ".")
   return lines
 
 
