@@ -50,7 +50,10 @@ def analyze(records, out) -> list[str]:
       lines.append(f"Fit L(G) = c + g / G^gamma (routed-only, every seed): c = {fit['c']:.4f}, "
                    f"g = {fit['g']:.4f}, gamma = {fit['gamma']:.2f} (95% bootstrap over G: "
                    f"{ci[0]:.2f} - {ci[1]:.2f}); R^2 {fit['r2']:.3f}."
-                   + (" gamma sits at a bound of its range." if fit.get("at_bound") else ""))
+                   + (" gamma sits at a bound of its range." if fit.get("at_bound") else "")
+                   + (" The law does not describe these points (R^2 below 0.5): the loss is "
+                      "not monotone in G here, so gamma means nothing." if fit["r2"] < 0.5
+                      else ""))
     else:
       lines.append(f"The granularity fit did not converge: {fit.get('reason')}.")
   except ValueError as e:
