@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 import threading
 import time
@@ -152,6 +153,10 @@ def run_reporting_errors(fn, *args, **kwargs):
   # message to the real stderr, and exit without running the interpreter's shutdown.
   sys.stdout.flush()
   sys.stderr.flush()
+  # The process is ending: a further Ctrl-C / SIGTERM must not cut the message short (its
+  # handler would print into the silenced stderr below).
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, signal.SIG_IGN)
   real_stderr = os.dup(2)
   devnull = os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)

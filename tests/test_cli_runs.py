@@ -218,12 +218,15 @@ def test_sigterm_and_sigint_save_and_resume_exactly(reference, tmp_path):
 
 
 def test_second_signal_exits_at_once_without_a_partial_checkpoint(tmp_path):
-  """The first SIGTERM lands in a long step (one with a validation over the whole split), the
+  """The first SIGTERM lands in a long step (one with a long validation), the
   second while it is still running: the process exits at once, and every checkpoint it lists
   is complete (the rerun restores the newest and finishes)."""
   workdir = tmp_path / "run"
-  cmd = cli_command(workdir, f"--config.steps={STEPS}", "--config.eval_every=4",
-                    "--config.data.eval_max_batches=0", "--config.data.eval_batch_size=8")
+  # Step 8 validates on 300 batches of the big corpus's validation split: several seconds, so
+  # the second signal lands inside the step even on a loaded machine.
+  cmd = cli_command(workdir, f"--config.steps={STEPS}", "--config.eval_every=8",
+                    "--config.data.corpus=stdlib_py", "--config.data.eval_max_batches=300",
+                    "--config.data.eval_batch_size=8")
   proc = _start(cmd, tmp_path / "log")
   # Step 7 logged: step 8, which validates for a couple of seconds, is running.
   _wait_until(lambda: max(losses(workdir), default=0) >= 7, proc, tmp_path / "log")
