@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -52,16 +51,23 @@ class Interrupts:
   def _handle(self, signum, frame):
     del frame
     if self.signum is not None:       # the second signal: no more waiting
-      print(f"\n{signal.Signals(signum).name} again: exiting now; the newest complete "
-            "checkpoint is kept", file=sys.stderr, flush=True)
+      self._say(f"{signal.Signals(signum).name} again: exiting now; the newest complete "
+                "checkpoint is kept")
       os._exit(128 + signum)
     self.signum = signum
     if not self._deferred:
       raise self.stop(self.message)
-    print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
-          "(send it again to exit at once)", file=sys.stderr, flush=True)
+    self._say(f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+              "(send it again to exit at once)")
+
+  def _say(self, text: str) -> None:
+    # To the terminal the run started with, not to whatever file descriptor 2 is now: a
+    # checkpoint save points it at /dev/null while it runs (checkpoint._quiet_stderr_on_failure),
+    # and a signal often lands in a save. A bare os.write: no buffered stream's lock to re-enter.
+    os.write(self._terminal, f"\n{text}\n".encode())
 
   def __enter__(self):
+    self._terminal = os.dup(2)
     if threading.current_thread() is threading.main_thread():   # only it can take signals
       for s in SIGNALS:
         self._previous[s] = signal.signal(s, self._handle)
@@ -71,6 +77,7 @@ class Interrupts:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
     self._previous = {}
+    os.close(self._terminal)
     return False
 
   @contextlib.contextmanager
