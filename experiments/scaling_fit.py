@@ -222,22 +222,13 @@ def fit_routed_law_saturating(N: Any, E: Any, L: Any) -> dict[str, Any]:
   e_top = float(E.max())
   lower = np.log([1e-4, 1e-2])
   upper = np.log([1e3 * e_top, 1e4 * e_top])
-  best, last_reason = None, "no start tried"
-  for e_start0 in (1.5, 2.0, 4.0):
-    for e_max_gap0 in (e_top, 4 * e_top, 100 * e_top):
-      theta0 = np.clip(np.log([e_start0 - 1.0, e_max_gap0]), lower + 1e-9, upper - 1e-9)
-      try:
-        res = optimize.least_squares(residuals, theta0, bounds=(lower, upper), method="trf")
-      except (ValueError, np.linalg.LinAlgError) as err:
-        last_reason = f"least_squares raised {type(err).__name__}: {err}"
-        continue
-      if not (res.success and np.isfinite(res.cost)):
-        last_reason = f"least_squares did not converge: {res.message}"
-        continue
-      if best is None or res.cost < best.cost:
-        best = res
+  starts = [np.clip(np.log([e_start0 - 1.0, e_max_gap0]), lower + 1e-9, upper - 1e-9)
+            for e_start0 in (1.5, 2.0, 4.0) for e_max_gap0 in (e_top, 4 * e_top, 100 * e_top)]
+  best, reason = _best_of_starts(
+      lambda theta0: optimize.least_squares(residuals, theta0, bounds=(lower, upper),
+                                            method="trf"), starts)
   if best is None:
-    return {"ok": False, "reason": last_reason}
+    return {"ok": False, "reason": reason}
 
   e_start, e_max = _saturation_from_theta(best.x)
   X = _routed_design(log_n, np.log(effective_experts(E, e_start, e_max)))
@@ -256,6 +247,24 @@ def fit_routed_law_saturating(N: Any, E: Any, L: Any) -> dict[str, Any]:
              aic=aic, aic_plain=aic_plain, improves=bool(aic < aic_plain), r2=_r2(y, X @ coef),
              residual_std=_residual_std(resid, 6), n_points=int(n))
   return out
+
+
+def _best_of_starts(solve, starts):
+  """(the converged least_squares result of lowest cost over `starts`, None) or (None, why
+  no start converged)."""
+  best, reason = None, "no start tried"
+  for start in starts:
+    try:
+      res = solve(start)
+    except (ValueError, np.linalg.LinAlgError) as err:
+      reason = f"least_squares raised {type(err).__name__}: {err}"
+      continue
+    if not (res.success and np.isfinite(res.cost) and np.all(np.isfinite(res.x))):
+      reason = f"least_squares did not converge: {res.message}"
+      continue
+    if best is None or res.cost < best.cost:
+      best = res
+  return best, (None if best is not None else reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,20 +304,10 @@ def fit_granularity(G: Any, L: Any, *, groups: Any = None, bootstrap: int = 1000
     raise ValueError(f"granularity fit needs at least 3 distinct G for c, g and gamma, "
                      f"got G={np.unique(G).tolist()}")
   spread = float(L.max() - L.min())
-  best, reason = None, "no start tried"
   # The suggested start first; other gammas guard against a local minimum on a flat valley.
-  for gamma0 in (0.5, 0.1, 1.0, 2.0):
-    p0 = np.array([0.95 * float(L.min()), max(spread, 1e-6), gamma0])
-    try:
-      res = _granularity_lsq(G, L, p0)
-    except (ValueError, np.linalg.LinAlgError) as err:
-      reason = f"least_squares raised {type(err).__name__}: {err}"
-      continue
-    if not (res.success and np.all(np.isfinite(res.x))):
-      reason = f"least_squares did not converge: {res.message}"
-      continue
-    if best is None or res.cost < best.cost:
-      best = res
+  starts = [np.array([0.95 * float(L.min()), max(spread, 1e-6), gamma0])
+            for gamma0 in (0.5, 0.1, 1.0, 2.0)]
+  best, reason = _best_of_starts(lambda p0: _granularity_lsq(G, L, p0), starts)
   if best is None:
     return {"ok": False, "reason": reason}
 
