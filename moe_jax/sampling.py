@@ -23,11 +23,14 @@ def host_model_state(graphdef, state):
   return global_to_host(nnx.state(nnx.merge(graphdef, state)[0]))
 
 
-def _causal_model_config(model):
-  """The model's config with every MoE layer on the dropless dispatcher, one routing group."""
+def sampling_model_config(model):
+  """The model's config for sampling: one routing group, and every MoE layer on the dropless
+  dispatcher (no token of the window is dropped) - except a soft router's, which has no
+  token -> expert list for dropless to run and keeps the dispatcher it trained with."""
   if model.moe is None:
     return model
-  return dataclasses.replace(model, moe=dataclasses.replace(model.moe, dispatcher="dropless",
+  dispatcher = model.moe.dispatcher if model.moe.built_router.soft else "dropless"
+  return dataclasses.replace(model, moe=dataclasses.replace(model.moe, dispatcher=dispatcher,
                                                             group_size=None))
 
 
@@ -43,7 +46,7 @@ def sample(run, model_state, prompt: str, *, num_tokens: int, temperature: float
            tokenizer, seed: int = 0) -> str:
   """Continues `prompt` by `num_tokens` tokens; temperature 0 is greedy.
   `model_state`: the model's nnx.State as host arrays (`host_model_state`)."""
-  config = _causal_model_config(run.model)
+  config = sampling_model_config(run.model)
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0))))
   model = nnx.merge(graphdef, model_state)
   window = run.data.seq_len

@@ -81,6 +81,13 @@ def headline(metrics: dict) -> str:
   return f"bits/byte {metrics['bits_per_byte']:.4f}"
 
 
+def _dispatcher_name(model) -> str:
+  if model.moe is None:
+    return "no MoE"
+  d = model.moe.dispatcher
+  return d if isinstance(d, str) else d.name
+
+
 def evaluate_extras(ctx) -> dict:
   """The byte unigram baseline and greedy / sampled continuations of the prompt."""
   from moe_jax import sampling
@@ -96,7 +103,8 @@ def evaluate_extras(ctx) -> dict:
                                        top_k=0, **kw),
       "sample": sampling.sample(run, model_state, run.eval.prompt,
                                 temperature=run.eval.temperature, top_k=run.eval.top_k, **kw),
-      "sampling": (f"recomputation (no KV cache), window {run.data.seq_len}, dropless "
+      "sampling": (f"recomputation (no KV cache), window {run.data.seq_len}, "
+                   f"{_dispatcher_name(sampling.sampling_model_config(run.model))} "
                    f"dispatcher; temperature {run.eval.temperature}, top_k {run.eval.top_k}"),
   }
 
