@@ -31,6 +31,9 @@ from moe_jax.run_log import read_metrics
 from moe_jax.train import train
 
 RECORD = "record.json"
+# Bumped when make_record gains or changes a field: a finished run's older record is rebuilt
+# from its run directory (nothing is retrained) the next time its sweep runs.
+RECORD_VERSION = 2
 
 
 def run_dirs(out_dir: pathlib.Path, p: Point, seed: int) -> pathlib.Path:
@@ -60,11 +63,17 @@ def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> di
   per_token = {int(k): float(m["experts_per_token"]) for k, m in layers.items()
                if "experts_per_token" in m}
   train_lines = [r for r in read_metrics(workdir) if "loss" in r]
-  tokens_per_step = run.data.batch_size * (run.data.seq_len if run.task == "lm" else 1)
+  # Tokens as train.py counts them for tokens_per_sec (a classifier's patches / bytes too),
+  # so step_ms and train_flops (FLOPs per token x tokens) are per the same token.
+  tokens_per_step = run.tokens_per_step
   speeds = [r["tokens_per_sec"] for r in train_lines[1:] if "tokens_per_sec" in r]
   tps = statistics.median(speeds) if speeds else None
+  # What the z-loss lowers: mean logsumexp(router logits)^2 (ST-MoE), over the last logged
+  # steps. mean |logit| cannot show it: the z-loss drives logsumexp to 0, so with E experts
+  # the logits settle near -log E, and their magnitude need not shrink.
+  z_losses = [r["aux/z_loss"] for r in train_lines[-10:] if "aux/z_loss" in r]
   record = {
-      "point": p.name, "seed": seed, **p.values,
+      "point": p.name, "seed": seed, "record_version": RECORD_VERSION, **p.values,
       "eval_loss": result["loss"],
       "bits_per_byte": result.get("bits_per_byte"), "accuracy": result.get("accuracy"),
       "train_loss": train_lines[-1]["loss"] if train_lines else None,
@@ -75,6 +84,7 @@ def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> di
       "max_vio": _mean_over_layers(layers, "max_vio"),
       "dropped_fraction": _mean_over_layers(layers, "dropped_fraction"),
       "router_logit_abs": _mean_over_layers(layers, "router_logit_abs"),
+      "router_z_loss": float(np.mean(z_losses)) if z_losses else None,
       "experts_per_token": _mean_over_layers(layers, "experts_per_token"),
       "expert_load": {k: list(np.asarray(m["expert_load"], float).round(4))
                       for k, m in layers.items() if "expert_load" in m},
@@ -92,11 +102,22 @@ def _run_point(base, workdir: pathlib.Path, p: Point, seed: int, overrides=()) -
       contextlib.redirect_stderr(log):
     train(base, workdir, overrides=[*overrides, *override_flags(p, seed)], progress=False)
     evaluate(None, workdir, plots=False)
-  record = make_record(workdir, p, seed, time.perf_counter() - start)
+  return _write_record(workdir, make_record(workdir, p, seed, time.perf_counter() - start))
+
+
+def _write_record(workdir: pathlib.Path, record: dict) -> dict:
   tmp = workdir / (RECORD + ".tmp")
   tmp.write_text(json.dumps(record, indent=1))
   tmp.replace(workdir / RECORD)          # a record exists only for a finished run
   return record
+
+
+def _finished_record(workdir: pathlib.Path, p: Point, seed: int) -> dict:
+  """A finished run's record, rebuilt from its run directory if an older harness wrote it."""
+  record = json.loads((workdir / RECORD).read_text())
+  if record.get("record_version", 1) == RECORD_VERSION:
+    return record
+  return _write_record(workdir, make_record(workdir, p, seed, record["wall_s"]))
 
 
 def _has_checkpoint(workdir: pathlib.Path) -> bool:
@@ -131,7 +152,7 @@ def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | No
     workdir = run_dirs(out_dir, p, seed)
     tag = f"[{i:>{len(str(len(todo)))}}/{len(todo)}] {p.name} seed {seed}"
     if (workdir / RECORD).exists():
-      records.append(json.loads((workdir / RECORD).read_text()))
+      records.append(_finished_record(workdir, p, seed))
       continue
     resumed = _has_checkpoint(workdir)
     start = time.perf_counter()

@@ -216,6 +216,7 @@ def write_summary(sweep, records: list[dict], out_dir, *, command: str,
                             ("flops_per_token", "FLOPs/token", 0),
                             ("max_vio", "MaxVio", 3), ("dropped_fraction", "dropped", 3),
                             ("router_logit_abs", "mean abs logit", 3),
+                            ("router_z_loss", "router z-loss", 3),
                             ("step_ms", "step ms", 1)]), ""]
   spread = timing_spread(records)
   if spread > 0.2:

@@ -18,7 +18,7 @@ SWEEPS = ["num_experts", "routed_scaling", "granularity", "capacity_factor", "ro
 COLUMNS = {"point", "seed", "eval_loss", "train_loss", "total_params", "active_params",
            "non_embedding_params", "expert_params", "flops_per_token", "train_flops",
            "tokens_seen", "steps", "wall_s", "tokens_per_sec", "step_ms", "max_vio",
-           "dropped_fraction", "router_logit_abs", "experts_per_token"}
+           "dropped_fraction", "router_logit_abs", "router_z_loss", "experts_per_token"}
 
 
 def test_grids_cross_tie_and_join_points():
@@ -108,10 +108,24 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(tmp_path):
   assert [r["point"] for r in rows] == ["E1", "E2"]
   assert COLUMNS <= set(rows[0]), COLUMNS - set(rows[0])
   assert float(rows[1]["total_params"]) > float(rows[0]["total_params"])    # 2 experts
+  assert float(rows[1]["router_z_loss"]) > 0 and rows[0]["router_z_loss"] == ""  # dense: none
   assert rows[0]["active_params"] == rows[0]["total_params"]                 # dense
   summary = (out / "summary.md").read_text()
   assert "## Reading" in summary and "| E2 |" in summary
   assert (out / "loss_vs_experts.png").exists()
+
+  # A record an older harness wrote (no version, a field missing) is rebuilt from its run
+  # directory on the next invocation; nothing is retrained.
+  old = json.loads(first_record)
+  for key in ("record_version", "router_z_loss"):
+    old.pop(key)
+  first.write_text(json.dumps(old))
+  metrics = (workdir / "runs" / "E1" / "seed0" / "metrics.jsonl").read_text()
+  again = _run(cmd)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "2 finished earlier, skipped" in again.stdout
+  assert json.loads(first.read_text()) == json.loads(first_record)
+  assert (workdir / "runs" / "E1" / "seed0" / "metrics.jsonl").read_text() == metrics
 
 
 def test_bad_sweep_arguments_are_one_line(tmp_path):
