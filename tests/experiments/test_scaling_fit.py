@@ -161,6 +161,16 @@ def test_saturating_on_plain_data_returns_and_does_not_improve():
   assert fit["rss"] <= fit["rss_plain"] * (1 + 1e-9)
 
 
+def test_saturating_converges_when_experts_saturate_at_once():
+  # Like the committed routed_scaling sweep: the gain stops after E ~ 3, so E_start sits near 1
+  # in a flat valley that took least_squares past its default 200 evaluations.
+  early = {**SATURATING_TRUE, "b": -0.05, "c": 0.011, "e_start": 1.0005, "e_max": 3.2}
+  N, E, L, _ = routed_sweep(early, e_grid=(1, 2, 4, 8, 16), noise=0.01, seed=1)
+  fit = sf.fit_routed_law_saturating(N, E, L)
+  assert fit["ok"], fit
+  assert fit["rss"] <= fit["rss_plain"] * (1 + 1e-9)
+
+
 def test_saturating_reports_failure_instead_of_raising(monkeypatch):
   class NotConverged:
     success, cost, message = False, np.inf, "forced failure"
