@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from moe_jax import plots as plot_lib
 from moe_jax.data import datasets
 from moe_jax.data.classification import eval_example_batches
 from moe_jax.models import EncoderClassifier
@@ -141,6 +140,7 @@ def report(result: dict, workdir) -> str:
 
 
 def plots(result: dict, workdir, records) -> list[str]:
+  from moe_jax import plots as plot_lib   # matplotlib: only when plotting (0.5 s per CLI start)
   step = result["step"]
   plot_lib.loss_curve(records, workdir / "loss_curve.png", bits_per_byte=False)
   plot_lib.confusion_matrix(result["confusion"], result["class_names"],

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from moe_jax import plots as plot_lib
 from moe_jax.data import datasets, eval_batches as window_batches
 from moe_jax.models import DecoderLM
 from moe_jax.tasks import register
@@ -129,6 +128,7 @@ def report(result: dict, workdir) -> str:
 
 
 def plots(result: dict, workdir, records) -> list[str]:
+  from moe_jax import plots as plot_lib   # matplotlib: only when plotting (0.5 s per CLI start)
   plot_lib.loss_curve(records, workdir / "loss_curve.png",
                       unigram_bits=result["unigram_entropy_bits"])
   return ["loss_curve.png"]
