@@ -33,7 +33,7 @@ from moe_jax.train import train
 RECORD = "record.json"
 # Bumped when make_record gains or changes a field: a finished run's older record is rebuilt
 # from its run directory (nothing is retrained) the next time its sweep runs.
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 
 def run_dirs(out_dir: pathlib.Path, p: Point, seed: int) -> pathlib.Path:
@@ -86,6 +86,9 @@ def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> di
       "router_logit_abs": _mean_over_layers(layers, "router_logit_abs"),
       "router_z_loss": float(np.mean(z_losses)) if z_losses else None,
       "experts_per_token": _mean_over_layers(layers, "experts_per_token"),
+      # (step, training cross-entropy) at every logged step: each batch is unseen (a run
+      # sees under one epoch), so it tracks the held-out loss over training.
+      "loss_curve": [[r["step"], round(float(r.get("ce", r["loss"])), 5)] for r in train_lines],
       "expert_load": {k: list(np.asarray(m["expert_load"], float).round(4))
                       for k, m in layers.items() if "expert_load" in m},
   }

@@ -34,6 +34,8 @@ def analyze(records, out) -> list[str]:
   report.plot_lines(records, "total_params", "eval_loss", out / "loss_vs_total_params.png",
                     xlabel="total parameters", ylabel="validation loss (nats/byte)",
                     title="the same points against total parameters")
+  report.plot_curves(records, "E", out / "loss_vs_steps.png",
+                     title="training loss against steps and FLOPs, one line per E (seed band)")
   g = report.groups(records)
   dense, names = g.get("E1"), list(g)
   lines = ["## Reading", ""]

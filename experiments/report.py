@@ -121,6 +121,40 @@ def plot_lines(records: list[dict], x: str, y: str, path, *, series: str | None 
   return path
 
 
+def plot_curves(records: list[dict], series: str, path, *, title: str = "") -> pathlib.Path:
+  """The training loss curves (`loss_curve`), mean over seeds per value of `series`, against
+  steps (left) and against training FLOPs, 3 x FLOPs/token x tokens (right)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (by_step, by_flops) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+  by_series: dict = {}
+  for r in records:
+    if r.get("loss_curve"):
+      by_series.setdefault(r[series], []).append(r)
+  for name, rs in by_series.items():
+    steps = sorted(set.intersection(*({s for s, _ in r["loss_curve"]} for r in rs)))
+    if not steps:
+      continue
+    curves = np.array([[dict(map(tuple, r["loss_curve"]))[s] for s in steps] for r in rs])
+    flops_per_step = np.mean([r["train_flops"] / r["steps"] for r in rs])
+    for ax, xs in ((by_step, np.array(steps)), (by_flops, flops_per_step * np.array(steps))):
+      line, = ax.plot(xs, curves.mean(0), label=f"{series}={name}")
+      ax.fill_between(xs, curves.min(0), curves.max(0), alpha=0.15, color=line.get_color())
+  by_step.set_xlabel("training step")
+  by_flops.set_xlabel("training FLOPs (3 x forward FLOPs/token x tokens)")
+  by_step.set_ylabel("training cross-entropy at the logged steps (unseen batches)")
+  by_flops.legend(fontsize=8)
+  for ax in (by_step, by_flops):
+    ax.grid(alpha=0.3)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def plot_bars(records: list[dict], y: str, path, *, ylabel: str | None = None,
               title: str = "", hatch_points: Sequence[str] = ()) -> pathlib.Path:
   """One bar per point: mean over seeds of `y`, the seeds' min-max as an error bar; points in

@@ -112,7 +112,10 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(tmp_path):
   assert rows[0]["active_params"] == rows[0]["total_params"]                 # dense
   summary = (out / "summary.md").read_text()
   assert "## Reading" in summary and "| E2 |" in summary
-  assert (out / "loss_vs_experts.png").exists()
+  assert (out / "loss_vs_experts.png").exists() and (out / "loss_vs_steps.png").exists()
+  curves = [r["loss_curve"] for r in json.loads((out / "results.json").read_text())]
+  assert [[s for s, _ in c] for c in curves] == [[2, 4, 6]] * 2   # --quick logs every 2 steps
+  assert all(loss > 0 for c in curves for _, loss in c)
 
   # A record an older harness wrote (no version, a field missing) is rebuilt from its run
   # directory on the next invocation; nothing is retrained.
