@@ -12,14 +12,18 @@ pytestmark = pytest.mark.slow
 def test_moe_layer_benchmark_runs(tmp_path):
   out = tmp_path / "moe_layer.json"
   moe_layer.main(["--experts", "8", "--tokens", "64", "--d_model", "16", "--d_ff", "32",
-                  "--repeats", "1", "--ep", "4", "--out", str(out)])
-  result = json.loads(out.read_text())
-  rows = result["rows"]
-  assert {r["layer"] for r in rows} == {
-      "dense FFN", "moe/sort", "moe/dropless", "moe/einsum", "moe/sort G=4", "moe/sort EP=4",
-      "moe/dropless G=4", "moe/dropless EP=4"}
-  assert all(r["forward_ms"] > 0 for r in rows)
-  assert set(result["sort_phases_ms"]["8"]) == {"route", "pack", "experts", "unpack"}
+                  "--rounds", "2", "--ep", "4", "--out", str(out)])
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["layer"] for r in rows] == [
+      "dense FFN", "naive", "moe/sort", "moe/sort G=8", "moe/dropless",
+      "breakdown: sort.run, bare top-k", "breakdown: topk.route + sort.run",
+      "moe/sort G=4 (EP baseline)", "moe/sort EP=4", "moe/dropless G=4 (EP baseline)",
+      "moe/dropless EP=4"]
+  assert all(r["forward_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)
+  by = {r["layer"]: r for r in rows}
+  assert by["moe/sort"]["fwd_bwd_x_baseline"] == pytest.approx(
+      by["moe/sort"]["fwd_bwd_ms"] / by["naive"]["fwd_bwd_ms"])
+  assert by["moe/sort EP=4"]["baseline"] == "moe/sort G=4 (EP baseline)"
 
 
 def test_train_step_benchmark_runs(tmp_path):
