@@ -118,12 +118,13 @@ def _local_layer(variables, x_BLD, token_ids_BL, rngs_G, *, router, dispatcher, 
 
   routing_G = jax.vmap(route, in_axes=(0, None if ids_GS is None else 0,
                                        None if rngs_G is None else 0))(x_GSD, ids_GS, rngs_G)
-  def run(r, x_TD):
+  def run(r, x_TD, **groups):
     return dispatcher.run(r, x_TD, variables["experts"], experts,
-                          capacity_factor=capacity_factor)
+                          capacity_factor=capacity_factor, **groups)
 
-  if dispatcher.merge_groups:   # no per-group capacity: one dispatch over every group's tokens
-    y_TD, dispatch_metrics = run(merge_groups(routing_G), x_BLD.reshape(num_tokens, d_model))
+  if dispatcher.merge_groups:   # one dispatch over every group's tokens, capacity per group
+    y_TD, dispatch_metrics = run(merge_groups(routing_G), x_BLD.reshape(num_tokens, d_model),
+                                 num_groups=num_groups)
     y_GSD = y_TD.reshape(x_GSD.shape)
   else:
     y_GSD, dispatch_metrics = jax.vmap(run)(routing_G, x_GSD)

@@ -1,7 +1,7 @@
 """The dispatcher contract and the pieces every dispatcher shares.
 
 A dispatcher moves tokens to experts and back; it never decides routing.
-    run(routing, x_TD, expert_params, experts, *, capacity_factor) -> (y_TD, metrics)
+    run(routing, x_TD, expert_params, experts, *, capacity_factor[, num_groups]) -> (y_TD, metrics)
 y_t = sum over kept assignments n of token t: weight_n * FFN_{expert_n}(x_t).
 
 Capacity: an expert holds C = ceil(capacity_factor * N / E) assignments; past that the *later*
@@ -25,10 +25,12 @@ class Dispatcher(NamedTuple):
   name: str
   run: Callable
   supports_soft: bool  # only the einsum reference takes soft MoE's dense weights
-  # True: the layer hands `run` every routing group at once (merged into one routing) instead
-  # of vmapping it over groups. For dispatchers with no per-group capacity (dropless), where one
-  # grouped matmul over all groups pads less, and where vmap is unavailable (ragged_dot with
-  # unbatched weights, jax<=0.10) or costly (one exchange per group).
+  # True: the layer hands `run` every routing group at once (merged into one routing of G
+  # equal consecutive token groups) with `num_groups=G`, instead of vmapping it over groups; a
+  # capacity must then stay per group (sort: (expert, group) buckets). Batched gathers and
+  # scatter-adds under vmap are slow (sort's backward: 1.5x on CPU, even for G = 1), vmap of
+  # ragged_dot with unbatched weights is unavailable (jax<=0.10), and an expert-parallel
+  # exchange per group costs G collectives instead of one.
   merge_groups: bool = False
   drops_tokens: bool = False   # has a capacity: assignments past it are dropped and counted
   # The factory of its version for inside shard_map with experts split over the expert axis:

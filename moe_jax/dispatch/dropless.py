@@ -73,10 +73,10 @@ def _ragged_matmul(x_RI, w_EIO, group_sizes):
 
 
 def run(routing, x_TD, expert_params, experts, *, capacity_factor: float | None = None,
-        impl: str = "auto", sparse_rows: bool = False):
+        num_groups: int = 1, impl: str = "auto", sparse_rows: bool = False):
   """sparse_rows: most assignments are invalid (padding), so the blocked matmul should loop
   only over the blocks in use (see blocked_matmul's num_blocks)."""
-  del capacity_factor  # dropless: no capacity
+  del capacity_factor, num_groups  # dropless: no capacity, so groups change nothing
   if routing.is_soft:
     raise ValueError("dispatcher 'dropless' cannot run soft MoE routings; use 'einsum'")
   if impl == "auto":

@@ -5,8 +5,9 @@ an all-to-all over 'expert', runs its local experts, and sends the outputs back 
 all-to-all. The expert hidden dim may also be split over 'model' (tensor parallel): then each
 device computes a partial output and a psum over 'model' completes it.
 
-- capacity (`sort`, `einsum`): the sort dispatcher's [E,C,D] buffer, cut into one [E/ep,C,D]
-  piece per device. Same capacity and drop rule as unsharded, so results are identical.
+- capacity (`sort`, `einsum`): the sort dispatcher's [E,G*C,D] buffer (every routing group
+  at once, capacity per group), cut into one [E/ep,G*C,D] piece per device: one exchange for
+  all of a device's groups. Same capacity and drop rule as unsharded: identical results.
 - dropless, `padded`: a buffer per destination device with room for *all* N assignments (the
   worst case: every token picked an expert on that device), exchanged with a plain all-to-all;
   the receiver runs its experts with the single-device dropless grouped matmul. Works on every
@@ -50,25 +51,27 @@ def _run_local_experts(x_RD, local_expert_R, expert_params, experts, num_local: 
 
 
 def _capacity_run(routing, x_TD, expert_params, experts, *, capacity_factor, ep, expert_axis,
-                  model_axis):
+                  model_axis, num_groups: int = 1):
   sort.check_sparse(routing, "expert-parallel")
   num_experts, d_model = routing.num_experts, x_TD.shape[1]
   num_local = num_experts // ep
-  capacity = expert_capacity(routing.num_assignments, num_experts, capacity_factor)
-  plan = sort.plan(routing.expert, routing.valid, num_experts, capacity)
-  x_send = sort.pack(routing, x_TD, plan).reshape(ep, num_local, capacity, d_model)
-  x_recv = _all_to_all(x_send, expert_axis)                       # [source, E_local, C, D]
-  x_ECD = x_recv.transpose(1, 0, 2, 3).reshape(num_local, ep * capacity, d_model)
+  grouped = sort.grouped_plan(routing, num_groups, capacity_factor)
+  rows = num_groups * grouped.capacity       # each expert's rows: its capacity in every group
+  x_send = sort.pack(routing, x_TD, grouped.plan).reshape(ep, num_local, rows, d_model)
+  x_recv = _all_to_all(x_send, expert_axis)                       # [source, E_local, rows, D]
+  x_ECD = x_recv.transpose(1, 0, 2, 3).reshape(num_local, ep * rows, d_model)
   y_ECD = jax.lax.psum(experts.apply(expert_params, x_ECD), model_axis)
-  y_back = y_ECD.reshape(num_local, ep, capacity, d_model).transpose(1, 0, 2, 3)
-  y_slots = _all_to_all(y_back, expert_axis).reshape(num_experts * capacity, d_model)
-  y_TD = sort.unpack(routing, y_slots, plan, x_TD.dtype)
-  return y_TD, {"dropped_fraction": dropped_fraction(routing.valid, plan.kept_N)}
+  y_back = y_ECD.reshape(num_local, ep, rows, d_model).transpose(1, 0, 2, 3)
+  y_slots = _all_to_all(y_back, expert_axis).reshape(num_experts * rows, d_model)
+  y_TD = sort.unpack(routing, y_slots, grouped.plan, x_TD.dtype)
+  dropped = (dropped_fraction(routing.valid, grouped.plan.kept_N) if num_groups == 1 else
+             sort.grouped_dropped_fraction(routing, grouped, num_groups))
+  return y_TD, {"dropped_fraction": dropped}
 
 
 def _padded_run(routing, x_TD, expert_params, experts, *, ep, expert_axis, model_axis,
-                local_impl, capacity_factor=None):
-  del capacity_factor  # dropless: no capacity
+                local_impl, capacity_factor=None, num_groups=1):
+  del capacity_factor, num_groups  # dropless: no capacity, groups change nothing
   sort.check_sparse(routing, "expert-parallel dropless")
   num, num_local, d_model = routing.num_assignments, routing.num_experts // ep, x_TD.shape[1]
   plan = sort.plan(routing.expert // num_local, routing.valid, ep, num)   # capacity N: no drops
@@ -84,8 +87,8 @@ def _padded_run(routing, x_TD, expert_params, experts, *, ep, expert_axis, model
 
 
 def _ragged_run(routing, x_TD, expert_params, experts, *, ep, expert_axis, model_axis,
-                local_impl, capacity_factor=None):
-  del capacity_factor  # dropless: no capacity
+                local_impl, capacity_factor=None, num_groups=1):
+  del capacity_factor, num_groups  # dropless: no capacity, groups change nothing
   sort.check_sparse(routing, "expert-parallel dropless")
   num, num_local, d_model = routing.num_assignments, routing.num_experts // ep, x_TD.shape[1]
   order_N = jnp.argsort(jnp.where(routing.valid, routing.expert, routing.num_experts),
@@ -136,7 +139,7 @@ def capacity_exchange(name: str):
     del exchange   # only dropless has a choice of exchange
     return Dispatcher(f"{name}[ep={ep}]", partial(_capacity_run, ep=ep, expert_axis=expert_axis,
                                                   model_axis=model_axis),
-                      supports_soft=False, drops_tokens=True)
+                      supports_soft=False, drops_tokens=True, merge_groups=True)
   return factory
 
 

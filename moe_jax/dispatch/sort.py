@@ -3,10 +3,17 @@ those past capacity, gather tokens into an [E,C,D] buffer, run all experts in on
 matmul per projection, and scatter-add the weighted outputs back. Memory is O(E*C*D + N*D):
 no [T,E,C] tensor.
 
+The layer hands it every routing group at once (`merge_groups`): capacity stays per group,
+because each (expert, group) pair is a bucket of the one sort, and bucket e*G + g lies in
+expert e's rows, so the [E*G*C, D] buffer is the experts' [E, G*C, D] input with no transpose.
+One dispatch instead of one per group under vmap, whose batched gathers and scatter-adds cost
+the backward half as much again as the whole unbatched layer on CPU (benchmarks/README.md).
+
 `pack` and `unpack` are the two halves around the experts; the expert-parallel dispatcher puts
 its all-to-all exchange between them.
 
-Axis letters: T tokens, D model dim, E experts (or buckets), C capacity, N assignments.
+Axis letters: T tokens, D model dim, E experts (or buckets), G groups, C capacity per group,
+N assignments.
 """
 from __future__ import annotations
 
@@ -39,6 +46,39 @@ def plan(bucket_N, valid_N, num_buckets: int, capacity: int) -> Plan:
   return Plan(slot_N, kept_N, assignment_of_slot)
 
 
+class GroupedPlan(NamedTuple):
+  """A plan over (expert, group) buckets: `plan` fills each expert's G*capacity rows."""
+  plan: Plan
+  capacity: int            # per (expert, group)
+  group_N: jax.Array
+
+
+def grouped_plan(routing, num_groups: int, capacity_factor: float) -> GroupedPlan:
+  """Slots for a routing of `num_groups` equal consecutive token groups, each expert holding
+  C = ceil(capacity_factor * N_group / E) assignments of every group (as if each group were
+  dispatched alone: the same slots kept, the same dropped)."""
+  num_experts = routing.num_experts
+  if routing.num_tokens % num_groups or routing.num_assignments % num_groups:
+    raise ValueError(f"sort: {routing.num_tokens} tokens / {routing.num_assignments} "
+                     f"assignments do not split into {num_groups} equal groups")
+  capacity = expert_capacity(routing.num_assignments // num_groups, num_experts,
+                             capacity_factor)
+  group_N = routing.token // (routing.num_tokens // num_groups)
+  bucket_N = routing.expert * num_groups + group_N
+  return GroupedPlan(plan(bucket_N, routing.valid, num_experts * num_groups, capacity),
+                     capacity, group_N)
+
+
+def grouped_dropped_fraction(routing, grouped: GroupedPlan, num_groups: int):
+  """The mean over groups of each group's dropped fraction (what dispatching each group alone
+  and averaging reports)."""
+  count = lambda m: jnp.zeros((num_groups,), jnp.int32).at[grouped.group_N].add(
+      m.astype(jnp.int32))
+  valid_G, kept_G = count(routing.valid), count(grouped.plan.kept_N)
+  return ((valid_G - kept_G).astype(jnp.float32)
+          / jnp.maximum(valid_G, 1).astype(jnp.float32)).mean()
+
+
 def gather_slots(values_N, plan_: Plan, fill):
   """Per-slot copy of a per-assignment array ([N, ...] -> [slots, ...]); `fill` in empty slots."""
   pad = jnp.full((1,) + values_N.shape[1:], fill, values_N.dtype)
@@ -66,15 +106,20 @@ def check_sparse(routing, name: str):
                      "slots); use dispatcher='einsum'")
 
 
-def run(routing, x_TD, expert_params, experts, *, capacity_factor: float = 1.25):
+def run(routing, x_TD, expert_params, experts, *, capacity_factor: float = 1.25,
+        num_groups: int = 1):
+  """num_groups: the routing's tokens are that many equal consecutive groups (the layer's
+  merged routing groups), each with its own capacity."""
   check_sparse(routing, "sort")
   num_experts = routing.num_experts
-  capacity = expert_capacity(routing.num_assignments, num_experts, capacity_factor)
-  plan_ = plan(routing.expert, routing.valid, num_experts, capacity)
-  x_ECD = pack(routing, x_TD, plan_).reshape(num_experts, capacity, -1)
+  grouped = grouped_plan(routing, num_groups, capacity_factor)
+  rows = num_groups * grouped.capacity
+  x_ECD = pack(routing, x_TD, grouped.plan).reshape(num_experts, rows, -1)
   y_ECD = experts.apply(expert_params, x_ECD)
-  y_TD = unpack(routing, y_ECD.reshape(num_experts * capacity, -1), plan_, x_TD.dtype)
-  return y_TD, {"dropped_fraction": dropped_fraction(routing.valid, plan_.kept_N)}
+  y_TD = unpack(routing, y_ECD.reshape(num_experts * rows, -1), grouped.plan, x_TD.dtype)
+  dropped = (dropped_fraction(routing.valid, grouped.plan.kept_N) if num_groups == 1 else
+             grouped_dropped_fraction(routing, grouped, num_groups))
+  return y_TD, {"dropped_fraction": dropped}
 
 
-DISPATCHER = Dispatcher("sort", run, supports_soft=False, drops_tokens=True)
+DISPATCHER = Dispatcher("sort", run, supports_soft=False, drops_tokens=True, merge_groups=True)
