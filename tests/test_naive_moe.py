@@ -9,8 +9,8 @@ from benchmarks.naive_moe import naive_moe
 from moe_jax.layer import MoEConfig, init_moe_layer, moe_layer
 
 
-@pytest.mark.parametrize("num_experts, k, capacity_factor", [(4, 2, 1.0), (8, 1, 0.5),
-                                                             (8, 2, 4.0)])
+# k=2 with some drops, and k=1 with most assignments dropped (capacity 4 of 8 per expert).
+@pytest.mark.parametrize("num_experts, k, capacity_factor", [(4, 2, 1.0), (8, 1, 0.5)])
 def test_naive_layer_equals_moe_layer_forward_and_gradients(num_experts, k, capacity_factor):
   config = MoEConfig(num_experts=num_experts, expert_d_ff=16, router_options={"k": k},
                      dispatcher="sort", capacity_factor=capacity_factor, group_size=64)
