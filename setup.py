@@ -31,5 +31,6 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "hypothesis>=6.100"],
         "tf": ["tensorflow-cpu>=2.16"],   # only to build tfds datasets from source
+        "gpu": ["tokamax>=0.0.12"],       # grouped-matmul kernels for dropless on GPU
     },
 )

@@ -1,5 +1,6 @@
-"""Checks the paths CI (CPU only) cannot run: `ragged_dot` dropless and the `ragged_all_to_all`
-expert-parallel exchange, against the einsum reference, forward and gradients.
+"""Checks the paths CI (CPU only) cannot run: `ragged_dot` dropless, tokamax's grouped matmul
+(when `pip install 'moe_jax[gpu]'` installed it) and the `ragged_all_to_all` expert-parallel
+exchange, against the einsum reference, forward and gradients.
 
     python benchmarks/check_accelerator_paths.py        # on a GPU or TPU host
 
@@ -51,10 +52,18 @@ def main():
   ragged = Dispatcher("dropless", partial(dropless.run, impl="ragged"), False, merge_groups=True)
   errors = {"dropless impl=ragged (ragged_dot)": _rel_err(
       _loss_and_grads(layer(ragged), params, x), reference)}
+  if dropless.tokamax_available():
+    tokamax = Dispatcher("dropless", partial(dropless.run, impl="tokamax"), False,
+                         merge_groups=True)
+    errors["dropless impl=tokamax (tokamax.ragged_dot)"] = _rel_err(
+        _loss_and_grads(layer(tokamax), params, x), reference)
+  else:
+    print("(tokamax not installed: its dropless path is not checked)")
 
   # The ragged exchange itself, even on one device (make() skips the exchange when ep == 1).
   mesh = make_mesh(data=1, expert=ep)
-  ep_dispatcher = Dispatcher("dropless[ragged]", lambda r, x, p, e, capacity_factor=None:
+  ep_dispatcher = Dispatcher("dropless[ragged]", lambda r, x, p, e, capacity_factor=None,
+                             num_groups=1:
                              expert_parallel._ragged_run(r, x, p, e, ep=ep, expert_axis="expert",
                                                          model_axis="model",
                                                          local_impl="ragged"), False,

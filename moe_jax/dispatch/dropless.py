@@ -1,21 +1,28 @@
 """`dropless`: no capacity, no token dropped. Assignments are sorted by expert and every
-expert runs on exactly its tokens through a grouped matmul: `jax.lax.ragged_dot` on TPU, the
-block-padded `blocked_matmul` on CPU and GPU (where XLA lowers ragged_dot densely: see
-`default_impl`). `impl` picks one explicitly; 'auto' decides by backend.
+expert runs on exactly its tokens through a grouped matmul: `jax.lax.ragged_dot` on TPU;
+on GPU tokamax's grouped-matmul kernels (`tokamax.ragged_dot`: Pallas Mosaic-GPU on SM90 /
+SM100, Triton and XLA fallbacks) when the optional package is installed (`pip install
+'moe_jax[gpu]'`), else the block-padded `blocked_matmul`, which is also the CPU path (XLA
+lowers `jax.lax.ragged_dot` densely on CPU and GPU: see `default_impl`). `impl` picks one
+explicitly; 'auto' decides by backend.
 
 Axis letters: T tokens, D model dim, E experts, N assignments, R padded rows.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from functools import partial
 
 import jax
+from absl import flags
 import jax.numpy as jnp
 
 from moe_jax.dispatch.base import Dispatcher, position_in_expert
 from moe_jax.dispatch.grouped_matmul import blocked_matmul
 
-IMPLS = ("auto", "blocked", "ragged")
+IMPLS = ("auto", "blocked", "ragged", "tokamax")
 
 
 def block_size(num_assignments: int, num_experts: int) -> int:
@@ -59,17 +66,38 @@ def _ragged_layout(routing):
   return row_N, counts_E, routing.num_assignments
 
 
+def tokamax_available() -> bool:
+  return importlib.util.find_spec("tokamax") is not None
+
+
 def default_impl(backend: str | None = None) -> str:
-  """'ragged' on TPU, where ragged_dot is a native grouped matmul; 'blocked' elsewhere. XLA:CPU
-  lowers ragged_dot densely, and so did XLA:GPU as measured (jax 0.11.2, H100: temp memory grew
-  linearly in E, 5.3 GB at T=4096, E=64, and an out-of-memory at T=65536), while the blocked
-  matmul's memory stays flat in E. See benchmarks/README.md."""
+  """'ragged' on TPU, where ragged_dot is a native grouped matmul; on GPU 'tokamax' when the
+  package is importable, else 'blocked'; 'blocked' on CPU. XLA:CPU lowers ragged_dot densely,
+  and so did XLA:GPU as measured (jax 0.11.2, H100: temp memory grew linearly in E, 5.3 GB at
+  T=4096, E=64, and an out-of-memory at T=65536), while the blocked matmul's memory stays flat
+  in E. See benchmarks/README.md."""
   backend = jax.default_backend() if backend is None else backend
-  return "ragged" if backend == "tpu" else "blocked"
+  if backend == "tpu":
+    return "ragged"
+  if backend in ("gpu", "cuda", "rocm") and tokamax_available():
+    return "tokamax"
+  return "blocked"
 
 
 def _ragged_matmul(x_RI, w_EIO, group_sizes):
   return jax.lax.ragged_dot(x_RI, w_EIO.astype(x_RI.dtype), group_sizes)
+
+
+def _tokamax_matmul(x_RI, w_EIO, group_sizes):
+  tokamax = importlib.import_module("tokamax")    # optional: imported only when used
+  if not flags.FLAGS.is_parsed():
+    # tokamax reads its settings from absl flags and, while they are unparsed, parses
+    # sys.argv, which fails outside an absl program (a notebook, pytest): parse the program
+    # name only, so its flags keep their defaults (what tokamax's own tests do).
+    flags.FLAGS(sys.argv[:1])
+  # implementation=None: tokamax picks its fastest kernel for the device, falling back to
+  # XLA where none applies (and on CPU).
+  return tokamax.ragged_dot(x_RI, w_EIO.astype(x_RI.dtype), group_sizes)
 
 
 def run(routing, x_TD, expert_params, experts, *, capacity_factor: float | None = None,
@@ -86,9 +114,13 @@ def run(routing, x_TD, expert_params, experts, *, capacity_factor: float | None 
     row_N, block_expert, num_rows, used_blocks = _layout(routing, block)
     matmul = partial(blocked_matmul, block_expert=block_expert, block=block,
                      num_blocks=used_blocks if sparse_rows else None)
-  elif impl == "ragged":
+  elif impl in ("ragged", "tokamax"):
+    if impl == "tokamax" and not tokamax_available():
+      raise ValueError("dispatcher 'dropless': impl='tokamax' needs the tokamax package: "
+                       "pip install 'moe_jax[gpu]' (or pip install tokamax)")
     row_N, group_sizes, num_rows = _ragged_layout(routing)
-    matmul = partial(_ragged_matmul, group_sizes=group_sizes)
+    matmul = partial(_ragged_matmul if impl == "ragged" else _tokamax_matmul,
+                     group_sizes=group_sizes)
   else:
     raise ValueError(f"dispatcher 'dropless': impl={impl!r}; allowed: {', '.join(IMPLS)}")
   token_of_row = jnp.full((num_rows + 1,), routing.num_tokens, jnp.int32).at[row_N].set(

@@ -1,4 +1,8 @@
-"""Dropless dispatch: both grouped-matmul implementations against the einsum reference."""
+"""Dropless dispatch: the grouped-matmul implementations against the einsum reference, and
+which one 'auto' picks."""
+import sys
+import types
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -6,6 +10,7 @@ import numpy as np
 import pytest
 
 from moe_jax import dispatch, routing
+from moe_jax.dispatch import dropless
 from moe_jax.dispatch.grouped_matmul import blocked_matmul
 from moe_jax.experts import make_experts
 
@@ -63,3 +68,57 @@ def test_dropless_rejects_unknown_impl():
   with pytest.raises(ValueError, match="impl='fast'.*blocked"):
     dispatch.get("dropless").run(r, x, experts.init(jax.random.PRNGKey(0), 4, 8), experts,
                                  impl="fast")
+
+
+@pytest.mark.parametrize("backend, installed, expected", [
+    ("tpu", True, "ragged"), ("gpu", True, "tokamax"), ("gpu", False, "blocked"),
+    ("cpu", True, "blocked")])
+def test_default_impl_by_backend(monkeypatch, backend, installed, expected):
+  monkeypatch.setattr(dropless, "tokamax_available", lambda: installed)
+  assert dropless.default_impl(backend) == expected
+
+
+def _fake_tokamax(calls):
+  """A stand-in with tokamax.ragged_dot's signature (CI does not install tokamax): the
+  wiring is what is tested here; the kernels themselves on a GPU host
+  (benchmarks/check_accelerator_paths.py)."""
+  def ragged_dot(lhs, rhs, group_sizes, precision=None, preferred_element_type=None,
+                 group_offset=None, activation=None, *, implementation=None):
+    calls.append(lhs.shape)
+    return jax.lax.ragged_dot(lhs, rhs, group_sizes)
+  return types.SimpleNamespace(ragged_dot=ragged_dot)
+
+
+def test_tokamax_impl_equals_reference_forward_and_gradient(monkeypatch):
+  calls, real = [], dropless.tokamax_available()
+  if not real:
+    monkeypatch.setitem(sys.modules, "tokamax", _fake_tokamax(calls))
+    monkeypatch.setattr(dropless, "tokamax_available", lambda: True)
+  router = routing.get("topk", num_experts=4, k=2)
+  experts = make_experts(12)
+  variables = router.init(jax.random.PRNGKey(0), 8)
+  params = experts.init(jax.random.PRNGKey(1), 4, 8)
+  x = jax.random.normal(jax.random.PRNGKey(2), (32, 8))
+
+  def f(params, x, impl):
+    r = router.route(variables, x)
+    return dispatch.get("dropless").run(r, x, params, experts, impl=impl)[0]
+
+  np.testing.assert_allclose(f(params, x, "tokamax"), f(params, x, "blocked"), rtol=1e-5,
+                             atol=1e-6)
+  grads = lambda impl: jax.grad(lambda p, x: jnp.sum(jnp.sin(f(p, x, impl))),
+                                argnums=(0, 1))(params, x)
+  chex.assert_trees_all_close(grads("tokamax"), grads("blocked"), rtol=1e-5, atol=1e-6)
+  assert real or calls    # the stand-in was called: the path went through tokamax.ragged_dot
+
+
+def test_tokamax_impl_without_the_package_says_how_to_install_it(monkeypatch):
+  monkeypatch.setattr(dropless, "tokamax_available", lambda: False)
+  router = routing.get("topk", num_experts=4)
+  experts = make_experts(8)
+  x = jnp.ones((4, 8))
+  r = router.route(router.init(jax.random.PRNGKey(0), 8), x)
+  with pytest.raises(ValueError, match=r"impl='tokamax' needs the tokamax package: pip install "
+                                       r"'moe_jax\[gpu\]'"):
+    dispatch.get("dropless").run(r, x, experts.init(jax.random.PRNGKey(0), 4, 8), experts,
+                                 impl="tokamax")
