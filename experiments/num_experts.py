@@ -2,8 +2,9 @@
 
     python -m experiments.run experiments/num_experts.py          # default: 6 x 3 seeds
     python -m experiments.run experiments/num_experts.py --quick  # seconds, for tests
-Measured (2026-12-02, 2 CPU cores, jax 0.10.2): 18 runs (6 E x 3 seeds), 55.6 min summed run
-time on a shared machine with an 18-min pause; the least contended runs took 69-75 s each.
+Measured (2026-12-02, 2 CPU cores, jax 0.10.2): 18 runs (6 E x 3 seeds), 33.4 min summed
+run time, shared with benchmark probes and tests (an earlier, more shared run: 55.6 min); the
+rerun reproduced that run's losses to within 1e-3.
 
 E in {1 = the dense model, 2, 4, 8, 16, 32} experts, top-1, every expert as wide as the dense
 FFN, so every point spends the same FLOPs per token (plus the router's 2*d*E) while total

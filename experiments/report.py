@@ -143,7 +143,7 @@ def plot_curves(records: list[dict], series: str, path, *, title: str = "") -> p
       ax.fill_between(xs, curves.min(0), curves.max(0), alpha=0.15, color=line.get_color())
   by_step.set_xlabel("training step")
   by_flops.set_xlabel("training FLOPs (3 x forward FLOPs/token x tokens)")
-  by_step.set_ylabel("training cross-entropy at the logged steps (unseen batches)")
+  by_step.set_ylabel("training cross-entropy (unseen batches)")
   by_flops.legend(fontsize=8)
   for ax in (by_step, by_flops):
     ax.grid(alpha=0.3)
