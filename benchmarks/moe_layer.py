@@ -97,7 +97,7 @@ def time_round_robin(cases: list[Case], rounds: int, say=print) -> list[dict]:
 
 
 def _dispatcher(name: str):
-  """'sort', 'dropless', ... or 'dropless:blocked' / 'dropless:ragged' to force an impl."""
+  """'sort', 'dropless', ... or 'dropless:IMPL' (spill, blocked, ragged, tokamax): that impl."""
   base, _, impl = name.partition(":")
   dispatcher = dispatch.get(base)
   if impl:
@@ -204,7 +204,7 @@ def main(argv=None):
   parser.add_argument("--k", type=int, default=2)
   parser.add_argument("--rounds", type=int, default=11)
   parser.add_argument("--dispatchers", nargs="+", default=["sort", "dropless"],
-                      help="names, or dropless:blocked / dropless:ragged to force an impl")
+                      help="names, or dropless:IMPL (spill, blocked, ragged, tokamax)")
   parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                       help="skip the breakdown rows (at the first E)")
   parser.add_argument("--ep", type=int, default=8,

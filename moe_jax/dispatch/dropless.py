@@ -1,9 +1,15 @@
-"""`dropless`: no capacity, no token dropped. Assignments are sorted by expert and every
-expert runs on exactly its tokens through a grouped matmul: `jax.lax.ragged_dot` on TPU;
-on GPU tokamax's grouped-matmul kernels (`tokamax.ragged_dot`: Pallas Mosaic-GPU on SM90 /
-SM100, Triton and XLA fallbacks) when the optional package is installed (`pip install
-'moe_jax[gpu]'`), else the block-padded `blocked_matmul`, which is also the CPU path (XLA
-lowers `jax.lax.ragged_dot` densely on CPU and GPU: see `default_impl`). `impl` picks one
+"""`dropless`: no capacity, no token dropped. Every expert runs on exactly its tokens:
+  - 'spill' (CPU, and GPU without tokamax): each expert's first C = ceil(1.1 N/E) assignments
+    through sort's batched [E,C,D] FFN, the rest (the spill, however large) block by block
+    over only the blocks it fills (`spill_ffn`). At balanced load it costs what sort does.
+  - 'ragged' (TPU): `jax.lax.ragged_dot`, a native grouped matmul there.
+  - 'tokamax' (GPU, with the optional package: `pip install 'moe_jax[gpu]'`): tokamax's
+    grouped-matmul kernels (`tokamax.ragged_dot`: Pallas Mosaic-GPU on SM90 / SM100, Triton and
+    XLA fallbacks).
+  - 'blocked': every assignment in expert-sorted, block-padded rows through `blocked_matmul`;
+    also what 'spill' becomes for a layout that is mostly padding (`sparse_rows`: the
+    expert-parallel receive buffer).
+XLA lowers `jax.lax.ragged_dot` densely on CPU and GPU (see `default_impl`). `impl` picks one
 explicitly; 'auto' decides by backend.
 
 Axis letters: T tokens, D model dim, E experts, N assignments, R padded rows.
@@ -19,10 +25,12 @@ import jax
 from absl import flags
 import jax.numpy as jnp
 
-from moe_jax.dispatch.base import Dispatcher, position_in_expert
+from moe_jax.dispatch import sort
+from moe_jax.dispatch.base import Dispatcher, expert_capacity, position_in_expert
+from moe_jax.dispatch.spill_ffn import capacity_and_spill_ffn
 from moe_jax.dispatch.grouped_matmul import blocked_matmul
 
-IMPLS = ("auto", "blocked", "ragged", "tokamax")
+IMPLS = ("auto", "spill", "blocked", "ragged", "tokamax")
 
 
 def block_size(num_assignments: int, num_experts: int) -> int:
@@ -72,16 +80,18 @@ def tokamax_available() -> bool:
 
 def default_impl(backend: str | None = None) -> str:
   """'ragged' on TPU, where ragged_dot is a native grouped matmul; on GPU 'tokamax' when the
-  package is importable, else 'blocked'; 'blocked' on CPU. XLA:CPU lowers ragged_dot densely,
+  package is importable, else 'spill'; 'spill' on CPU. XLA:CPU lowers ragged_dot densely,
   and so did XLA:GPU as measured (jax 0.11.2, H100: temp memory grew linearly in E, 5.3 GB at
-  T=4096, E=64, and an out-of-memory at T=65536), while the blocked matmul's memory stays flat
-  in E. See benchmarks/README.md."""
+  T=4096, E=64, and an out-of-memory at T=65536), while spill's memory stays flat in E. On
+  CPU spill is 1.5-2x faster than the blocked loop (benchmarks/README.md); on GPU it is
+  unmeasured, but its bulk is sort's batched matmul (1.75x dense on an H100, where the blocked
+  loop was 10-13x). See benchmarks/README.md."""
   backend = jax.default_backend() if backend is None else backend
   if backend == "tpu":
     return "ragged"
   if backend in ("gpu", "cuda", "rocm") and tokamax_available():
     return "tokamax"
-  return "blocked"
+  return "spill"
 
 
 def _ragged_matmul(x_RI, w_EIO, group_sizes):
@@ -100,6 +110,44 @@ def _tokamax_matmul(x_RI, w_EIO, group_sizes):
   return tokamax.ragged_dot(x_RI, w_EIO.astype(x_RI.dtype), group_sizes)
 
 
+def _spill_run(routing, x_TD, expert_params, experts):
+  """Every expert's first C = ceil(N/E) assignments through sort's batched [E,C,D] matmul (no
+  padding when the load is balanced), the rest -- the spill, however large -- block by block
+  through `blocked_ffn`, over only the blocks the spill fills. Each assignment is computed
+  once, so the sum is the dropless layer; its cost is sort's at capacity factor 1 plus the
+  spill's blocks, and its memory sort's plus [T, D]. The batched matmul runs at full speed,
+  which a loop of small per-block products does not on CPU (benchmarks/README.md)."""
+  num_experts = routing.num_experts
+  capacity = expert_capacity(routing.num_assignments, num_experts, MAIN_CAPACITY_FACTOR)
+  main = sort.plan(routing.expert, routing.valid, num_experts, capacity)
+  x_ECD = sort.pack(routing, x_TD, main).reshape(num_experts, capacity, -1)
+  spill = routing.replace(valid=routing.valid & ~main.kept_N)
+  row_N, block_expert, num_rows, used_blocks = _layout(spill, SPILL_BLOCK)
+  token_R = jnp.full((num_rows + 1,), routing.num_tokens, jnp.int32).at[row_N].set(
+      routing.token)[:num_rows]
+  weight_R = jnp.zeros((num_rows + 1,), routing.weight.dtype).at[row_N].set(
+      jnp.where(spill.valid, routing.weight, 0))[:num_rows]
+  y_ECD, y_spill = capacity_and_spill_ffn(experts.apply, expert_params, x_ECD, x_TD, token_R,
+                                          weight_R, block_expert, used_blocks, SPILL_BLOCK)
+  y_TD = sort.unpack(routing, y_ECD.reshape(num_experts * capacity, -1), main, x_TD.dtype)
+  return y_TD + y_spill.astype(y_TD.dtype)
+
+
+# Small blocks: the spill is a few rows per overloaded expert, each padded to whole blocks.
+SPILL_BLOCK = 32
+# The capacity part's C = ceil(1.1 N / E): a little room over the balanced load costs less than
+# the spill it saves (a spilled row costs several times a capacity row: small matmuls, and
+# recomputed in the backward). Measured round-robin at E=8 and 64: 1.0, 1.1, 1.2; 1.1 best.
+MAIN_CAPACITY_FACTOR = 1.1
+
+
+def _blocked_run(routing, x_TD, expert_params, experts, *, sparse_rows: bool, block: int):
+  row_N, block_expert, num_rows, used_blocks = _layout(routing, block)
+  matmul = partial(blocked_matmul, block_expert=block_expert, block=block,
+                   num_blocks=used_blocks if sparse_rows else None)
+  return _rows_run(routing, x_TD, expert_params, experts, row_N, num_rows, matmul)
+
+
 def run(routing, x_TD, expert_params, experts, *, capacity_factor: float | None = None,
         num_groups: int = 1, impl: str = "auto", sparse_rows: bool = False):
   """sparse_rows: most assignments are invalid (padding), so the blocked matmul should loop
@@ -109,12 +157,13 @@ def run(routing, x_TD, expert_params, experts, *, capacity_factor: float | None 
     raise ValueError("dispatcher 'dropless' cannot run soft MoE routings; use 'einsum'")
   if impl == "auto":
     impl = default_impl()
-  if impl == "blocked":
-    block = block_size(routing.num_assignments, routing.num_experts)
-    row_N, block_expert, num_rows, used_blocks = _layout(routing, block)
-    matmul = partial(blocked_matmul, block_expert=block_expert, block=block,
-                     num_blocks=used_blocks if sparse_rows else None)
-  elif impl in ("ragged", "tokamax"):
+  if impl == "spill" and not sparse_rows:
+    return _spill_run(routing, x_TD, expert_params, experts), _no_drops()
+  if impl in ("blocked", "spill"):   # spill of a mostly-padding layout: the blocked loop
+    return _blocked_run(routing, x_TD, expert_params, experts, sparse_rows=sparse_rows,
+                        block=block_size(routing.num_assignments, routing.num_experts)
+                        ), _no_drops()
+  if impl in ("ragged", "tokamax"):
     if impl == "tokamax" and not tokamax_available():
       raise ValueError("dispatcher 'dropless': impl='tokamax' needs the tokamax package: "
                        "pip install 'moe_jax[gpu]' (or pip install tokamax)")
@@ -123,14 +172,23 @@ def run(routing, x_TD, expert_params, experts, *, capacity_factor: float | None 
                      group_sizes=group_sizes)
   else:
     raise ValueError(f"dispatcher 'dropless': impl={impl!r}; allowed: {', '.join(IMPLS)}")
+  return _rows_run(routing, x_TD, expert_params, experts, row_N, num_rows, matmul), _no_drops()
+
+
+def _rows_run(routing, x_TD, expert_params, experts, row_N, num_rows: int, matmul):
+  """Gather each assignment's token into its row, the experts through `matmul`, and the
+  weighted scatter-add back to tokens."""
   token_of_row = jnp.full((num_rows + 1,), routing.num_tokens, jnp.int32).at[row_N].set(
       routing.token)
   x_pad = jnp.concatenate([x_TD, jnp.zeros((1, x_TD.shape[1]), x_TD.dtype)])
   y_R = experts.apply(expert_params, x_pad[token_of_row[:num_rows]], matmul=matmul)
   y_pad = jnp.concatenate([y_R, jnp.zeros((1, y_R.shape[1]), y_R.dtype)])
   weight_N = jnp.where(routing.valid, routing.weight, 0).astype(y_pad.dtype)
-  y_TD = jnp.zeros_like(x_TD).at[routing.token].add(y_pad[row_N] * weight_N[:, None])
-  return y_TD, {"dropped_fraction": jnp.zeros((), jnp.float32)}
+  return jnp.zeros_like(x_TD).at[routing.token].add(y_pad[row_N] * weight_N[:, None])
+
+
+def _no_drops():   # a function: an array made at import would start the backend too early
+  return {"dropped_fraction": jnp.zeros((), jnp.float32)}
 
 
 DISPATCHER = Dispatcher("dropless", run, supports_soft=False, merge_groups=True)

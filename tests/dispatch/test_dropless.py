@@ -32,7 +32,7 @@ def test_blocked_matmul_forward_and_gradient_match_per_row_weights(num_blocks):
   chex.assert_trees_all_close(grads(fast), grads(reference), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["blocked", "ragged"])
+@pytest.mark.parametrize("impl", ["spill", "blocked", "ragged"])
 @pytest.mark.parametrize("router_name,options", [("topk", {"k": 2}), ("relu", {}),
                                                  ("hash", {"k": 1})])
 def test_dropless_equals_reference_even_when_all_tokens_pick_one_expert(impl, router_name,
@@ -71,8 +71,8 @@ def test_dropless_rejects_unknown_impl():
 
 
 @pytest.mark.parametrize("backend, installed, expected", [
-    ("tpu", True, "ragged"), ("gpu", True, "tokamax"), ("gpu", False, "blocked"),
-    ("cpu", True, "blocked")])
+    ("tpu", True, "ragged"), ("gpu", True, "tokamax"), ("gpu", False, "spill"),
+    ("cpu", True, "spill")])
 def test_default_impl_by_backend(monkeypatch, backend, installed, expected):
   monkeypatch.setattr(dropless, "tokamax_available", lambda: installed)
   assert dropless.default_impl(backend) == expected
