@@ -1,14 +1,16 @@
 """LM train-step benchmark: tokens/s of the MoE LM against a dense LM with the same active params.
 
     python benchmarks/train_step.py [--d_model 128] [--layers 4] [--experts 8] [--k 2]
-        [--expert_d_ff 256] [--seq_len 64] [--batch 32] [--repeats 10] [--mesh data=2,expert=4]
+        [--expert_d_ff 256] [--seq_len 64] [--batch 32] [--rounds 10] [--steps_per_round 2]
+        [--mesh data=2,expert=4]
 
 Every FFN is MoE (E experts of hidden size F, top-k) in the MoE LM; the dense LM has the same
 attention and one FFN of hidden size k*F per layer, i.e. the same parameters active per token
 (the MoE LM adds only its routers). Each model takes the full training step (forward,
-backward, AdamW; the jitted step `moe_jax.train` runs), median over `--repeats` steps after
-warm-up, all in one process. Rows: dense, MoE with the `sort` dispatcher (default), `dropless`
-and the `einsum` reference; with `--mesh`, the same rows sharded over that mesh (simulated CPU
+backward, AdamW; the jitted step `moe_jax.train` runs). Every model is compiled and warmed up
+first; then each round runs every model `--steps_per_round` steps in turn (round-robin, so
+the machine's drift is shared), and a model's time is its median over rounds. Rows: dense,
+MoE with the `sort` dispatcher (default), `dropless` and the `einsum` reference; with `--mesh`, the same rows sharded over that mesh (simulated CPU
 devices here). Ratios are tokens/s relative to the dense LM on the same mesh. Writes
 benchmarks/results/train_step.json.
 """
@@ -59,35 +61,46 @@ def _count(model, active_k=None, experts=None):
   return total, active
 
 
-def _time_steps(config, mesh, args):
-  model = DecoderLM(config, rngs=nnx.Rngs(0), mesh=mesh)
-  total, active = _count(model, args.k, config.num_experts or None)
-  optimizer = nnx.Optimizer(model, make_optimizer(OptimConfig(total_steps=1000,
-                                                              warmup_steps=10)), wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
-  if mesh is not None:
-    state = place_on_mesh(state, mesh)
-  step = make_state_train_step(graphdef, aux_loss_weights={"load_balancing": 0.01})
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, 256, (args.batch, args.seq_len + 1), dtype=np.int32)
-  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-  if mesh is not None:
-    batch = host_local_to_global(batch, mesh)
-  key = jax.random.PRNGKey(0)
-  compile_start = time.perf_counter()
-  for _ in range(2):    # compile + one warm step
-    state, metrics = step(state, batch, key)
-  jax.block_until_ready(metrics)
-  warmup_s = time.perf_counter() - compile_start
-  times = []
-  for _ in range(args.repeats):
+class _Runner:
+  """One model's jitted training step, its state and batch, ready to time."""
+
+  def __init__(self, config, mesh, args):
+    model = DecoderLM(config, rngs=nnx.Rngs(0), mesh=mesh)
+    self.params, self.active_params = _count(model, args.k, config.num_experts or None)
+    optimizer = nnx.Optimizer(model, make_optimizer(OptimConfig(total_steps=1000,
+                                                                warmup_steps=10)), wrt=nnx.Param)
+    graphdef, self.state = nnx.split((model, optimizer))
+    if mesh is not None:
+      self.state = place_on_mesh(self.state, mesh)
+    self.step = make_state_train_step(graphdef, aux_loss_weights={"load_balancing": 0.01})
+    tokens = np.random.default_rng(0).integers(0, 256, (args.batch, args.seq_len + 1),
+                                               dtype=np.int32)
+    self.batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    if mesh is not None:
+      self.batch = host_local_to_global(self.batch, mesh)
+    self.key = jax.random.PRNGKey(0)
     start = time.perf_counter()
-    state, metrics = step(state, batch, key)
+    self.run(2)    # compile + one warm step
+    self.compile_and_warmup_s = time.perf_counter() - start
+
+  def run(self, steps: int) -> float:
+    """Seconds per step over `steps` consecutive steps."""
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.state, metrics = self.step(self.state, self.batch, self.key)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  step_s = statistics.median(times)
-  return {"step_ms": 1e3 * step_s, "tokens_per_sec": args.batch * args.seq_len / step_s,
-          "params": total, "active_params": active, "compile_and_warmup_s": warmup_s}
+    return (time.perf_counter() - start) / steps
+
+
+def _time_round_robin(runners: dict, rounds: int, steps: int) -> dict:
+  """Median seconds per step of each runner; each round runs every runner `steps` steps in
+  turn, so the machine's drift is shared by all of them."""
+  times = {name: [] for name in runners}
+  for r in range(rounds):
+    for name, runner in runners.items():
+      times[name].append(runner.run(steps))
+    print(f"  round {r + 1}/{rounds}", end="\r" if r + 1 < rounds else "\n", flush=True)
+  return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv=None):
@@ -100,7 +113,8 @@ def main(argv=None):
   parser.add_argument("--capacity_factor", type=float, default=1.25)
   parser.add_argument("--seq_len", type=int, default=64)
   parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--rounds", type=int, default=10)
+  parser.add_argument("--steps_per_round", type=int, default=2)
   parser.add_argument("--dispatchers", nargs="+", default=["sort", "dropless", "einsum"])
   parser.add_argument("--mesh", default="", help="e.g. data=2,expert=4 (also run sharded)")
   parser.add_argument("--out", default=str(RESULTS / "train_step.json"))
@@ -110,21 +124,25 @@ def main(argv=None):
   if args.mesh:
     sizes = dict((k, int(v)) for k, v in (item.split("=") for item in args.mesh.split(",")))
     meshes[args.mesh] = make_mesh(**sizes)
-  rows = []
   print(f"{jax.default_backend()}, jax {jax.__version__}; d_model {args.d_model}, "
         f"{args.layers} layers, E={args.experts} k={args.k} F={args.expert_d_ff}, "
-        f"{args.batch}x{args.seq_len} tokens/step")
+        f"{args.batch}x{args.seq_len} tokens/step; every model compiled, then {args.rounds} "
+        f"round-robin rounds of {args.steps_per_round} steps each", flush=True)
+  runners = {(mesh_name, name): _Runner(config, mesh, args)
+             for mesh_name, mesh in meshes.items() for name, config in _configs(args).items()}
+  step_s = _time_round_robin(runners, args.rounds, args.steps_per_round)
   print(f"{'mesh':<18}{'model':<16}{'params':>13}{'active':>13}{'ms/step':>10}"
         f"{'tokens/s':>11}{'x dense':>9}")
-  for mesh_name, mesh in meshes.items():
-    dense_tps = None
-    for name, config in _configs(args).items():
-      row = {"mesh": mesh_name, "model": name, **_time_steps(config, mesh, args)}
-      dense_tps = dense_tps or row["tokens_per_sec"]
-      row["vs_dense"] = row["tokens_per_sec"] / dense_tps
-      rows.append(row)
-      print(f"{mesh_name:<18}{name:<16}{row['params']:>13,}{row['active_params']:>13,}"
-            f"{row['step_ms']:>10.1f}{row['tokens_per_sec']:>11,.0f}{row['vs_dense']:>9.2f}")
+  rows = []
+  for (mesh_name, name), runner in runners.items():
+    row = {"mesh": mesh_name, "model": name, "step_ms": 1e3 * step_s[mesh_name, name],
+           "tokens_per_sec": args.batch * args.seq_len / step_s[mesh_name, name],
+           "params": runner.params, "active_params": runner.active_params,
+           "compile_and_warmup_s": runner.compile_and_warmup_s}
+    row["vs_dense"] = step_s[mesh_name, "dense"] / step_s[mesh_name, name]
+    rows.append(row)
+    print(f"{mesh_name:<18}{name:<16}{row['params']:>13,}{row['active_params']:>13,}"
+          f"{row['step_ms']:>10.1f}{row['tokens_per_sec']:>11,.0f}{row['vs_dense']:>9.2f}")
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   result = {"backend": jax.default_backend(), "jax": jax.__version__, "args": vars(args),

@@ -30,8 +30,8 @@ def test_train_step_benchmark_runs(tmp_path):
   from benchmarks import train_step
   out = tmp_path / "train_step.json"
   train_step.main(["--d_model", "32", "--layers", "1", "--experts", "4", "--expert_d_ff", "32",
-                   "--seq_len", "16", "--batch", "8", "--repeats", "1", "--mesh",
-                   "data=2,expert=4", "--out", str(out)])
+                   "--seq_len", "16", "--batch", "8", "--rounds", "1", "--steps_per_round", "1",
+                   "--mesh", "data=2,expert=4", "--out", str(out)])
   rows = json.loads(out.read_text())["rows"]
   assert [(r["mesh"], r["model"]) for r in rows] == [
       (m, name) for m in ("1 device", "data=2,expert=4")
