@@ -140,6 +140,15 @@ class Checkpoints:
       raise self._error(step, e) from e
     return restored["state"], meta
 
+  def restore_data(self, step: int, data_iterator) -> None:
+    """Restores only the data position of `step` into `data_iterator`, in place."""
+    try:
+      with _quiet_stderr_on_failure():
+        self._manager.restore(step, args=ocp.args.Composite(
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except Exception as e:  # noqa: BLE001
+      raise self._error(step, e) from e
+
   def abandon_after(self, step: int, workdir: pathlib.Path) -> list[int]:
     """Moves checkpoints newer than `step` out of the way (to resume from `step` without
     losing them); returns their steps. Process 0 moves; every process waits for it."""
