@@ -8,10 +8,11 @@ Every FFN is MoE (E experts of hidden size F, top-k) in the MoE LM; the dense LM
 attention and one FFN of hidden size k*F per layer, i.e. the same parameters active per token
 (the MoE LM adds only its routers). Each model takes the full training step (forward,
 backward, AdamW; the jitted step `moe_jax.train` runs). Every model is compiled and warmed up
-first; then each round runs every model `--steps_per_round` steps in turn (round-robin, so
-the machine's drift is shared), and a model's time is its median over rounds. Rows: dense,
-MoE with the `sort` dispatcher (default), `dropless` and the `einsum` reference; with `--mesh`, the same rows sharded over that mesh (simulated CPU
-devices here). Ratios are tokens/s relative to the dense LM on the same mesh. Writes
+first; then each round runs every model one untimed step and `--steps_per_round` timed steps,
+in turn (round-robin, so the machine's drift is shared), and a model's time is its median over
+rounds. Rows: dense, MoE with the `sort` dispatcher (default), `dropless` and the `einsum`
+reference; with `--mesh`, the same rows sharded over that mesh (simulated CPU devices here).
+Ratios are tokens/s relative to the dense LM on the same mesh. Writes
 benchmarks/results/train_step.json.
 """
 from __future__ import annotations
@@ -84,7 +85,10 @@ class _Runner:
     self.compile_and_warmup_s = time.perf_counter() - start
 
   def run(self, steps: int) -> float:
-    """Seconds per step over `steps` consecutive steps."""
+    """Seconds per step over `steps` consecutive steps, after one untimed step (the first call
+    after another model's ran measurably slower, as in benchmarks/moe_layer.py)."""
+    self.state, metrics = self.step(self.state, self.batch, self.key)
+    jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
       self.state, metrics = self.step(self.state, self.batch, self.key)
