@@ -28,11 +28,13 @@ from moe_jax import tasks
 
 
 def param_sizes(run) -> dict[str, int]:
-  """{path: number of weights} of the run's model, built abstractly (nothing allocated, no
-  mesh: the counts do not depend on the placement)."""
-  model = nnx.eval_shape(lambda: tasks.get(run.task).build_model(run, None, nnx.Rngs(0)))
+  """{path: number of weights} of the run's trained model (the task's `trainable` params: a
+  distilled student's, not its teacher's), built abstractly (nothing allocated, no mesh: the
+  counts do not depend on the placement)."""
+  task = tasks.get(run.task)
+  model = nnx.eval_shape(lambda: task.build_model(run, None, nnx.Rngs(0)))
   return {"/".join(map(str, path)): math.prod(leaf.get_value().shape)
-          for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+          for path, leaf in nnx.to_flat_state(nnx.state(model, task.trainable))}
 
 
 def account(run, experts_per_token: dict[int, float] | None = None) -> dict:

@@ -92,6 +92,15 @@ class ClassifierConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """Task 'distill': the frozen teacher and the loss (1 - alpha) CE + alpha T^2 KL."""
+  teacher_workdir: str = ""            # a trained run's workdir (an MoE LM, say)
+  teacher_step: int | None = None      # its checkpoint (None: the newest)
+  alpha: float = 0.5                   # weight of the KL term; 0: plain training
+  temperature: float = 2.0             # T: both distributions softened by it
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshConfig:
   data: int = -1
   expert: int = 1
@@ -136,6 +145,7 @@ class RunConfig:
   steps: int
   task: str = "lm"
   classifier: ClassifierConfig = ClassifierConfig()
+  distill: DistillConfig = DistillConfig()
   seed: int = 0
   log_every: int = 10
   eval_every: int = 0
@@ -161,7 +171,7 @@ def _schema_of(cls, exclude=()) -> dict[str, overrides_lib.Field]:
 
 
 SECTIONS = {"model": ModelSection, "optim": OptimConfig, "data": DataConfig,
-            "classifier": ClassifierConfig, "mesh": MeshConfig,
+            "classifier": ClassifierConfig, "distill": DistillConfig, "mesh": MeshConfig,
             "checkpoint": CheckpointConfig, "eval": EvalConfig}
 SCHEMA: dict = {**_schema_of(TopLevel),
                 **{name: _schema_of(cls, exclude=("total_steps",))
@@ -273,6 +283,16 @@ def _data(section: dict, model: TransformerConfig, mesh: MeshConfig, num_process
   return data
 
 
+def _distill(section: dict) -> DistillConfig:
+  distill = DistillConfig(**section)
+  owner = "config.distill"
+  check_float("alpha", distill.alpha, low=0.0, high=1.0, owner=owner)
+  check_float("temperature", distill.temperature, low=0.0, low_inclusive=False, owner=owner)
+  if distill.teacher_step is not None:
+    check_int("teacher_step", distill.teacher_step, low=0, owner=owner)
+  return distill
+
+
 def _optim(section: dict, steps: int, notes: list) -> OptimConfig:
   section = dict(section)
   warmup, longest = section["warmup_steps"], max(steps - 1, 0)   # the cosine needs one step
@@ -301,6 +321,7 @@ def validate(cfg, *, num_devices: int, num_processes: int = 1,
   classifier = ClassifierConfig(**tree["classifier"])
   check_choice("pool", classifier.pool, ("mean", "cls"), owner="config.classifier")
   check_int("patch_size", classifier.patch_size, low=1, owner="config.classifier")
+  distill = _distill(tree["distill"])
   try:
     mesh = MeshConfig(**resolve_axis_sizes(tree["mesh"], num_devices))
   except ValueError as e:
@@ -326,7 +347,7 @@ def validate(cfg, *, num_devices: int, num_processes: int = 1,
       model=model, optim=optim, data=_data(tree["data"], model, mesh, num_processes, task,
                                            classifier),
       mesh=mesh, checkpoint=checkpoint, eval=evaluation, steps=steps, task=task.name,
-      classifier=classifier,
+      classifier=classifier, distill=distill,
       seed=check_int("seed", tree["seed"], low=0, high=2**31 - 1, owner="config"),
       log_every=check_int("log_every", tree["log_every"], low=1, owner="config"),
       eval_every=check_int("eval_every", tree["eval_every"], low=0, owner="config"),

@@ -32,8 +32,9 @@ from moe_jax.train_step import make_optimizer
 def build(run: config_lib.RunConfig, mesh):
   """(model, optimizer), params placed on `mesh` (or a jax.sharding.AbstractMesh under
   nnx.eval_shape, which builds shapes and shardings without allocating)."""
-  model = tasks.get(run.task).build_model(run, mesh, nnx.Rngs(run.seed))
-  return model, nnx.Optimizer(model, make_optimizer(run.optim), wrt=nnx.Param)
+  task = tasks.get(run.task)
+  model = task.build_model(run, mesh, nnx.Rngs(run.seed))
+  return model, nnx.Optimizer(model, make_optimizer(run.optim), wrt=task.trainable)
 
 
 def place_on_mesh(state, mesh):
@@ -145,12 +146,15 @@ def open_training(run, workdir: pathlib.Path, say) -> Session:
                                  seed=run.seed, shard_index=jax.process_index(),
                                  shard_count=processes)
   mesh = make_mesh(**dataclasses.asdict(run.mesh))
-  graphdef, state = nnx.split(build(run, mesh))
-  state = place_on_mesh(state, mesh)
+  model, optimizer = build(run, mesh)       # a model it cannot build fails before any write
   ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep,
                       async_save=run.checkpoint.async_save)
   try:
     step, restored_from = _restore_step(run, ckpts, workdir, say)
+    if step is None:
+      task.initialize(run, model, mesh)
+    graphdef, state = nnx.split((model, optimizer))
+    state = place_on_mesh(state, mesh)
     if step is not None:
       abstract = jax.tree.map(
           lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)

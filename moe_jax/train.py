@@ -133,7 +133,8 @@ class _Loop:
     self.train_step = make_state_train_step(
         s.graphdef, aux_loss_weights=s.run.aux_loss_weights,
         schedule=learning_rate_schedule(s.run.optim), mesh=s.mesh,
-        state_sharding=jax.tree.map(lambda a: a.sharding, s.state), task_loss=s.task.loss)
+        state_sharding=jax.tree.map(lambda a: a.sharding, s.state), task_loss=s.task.loss,
+        trainable=s.task.trainable)
     self.eval_step = make_eval_step(s.graphdef, s.task)
     self.state, self.validation, self.last = s.state, None, {}
     self.base_key = jax.random.PRNGKey(s.run.seed)

@@ -105,14 +105,16 @@ def all_finite(tree) -> jax.Array:
 
 
 def apply_step(model, optimizer, batch, rng, *, aux_loss_weights, schedule=None,
-               task_loss=None):
-  """One update of `model` and `optimizer` in place (not jitted); returns the step's metrics."""
+               task_loss=None, trainable=nnx.Param):
+  """One update of `model` and `optimizer` in place (not jitted); returns the step's metrics.
+  `trainable`: the nnx filter of the variables that get gradients (the optimizer's `wrt`)."""
   task_loss = task_loss or _default_loss()
 
   def loss_fn(model):
     loss, metrics, routings = task_loss(model, batch, train=True, rngs=nnx.Rngs(router=rng))
     return _add_aux_losses(loss, metrics, routings, aux_loss_weights)
-  (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True,
+                                           argnums=nnx.DiffState(0, trainable))(model)
   metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
   if schedule is not None:
     metrics["lr"] = schedule(optimizer.step[...])
@@ -138,7 +140,7 @@ def make_train_step(*, aux_loss_weights: dict[str, float] | None = None, schedul
 
 def make_state_train_step(graphdef, *, aux_loss_weights: dict[str, float] | None = None,
                           schedule=None, mesh=None, state_sharding=None,
-                          task_loss=None):
+                          task_loss=None, trainable=nnx.Param):
   """The same step as a pure jitted function of the (model, optimizer) nnx.State:
   step(state, batch, rng) -> (new_state, metrics). The training loop uses this form: the state
   is a plain pytree (what the checkpoint saves), its buffers are donated, and no NNX graph is
@@ -150,7 +152,7 @@ def make_state_train_step(graphdef, *, aux_loss_weights: dict[str, float] | None
   def step(state, batch, rng):
     model, optimizer = nnx.merge(graphdef, state)
     metrics = apply_step(model, optimizer, batch, rng, aux_loss_weights=weights,
-                         schedule=schedule, task_loss=task_loss)
+                         schedule=schedule, task_loss=task_loss, trainable=trainable)
     return nnx.state((model, optimizer)), metrics
 
   if mesh is None or state_sharding is None:

@@ -29,6 +29,6 @@ def get(name: str) -> Task:
 
 
 # Built-in tasks register themselves on import.
-from moe_jax.tasks import classification, lm  # noqa: E402,F401
+from moe_jax.tasks import classification, distill, lm  # noqa: E402,F401
 
 __all__ = ["EvalContext", "Task", "get", "names", "register"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+from flax import nnx
+
 
 class Task(NamedTuple):
   name: str
@@ -42,6 +44,11 @@ class Task(NamedTuple):
   report: Callable[..., str]
   # (result, workdir, metrics_records) -> names of the plots written into workdir
   plots: Callable[..., list]
+  # the nnx filter of what the optimizer trains (a distilled student: not the teacher)
+  trainable: Any = nnx.Param
+  # (run, model, mesh) -> None: fills a freshly built model before a run's first step (a
+  # distilled student's frozen teacher); not called when a checkpoint is restored
+  initialize: Callable[..., None] = lambda run, model, mesh: None
 
 
 class EvalContext(NamedTuple):

@@ -59,12 +59,18 @@ def loss(model, batch, *, train, rngs=None):
 
 
 def eval_sums(model, batch):
-  nll_BL, routings = _nll(model, batch, train=False)
+  logits_BLV, routings = model(batch["inputs"], train=False)
+  return sums_of(logits_BLV, batch), routings
+
+
+def sums_of(logits_BLV, batch) -> dict:
+  """The validation sums of one batch's logits (what `summarize` reduces)."""
+  nll_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, batch["targets"])
   mask_BL = batch["mask"]
   sums = {"nll_sum": jnp.sum(nll_BL * mask_BL), "count": jnp.sum(mask_BL)}
   if "target_bytes" in batch:
     sums["target_bytes"] = jnp.sum(batch["target_bytes"])
-  return sums, routings
+  return sums
 
 
 def summarize(sums: dict) -> dict:
