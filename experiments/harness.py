@@ -76,6 +76,7 @@ def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> di
       "point": p.name, "seed": seed, "record_version": RECORD_VERSION, **p.values,
       "eval_loss": result["loss"],
       "bits_per_byte": result.get("bits_per_byte"), "accuracy": result.get("accuracy"),
+      "kl_to_teacher": result.get("kl_to_teacher"),     # task distill only
       "train_loss": train_lines[-1]["loss"] if train_lines else None,
       **accounting.account(run, per_token),
       "steps": run.steps, "tokens_seen": run.steps * tokens_per_step,
@@ -101,9 +102,12 @@ def _run_point(base, workdir: pathlib.Path, p: Point, seed: int, overrides=()) -
   start = time.perf_counter()
   # The run's own output (resume notes, validation lines) goes to its log, so the sweep's
   # terminal keeps one line per point.
+  flags = [*overrides, *override_flags(p, seed)]
   with open(workdir / "train.log", "a") as log, contextlib.redirect_stdout(log), \
       contextlib.redirect_stderr(log):
-    train(base, workdir, overrides=[*overrides, *override_flags(p, seed)], progress=False)
+    if p.setup is not None:
+      flags += p.setup(base, workdir, flags, seed) or []
+    train(base, workdir, overrides=flags, progress=False)
     evaluate(None, workdir, plots=False)
   return _write_record(workdir, make_record(workdir, p, seed, time.perf_counter() - start))
 

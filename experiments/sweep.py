@@ -27,6 +27,11 @@ class Point(NamedTuple):
   name: str                     # a file-system-safe id: 'E8', 'G2-shared'
   values: dict[str, Any]        # the swept quantities, as the results table shows them
   overrides: dict[str, Any]     # config path -> value, applied as --config.PATH=VALUE
+  # (base, workdir, overrides, seed) -> more overrides (or None): runs before the point
+  # trains, every time (also when it resumes), so it must be idempotent: it may train a run
+  # the point starts from (a dense source, a teacher) and prepare the workdir's first
+  # checkpoint (an upcycled run), or name such a run in the overrides it returns.
+  setup: Callable[..., Any] | None = None
 
 
 class Sweep(NamedTuple):
