@@ -3,7 +3,8 @@
 
     python -m experiments.run experiments/upcycling.py          # default: 4 x 2 seeds
     python -m experiments.run experiments/upcycling.py --quick  # seconds, for tests
-Measured: not yet run at its default setting.
+Measured (2026-12-03, 2 CPU cores, jax 0.10.2): 8 runs + 2 dense sources, 39.2 min summed
+run time, the machine shared with test runs.
 
 One dense byte-level LM per seed is trained for 300 steps on stdlib_py (experiments/bases.py's
 model with num_experts=0), then continued for 300 more steps as (a) `dense`: the same dense
