@@ -3,7 +3,8 @@
 
     python -m experiments.run experiments/distillation.py          # default: 3 x 2 seeds
     python -m experiments.run experiments/distillation.py --quick  # seconds, for tests
-Measured: not yet run at its default setting.
+Measured (2026-12-03, 2 CPU cores, jax 0.10.2): 6 runs, 21.3 min summed run time, the
+machine shared with a test run.
 
 Per seed: `teacher`, an MoE LM with 16 experts (top-1, every expert as wide as the dense FFN,
 experiments/bases.py's model and 300 steps on stdlib_py); `dense`, the same model with dense FFNs
@@ -69,9 +70,13 @@ def analyze(records, out) -> list[str]:
   lines += ["", f"The teacher's gain over the dense model: {np.mean(gain):+.4f} nats/byte "
             f"(per seed {', '.join(f'{x:+.4f}' for x in gain)}); "
             f"distilled vs dense: {report.trend(g['distilled'], g['dense'])}."]
-  if np.mean(gain) <= 0:
-    lines.append("The teacher does not beat the dense model here, so there is no gain for the "
-                 "student to keep: the Switch result cannot be read at this setting.")
+  if np.mean(gain) <= 0 or report.trend(g["teacher"], g["dense"]) != "lower":
+    lines.append("The teacher does not beat the dense model beyond the seed spread here, so "
+                 "there is no gain for the student to keep: the fraction kept "
+                 + (f"({np.mean(kept):.0%}, per seed " + ", ".join(f"{x:.0%}" for x in kept)
+                    + ") " if kept else "")
+                 + "means nothing and the Switch result (about 30 % kept) cannot be read at "
+                 "this setting: not reproduced.")
   elif kept:
     lines.append(f"Fraction of the gain the distilled student keeps: {np.mean(kept):.0%} "
                  f"(per seed {', '.join(f'{x:.0%}' for x in kept)}; Switch: about 30 %). "
