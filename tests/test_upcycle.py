@@ -29,7 +29,8 @@ def _classifier(config, rngs):
   return EncoderClassifier(config, num_classes=5, pool="cls", rngs=rngs)
 
 
-@pytest.mark.parametrize("glu", [False, True])
+# The GLU variants are marked slow to keep `make test` within its budget (`make test-all`).
+@pytest.mark.parametrize("glu", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("build", [_lm, _classifier], ids=["lm", "classifier"])
 def test_identical_copies_and_a_uniform_router_reproduce_the_dense_model(build, glu):
   dense, moe = _models(build, glu, first_dense_layers=1)

@@ -56,7 +56,8 @@ def test_upcycled_run_starts_as_the_dense_model_and_trains_on(dense, tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (["--config.model.expert_d_ff=48"], "config.model.expert_d_ff=48 does not split the dense "
                                         "run's d_ff=64"),
-    (["--config.model.d_model=64"], "config.model.d_model=64 but the dense run's is 32"),
+    pytest.param(["--config.model.d_model=64"], "config.model.d_model=64 but the dense run's is 32",
+                 marks=pytest.mark.slow),        # `make test-all`; the same check as the first
     (["--drop_ratio=1.5"], "option 'drop_ratio'=1.5"),
 ])
 def test_refusals_are_one_line_and_write_nothing(dense, tmp_path, flags, message):
