@@ -11,8 +11,8 @@ the CE's scale as T grows). `config.model` is the student; the teacher is the ru
 `config.distill.teacher_workdir` (its newest checkpoint, or `teacher_step`), restored onto this
 run's mesh (its experts stay sharded over 'expert') and run in the same jitted step with
 train=False and no gradient: the optimizer trains `student` only (`trainable` below). Its
-weights are part of this run's state, so resume and `evaluate` need nothing from the teacher's
-workdir. Teacher and student must share the tokenizer and vocabulary. Evaluation reports the
+weights are part of this run's state, so resume and `evaluate` read only the teacher's
+config.json (to build its shape), not its checkpoints. Teacher and student must share the tokenizer and vocabulary. Evaluation reports the
 student's loss and bits per byte, as `lm`, and its KL to the teacher (T = 1) on validation.
 """
 from __future__ import annotations
