@@ -8,7 +8,6 @@ from moe_jax.train import train
 from tests.train_helpers import (assert_one_line_error, cli_command, losses, run_cli,
                                  small_config)
 
-pytestmark = pytest.mark.xdist_group("subprocess_training")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from moe_jax.train import train
 from tests.train_helpers import (assert_one_line_error, cli_command, losses, run_cli,
                                  small_config, snapshot)
 
-pytestmark = pytest.mark.xdist_group("subprocess_training")
 DENSE_STEPS = 12
 # A zero router with renormalised top-2 and no capacity: the upcycled model is the dense one.
 EXACT = ["--router_init=zeros", "--config.model.router_options.renormalize=True",
