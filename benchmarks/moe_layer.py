@@ -16,7 +16,8 @@ default groups (one sequence each); `moe/dropless`; the breakdown of the layer's
 first E (`--breakdown`): the sort dispatcher alone on a bare top-k Routing, the topk router's
 route + the dispatcher, and the layer; and the expert-parallel layer on an `--ep`-device expert
 axis against the unsharded layer in the same per-device groups (on CPU the devices are
-simulated: `--xla_force_host_platform_device_count`, set here when jax has not been imported).
+simulated: `--xla_force_host_platform_device_count`, set here when jax has not been imported);
+with `--null_experts N`, `moe/sort` with N MoE++ zero experts and its FFN experts per token.
 Writes benchmarks/results/moe_layer.json.
 """
 from __future__ import annotations
@@ -130,6 +131,24 @@ def _layer_cases(args, num_experts, x, seq_len) -> list[Case]:
   return cases
 
 
+def _null_expert_cases(args, num_experts, x) -> tuple[list[Case], dict[str, float]]:
+  """`moe/sort` with MoE++ zero experts beside the E FFN experts: a token routed to one costs
+  no expert matmul. Also returns each case's measured FFN experts per token (at init the
+  router spreads assignments over FFN and zero experts alike)."""
+  cases, per_token = [], {}
+  for count in args.null_experts:
+    config = MoEConfig(num_experts=num_experts, expert_d_ff=args.d_ff,
+                       router_options={"k": args.k}, group_size=args.tokens,
+                       capacity_factor=CAPACITY_FACTOR, zero_experts=count)
+    params = init_moe_layer(jax.random.PRNGKey(2), args.d_model, config)
+    label = f"moe/sort +{count} zero experts"
+    cases.append(Case(label, num_experts, lambda p, x, c=config: moe_layer(p, x, c)[0],
+                      (params, x), baseline="naive"))
+    per_token[label, num_experts] = float(moe_layer(params, x, config)[1].metrics[
+        "experts_per_token"])
+  return cases, per_token
+
+
 def _breakdown_cases(args, num_experts, x) -> list[Case]:
   """Where the layer's cost over the naive layer goes: the dispatcher alone on a bare top-k
   Routing (no aux losses, no telemetry), the topk router + the dispatcher, and the layer."""
@@ -214,6 +233,8 @@ def main(argv=None):
                            "'dropless' is the platform's default impl (spill on CPU)")
   parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                       help="skip the breakdown rows (at the first E)")
+  parser.add_argument("--null_experts", type=int, nargs="*", default=[],
+                      help="also time moe/sort with this many MoE++ zero experts (each count)")
   parser.add_argument("--ep", type=int, default=8,
                       help="expert-axis size for the expert-parallel rows (0: skip them)")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
@@ -225,8 +246,12 @@ def main(argv=None):
   dense_params = dense.init(jax.random.PRNGKey(1), 1, args.d_model)
   cases = [Case("dense FFN", 0, lambda p, x: dense.apply(p, x.reshape(1, -1, x.shape[-1]))[0]
                 .reshape(x.shape), (dense_params, x))]
+  ffn_per_token = {}
   for i, num_experts in enumerate(args.experts):
     cases += _layer_cases(args, num_experts, x, seq_len)
+    null_cases, per_token = _null_expert_cases(args, num_experts, x)
+    cases += null_cases
+    ffn_per_token.update(per_token)
     if args.breakdown and i == 0:
       cases += _breakdown_cases(args, num_experts, x)
     if args.ep > 1:
@@ -234,7 +259,12 @@ def main(argv=None):
   print(f"{len(cases)} cases x (forward, forward+backward), compiled first, then "
         f"{args.rounds} round-robin rounds", flush=True)
   rows = _with_ratios(time_round_robin(cases, args.rounds))
+  for row in rows:
+    if (row["layer"], row["experts"]) in ffn_per_token:
+      row["ffn_experts_per_token"] = ffn_per_token[row["layer"], row["experts"]]
   _print_table(rows)
+  for (label, num_experts), value in ffn_per_token.items():
+    print(f"{label} (E={num_experts}): {value:.2f} FFN experts per token (k={args.k})")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"config": vars(args), "jax": jax.__version__, "backend": jax.default_backend(),

@@ -7,7 +7,9 @@ active_params: what one token uses: everything but the routed experts, plus, per
   experts_per_token / E of that layer's experts (the router's weights count in full: every
   token computes all E logits). experts_per_token is measured (the routing's valid
   assignments per token at the final validation), so variable-k routers (ReLU, expert choice)
-  and dense / soft routing are counted as they ran; assignments a capacity drops still count.
+  and dense / soft routing are counted as they ran; assignments a capacity drops still count;
+  assignments to MoE++'s null experts count nothing (the layer's experts_per_token counts FFN
+  experts only).
 non_embedding_params: total minus the token embedding table (Kaplan et al.'s N).
 flops_per_token: forward FLOPs per token,
   2 * (active_params - embedding table)        one multiply-add per weight the token meets

@@ -63,7 +63,13 @@ class ModelSection:
   capacity_factor: float = 1.25
   group_size: int | None = None       # default: one sequence
   shared_d_ff: int | None = None      # an always-on shared expert (DeepSeekMoE), or none
+  shared_gate: bool = False           # Qwen2-MoE's sigmoid gate on the shared expert
   exchange: str = "auto"              # expert-parallel dropless all-to-all: auto, padded, ragged
+  zero_experts: int = 0               # MoE++ null experts, routed beside the FFN experts
+  copy_experts: int = 0
+  constant_experts: int = 0
+  balance_scope: str = "group"        # load_balancing over each group or the global batch
+  drop_renormalize: bool = False      # NLLB-MoE: renormalise kept weights after capacity drops
   tie_embeddings: bool = True
   allow_non_causal_router: bool = False   # for ablations only: leaks future tokens in a decoder
   dtype: str = "float32"
@@ -221,11 +227,14 @@ def _model(section: dict, mesh: MeshConfig, *, causal: bool) -> TransformerConfi
               owner=owner)
   num_experts = check_int("num_experts", section["num_experts"], low=0, owner=owner)
   if num_experts:
+    # The router chooses among the FFN experts and MoE++'s null experts.
+    routed = num_experts + sum(check_int(k, section[k], low=0, owner=owner) for k in
+                               ("zero_experts", "copy_experts", "constant_experts"))
     try:
-      routing.get(section["router"], num_experts=num_experts, **section["router_options"])
+      routing.get(section["router"], num_experts=routed, **section["router_options"])
     except (TypeError, ValueError) as e:
       raise ValueError(f"config.model.router_options (router {section['router']!r}, "
-                       f"num_experts={num_experts}): {e}") from e
+                       f"num_experts={routed}): {e}") from e
     if num_experts % mesh.expert:
       raise ValueError(f"config.model.num_experts={num_experts} is not divisible by "
                        f"config.mesh.expert={mesh.expert}: each device must hold whole experts")

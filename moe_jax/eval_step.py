@@ -16,7 +16,7 @@ from flax import nnx
 from moe_jax.parallel.distributed import host_local_to_global
 
 LAYER_METRICS = ("expert_load", "max_vio", "dropped_fraction", "experts_per_token",
-                 "router_logit_abs")
+                 "router_logit_abs", "null_fraction")
 
 
 def make_eval_step(graphdef, task):

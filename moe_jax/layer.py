@@ -20,10 +20,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+from moe_jax import null_experts
 from moe_jax.dispatch import expert_parallel
+from moe_jax.dispatch.base import dropped_fraction, expert_capacity, position_in_expert
 from moe_jax.experts import Experts
 from moe_jax.moe_config import MoEConfig
 from moe_jax.routing.base import Routing
+from moe_jax.routing.linear import init_linear
 from moe_jax.parallel.mesh import BATCH_AXES, axis_size, logical_to_spec
 
 __all__ = ["MoEConfig", "check_mesh", "init_moe_layer", "merge_groups", "moe_layer",
@@ -31,11 +34,18 @@ __all__ = ["MoEConfig", "check_mesh", "init_moe_layer", "merge_groups", "moe_lay
 
 
 def init_moe_layer(rng, d_model: int, config: MoEConfig) -> dict:
-  r_rng, e_rng, s_rng = jax.random.split(rng, 3)
+  """The layer's variables; 'shared' holds the shared expert (and its 'gate' [D, 1] with
+  shared_gate), 'null' the constant experts' params (None without null experts)."""
+  r_rng, e_rng, s_rng, g_rng, n_rng = jax.random.split(rng, 5)
   shared = config.shared_experts
-  return {"router": config.built_router.init(r_rng, d_model),
-          "experts": config.experts.init(e_rng, config.num_experts, d_model),
-          "shared": None if shared is None else shared.init(s_rng, 1, d_model)}
+  variables = {"router": config.built_router.init(r_rng, d_model),
+               "experts": config.experts.init(e_rng, config.num_experts, d_model),
+               "shared": None if shared is None else shared.init(s_rng, 1, d_model)}
+  if config.shared_gate:
+    variables["shared"]["gate"] = init_linear(g_rng, d_model, 1)
+  if config.num_null_experts:
+    variables["null"] = null_experts.init(n_rng, d_model, config.constant_experts)
+  return variables
 
 
 def _platform(mesh) -> str | None:
@@ -94,9 +104,7 @@ def moe_layer(variables, x_BLD, config: MoEConfig, *, token_ids_BL=None, rng=Non
   num_groups = batch * length // group_size
   rngs_G = None if rng is None else jax.random.split(rng, num_groups)
   check_mesh(config, mesh)
-  layer = partial(_local_layer, router=config.built_router, experts=config.experts,
-                  shared_experts=config.shared_experts, train=train, group_size=group_size,
-                  capacity_factor=config.capacity_factor)
+  layer = partial(_local_layer, config=config, train=train, group_size=group_size)
   if mesh is None:
     return layer(variables, x_BLD, token_ids_BL, rngs_G, dispatcher=config.built_dispatcher)
   return _sharded_layer(layer, variables, x_BLD, token_ids_BL, rngs_G, mesh=mesh,
@@ -104,10 +112,11 @@ def moe_layer(variables, x_BLD, config: MoEConfig, *, token_ids_BL=None, rng=Non
                         exchange=config.exchange)
 
 
-def _local_layer(variables, x_BLD, token_ids_BL, rngs_G, *, router, dispatcher, experts,
-                 shared_experts, train, group_size, capacity_factor, reduce=None):
+def _local_layer(variables, x_BLD, token_ids_BL, rngs_G, *, config: MoEConfig, dispatcher,
+                 train, group_size, reduce=None):
   """The layer on the tokens one device holds; `reduce` finishes cross-device means."""
   batch, length, d_model = x_BLD.shape
+  router, experts = config.built_router, config.experts
   num_tokens = batch * length
   num_groups = num_tokens // group_size
   x_GSD = x_BLD.reshape(num_groups, group_size, d_model)
@@ -118,30 +127,82 @@ def _local_layer(variables, x_BLD, token_ids_BL, rngs_G, *, router, dispatcher, 
 
   routing_G = jax.vmap(route, in_axes=(0, None if ids_GS is None else 0,
                                        None if rngs_G is None else 0))(x_GSD, ids_GS, rngs_G)
+  ffn_G, extra_metrics = routing_G, {}
+  if config.num_null_experts:
+    ffn_G, null_GSQ = jax.vmap(partial(null_experts.split, num_ffn=config.num_experts,
+                                       num_null=config.num_null_experts))(routing_G)
+    extra_metrics.update(jax.vmap(null_experts.ffn_metrics)(routing_G, ffn_G))
+  if config.drop_renormalize:
+    ffn_G, drop_metrics = jax.vmap(partial(renormalize_after_drops,
+                                           capacity_factor=config.capacity_factor))(ffn_G)
+    extra_metrics.update(drop_metrics)
+
   def run(r, x_TD, **groups):
     return dispatcher.run(r, x_TD, variables["experts"], experts,
-                          capacity_factor=capacity_factor, **groups)
+                          capacity_factor=config.capacity_factor, **groups)
 
   if dispatcher.merge_groups:   # one dispatch over every group's tokens, capacity per group
-    y_TD, dispatch_metrics = run(merge_groups(routing_G), x_BLD.reshape(num_tokens, d_model),
+    y_TD, dispatch_metrics = run(merge_groups(ffn_G), x_BLD.reshape(num_tokens, d_model),
                                  num_groups=num_groups)
     y_GSD = y_TD.reshape(x_GSD.shape)
   else:
-    y_GSD, dispatch_metrics = jax.vmap(run)(routing_G, x_GSD)
+    y_GSD, dispatch_metrics = jax.vmap(run)(ffn_G, x_GSD)
+  if config.num_null_experts:
+    y_GSD = y_GSD + jax.vmap(partial(
+        null_experts.apply, variables.get("null"), zero=config.zero_experts,
+        copy=config.copy_experts, constant=config.constant_experts))(x_GSD, null_GSQ)
   mean = lambda tree: jax.tree.map(lambda a: a.mean(0), tree)
   routing = routing_G.replace(
       aux_losses=mean(routing_G.aux_losses),
       metrics={**mean(routing_G.metrics),
-               **jax.tree.map(lambda a: a.mean() if a.ndim else a, dispatch_metrics)},
+               **jax.tree.map(lambda a: a.mean() if a.ndim else a, dispatch_metrics),
+               **mean(extra_metrics)},
       new_state=_merge_state(routing_G.new_state))
   if reduce is not None:
     routing = reduce(routing)
+  if config.balance_scope == "global":
+    routing = global_load_balancing(routing)
   y_BLD = y_GSD.reshape(batch, length, d_model)
-  if shared_experts is not None:
-    y_BLD = y_BLD + shared_experts.apply(variables["shared"],
-                                         x_BLD.reshape(1, num_tokens, d_model))[0].reshape(
-                                             y_BLD.shape)
+  if config.shared_experts is not None:
+    y_BLD = y_BLD + _shared_expert(variables["shared"], config.shared_experts, x_BLD)
   return y_BLD, routing
+
+
+def _shared_expert(params, shared: Experts, x_BLD):
+  """The always-on expert; with a 'gate' (Qwen2-MoE), scaled by sigmoid(x . w_gate) per token."""
+  batch, length, d_model = x_BLD.shape
+  y_BLD = shared.apply(params, x_BLD.reshape(1, batch * length, d_model))[0].reshape(
+      x_BLD.shape)
+  if "gate" in params:
+    y_BLD = y_BLD * jax.nn.sigmoid(x_BLD @ params["gate"].astype(x_BLD.dtype))
+  return y_BLD
+
+
+def renormalize_after_drops(routing: Routing, *, capacity_factor: float):
+  """NLLB-MoE's order: drop past the capacity first, then rescale each token's kept combine
+  weights to sum to 1 (a token with every assignment dropped keeps none). The dropped
+  assignments become invalid, so the dispatcher (same capacity, same priority order) drops
+  nothing more; `dropped_fraction` is reported from here."""
+  capacity = expert_capacity(routing.num_assignments, routing.num_experts, capacity_factor)
+  kept_N = routing.valid & (position_in_expert(routing.expert, routing.valid,
+                                               routing.num_experts) < capacity)
+  w_N = jnp.where(kept_N, routing.weight, 0)
+  total_T = jnp.zeros((routing.num_tokens,), w_N.dtype).at[routing.token].add(w_N)
+  total_N = total_T[routing.token]
+  w_N = jnp.where(kept_N, w_N / jnp.where(total_N > 0, total_N, 1), 0)
+  return (routing.replace(valid=kept_N, weight=w_N),
+          {"dropped_fraction": dropped_fraction(routing.valid, kept_N)})
+
+
+def global_load_balancing(routing: Routing) -> Routing:
+  """The Switch loss E * sum_e f_e P_e from expert frequencies f and mean probabilities P over
+  every group (and, inside shard_map, every device's batch: the metrics are already means
+  over them), instead of the mean of per-group losses (Qiu et al. 2025). f carries no
+  gradient, as in the per-group loss. Groups hold equal numbers of tokens and assignments, so
+  the mean of their fractions is the global fraction."""
+  load_E = jax.lax.stop_gradient(routing.metrics["expert_load"])
+  loss = load_E.shape[0] * jnp.sum(load_E * routing.metrics["router_prob"])
+  return routing.replace(aux_losses={**routing.aux_losses, "load_balancing": loss})
 
 
 def merge_groups(routing_G) -> Routing:
@@ -157,9 +218,12 @@ def merge_groups(routing_G) -> Routing:
 
 def variable_specs(variables, experts: Experts):
   """PartitionSpecs for the layer's variables: experts by their logical axes, rest replicated."""
-  return {"router": P(), "shared": P(),
-          "experts": {name: logical_to_spec(experts.param_axes[name])
-                      for name in variables["experts"]}}
+  specs = {"router": P(), "shared": P(),
+           "experts": {name: logical_to_spec(experts.param_axes[name])
+                       for name in variables["experts"]}}
+  if "null" in variables:
+    specs["null"] = P()
+  return specs
 
 
 def _reduce_across_devices(routing):

@@ -26,6 +26,14 @@ BAD_FLAGS = [
     (["--config.model.router=expert_choice"],
      r"router 'expert_choice' is not causal-safe.*"
      r"config\.model\.allow_non_causal_router=True"),
+    (["--config.model.shared_gate=True"],
+     r"config\.model: shared_gate=True gates the shared expert, but there is none; set "
+     r"shared_d_ff"),
+    (["--config.model.router_options.batch_prioritized=True"],
+     r"router 'topk' is not causal-safe"),
+    (["--config.model.drop_renormalize=True", "--config.model.dispatcher=dropless"],
+     r"config\.model: drop_renormalize=True renormalises after capacity drops, but dispatcher "
+     r"'dropless' drops nothing"),
     (["--config.model.num_experts=6"],
      r"config\.model\.num_experts=6 is not divisible by config\.mesh\.expert=4"),
 ]

@@ -91,8 +91,8 @@ class MoE(nnx.Module):
       # Replicate the rest on the mesh up front: the layer returns the router state that way, and
       # a jitted step whose inputs change placement after the first call compiles twice.
       replicated = NamedSharding(mesh, P())
-      variables = {**variables, "router": jax.device_put(variables["router"], replicated),
-                   "shared": jax.device_put(variables["shared"], replicated)}
+      variables = {**variables, **{k: jax.device_put(variables[k], replicated)
+                                   for k in ("router", "shared", "null") if k in variables}}
     self.router_params = _wrap(variables["router"]["params"], lambda _, v: nnx.Param(v))
     self.router_state = _wrap(variables["router"]["state"], lambda _, v: RouterState(v))
     self.expert_params = _wrap(variables["experts"], self._expert_param)
@@ -100,6 +100,9 @@ class MoE(nnx.Module):
     # carry no sharding annotation: nnx.get_partition_spec gives them P().
     self.shared_params = (None if variables["shared"] is None
                           else _wrap(variables["shared"], lambda _, v: nnx.Param(v)))
+    # The constant null experts' params (MoE++), replicated like the router's.
+    self.null_params = (None if variables.get("null") is None
+                        else _wrap(variables["null"], lambda _, v: nnx.Param(v)))
 
   @property
   def router(self):
@@ -113,7 +116,9 @@ class MoE(nnx.Module):
     return {"router": {"params": _unwrap(self.router_params),
                        "state": _unwrap(self.router_state)},
             "experts": _unwrap(self.expert_params),
-            "shared": None if self.shared_params is None else _unwrap(self.shared_params)}
+            "shared": None if self.shared_params is None else _unwrap(self.shared_params),
+            **({} if not self.config.num_null_experts else
+               {"null": None if self.null_params is None else _unwrap(self.null_params)})}
 
   def __call__(self, x_BLD, *, train: bool = False, token_ids=None,
                rngs: nnx.Rngs | None = None):

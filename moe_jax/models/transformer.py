@@ -62,8 +62,9 @@ class TransformerConfig:
             and (i - self.first_dense_layers) % self.moe_every == 0)
 
 
-MOE_KEYS = ("num_experts", "router", "router_options", "expert_d_ff", "dispatcher",
-            "capacity_factor", "group_size", "shared_d_ff", "exchange")
+# Every MoEConfig field but the two it shares with the dense FFNs (activation, glu).
+MOE_KEYS = tuple(f.name for f in dataclasses.fields(MoEConfig)
+                 if f.name not in ("activation", "glu"))
 
 
 def make_config(**fields) -> TransformerConfig:

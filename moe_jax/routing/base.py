@@ -144,10 +144,15 @@ def sparse_routing(token_N: Array, expert_N: Array, weight_N: Array, valid_N: Ar
                    logits_TE: Array | None = None, aux_losses: dict | None = None,
                    new_state: PyTree = None) -> Routing:
   """Builds a sparse Routing and fills in the shared telemetry (with `logits_TE`, a learned
-  router's logits, their magnitude too)."""
+  router's logits, their magnitude too). With `probs_TE`, the router's distribution, its mean
+  over tokens is reported as `router_prob` [E] *with* its gradient: with `expert_load` it is
+  what the Switch loss is made of, so the layer can rebuild that loss over the global batch
+  (MoEConfig.balance_scope='global')."""
   weight_N = jnp.where(valid_N, weight_N, 0)
   metrics = assignment_metrics(token_N, expert_N, valid_N, num_tokens, num_experts,
                                probs_TE=probs_TE, weight_N=weight_N)
+  if probs_TE is not None:
+    metrics["router_prob"] = probs_TE.mean(0)
   if logits_TE is not None:
     metrics.update(logit_metrics(logits_TE))
   return Routing(num_tokens=num_tokens, num_experts=num_experts,
@@ -157,12 +162,24 @@ def sparse_routing(token_N: Array, expert_N: Array, weight_N: Array, valid_N: Ar
 
 
 def token_choice_routing(expert_TK: Array, weight_TK: Array, *, num_experts: int,
-                         valid_TK: Array | None = None, **kwargs) -> Routing:
-  """A sparse Routing from per-token choices, listed k-major (all first choices first)."""
+                         valid_TK: Array | None = None, priority_T: Array | None = None,
+                         **kwargs) -> Routing:
+  """A sparse Routing from per-token choices, listed k-major (all first choices first).
+
+  Within each of the k ranks tokens are listed by position, or, with `priority_T`, by
+  descending priority (V-MoE's batch-prioritised routing, Riquelme et al. 2021: priority = the
+  token's top-1 router probability, so under a capacity the most confident tokens keep their
+  slots; ties keep position order).
+  """
   num_tokens, k = expert_TK.shape
   if valid_TK is None:
     valid_TK = jnp.ones(expert_TK.shape, bool)
-  flat = lambda a: a.T.reshape(-1)  # [T,K] -> [K*T], k-major priority order
-  return sparse_routing(jnp.tile(jnp.arange(num_tokens, dtype=jnp.int32), k), flat(expert_TK),
-                        flat(weight_TK), flat(valid_TK), num_tokens=num_tokens,
-                        num_experts=num_experts, **kwargs)
+  order_T = jnp.arange(num_tokens, dtype=jnp.int32)
+  if priority_T is None:
+    flat = lambda a: a.T.reshape(-1)  # [T,K] -> [K*T], k-major priority order
+  else:
+    order_T = jnp.argsort(-jax.lax.stop_gradient(priority_T), stable=True).astype(jnp.int32)
+    flat = lambda a: a[order_T].T.reshape(-1)
+  return sparse_routing(jnp.tile(order_T, k), flat(expert_TK), flat(weight_TK),
+                        flat(valid_TK), num_tokens=num_tokens, num_experts=num_experts,
+                        **kwargs)

@@ -20,7 +20,8 @@ ORDERS = ("softmax_topk", "topk_softmax")
 @register("topk")
 def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
          renormalize: bool = False, jitter_eps: float = 0.0, noisy_gating: bool = False,
-         init_scale: float = 1.0) -> Router:
+         init_scale: float = 1.0, batch_prioritized: bool = False,
+         bias: bool = False) -> Router:
   """Token-choice top-k (Shazeer et al. 2017; GShard k=2; Switch k=1; Mixtral).
 
   order: 'softmax_topk' takes the k largest softmax probabilities as weights (Switch, GShard;
@@ -28,6 +29,10 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
     logits (Mixtral; equal to softmax_topk with renormalisation).
   jitter_eps: Switch's multiplicative jitter, x * U(1-eps, 1+eps), in training only.
   noisy_gating: Shazeer's noisy top-k, logits + N(0,1) * softplus(x @ w_noise), in training only.
+  batch_prioritized: V-MoE's batch-prioritised routing (Riquelme et al. 2021): under a capacity,
+    the tokens with the highest top-1 probability keep their slots first (at every rank k)
+    instead of the earliest ones. A token's drops then depend on later tokens: not causal-safe.
+  bias: logits = x @ w + b (a learned per-expert bias, zero at init; some checkpoints have one).
   """
   owner = "router 'topk'"
   check_common(owner, num_experts, k, init_scale)
@@ -36,6 +41,8 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
 
   def init(rng, d_model):
     params = {"w": init_linear(rng, d_model, num_experts, init_scale)}
+    if bias:
+      params["b"] = jnp.zeros((num_experts,), jnp.float32)
     if noisy_gating:  # Shazeer et al. initialise the noise weights to zero
       params["w_noise"] = jnp.zeros_like(params["w"])
     return {"params": params, "state": {}}
@@ -51,6 +58,8 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
       x_TD = x_TD * jax.random.uniform(jitter_rng, x_TD.shape, x_TD.dtype,
                                        1.0 - jitter_eps, 1.0 + jitter_eps)
     logits_TE = linear_logits(params["w"], x_TD)
+    if bias:
+      logits_TE = logits_TE + params["b"]
     if train and noisy_gating:
       noise_std_TE = jax.nn.softplus(linear_logits(params["w_noise"], x_TD))
       logits_TE = logits_TE + noise_std_TE * jax.random.normal(noise_rng, logits_TE.shape,
@@ -63,8 +72,9 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
     else:
       top_logits_TK, expert_TK = jax.lax.top_k(logits_TE, k)
       weight_TK = jax.nn.softmax(top_logits_TK, axis=-1)
-    routing = token_choice_routing(expert_TK, weight_TK, num_experts=num_experts,
-                                   probs_TE=probs_TE, logits_TE=logits_TE)
+    routing = token_choice_routing(
+        expert_TK, weight_TK, num_experts=num_experts, probs_TE=probs_TE, logits_TE=logits_TE,
+        priority_T=probs_TE.max(-1) if batch_prioritized else None)
     aux = {
         "load_balancing": losses.load_balancing_loss(probs_TE, routing.expert, routing.valid),
         "z_loss": losses.router_z_loss(logits_TE),
@@ -72,9 +82,10 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
     }
     return routing.replace(aux_losses=aux, new_state=variables.get("state", {}))
 
-  return Router(init, route, "topk", num_experts, causal_safe=True,
+  return Router(init, route, "topk", num_experts, causal_safe=not batch_prioritized,
                 options=dict(k=k, order=order, renormalize=renormalize, jitter_eps=jitter_eps,
-                             noisy_gating=noisy_gating, init_scale=init_scale))
+                             noisy_gating=noisy_gating, init_scale=init_scale,
+                             batch_prioritized=batch_prioritized, bias=bias))
 
 
 @register("bias_balanced")
