@@ -127,7 +127,7 @@ def _finished_record(workdir: pathlib.Path, p: Point, seed: int) -> dict:
   return _write_record(workdir, make_record(workdir, p, seed, record["wall_s"]))
 
 
-def _has_checkpoint(workdir: pathlib.Path) -> bool:
+def has_checkpoint(workdir: pathlib.Path) -> bool:
   """A complete checkpoint (Orbax names it by its step; a save in progress has a longer name)."""
   ckpts = workdir / "checkpoints"
   return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
@@ -161,7 +161,7 @@ def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | No
     if (workdir / RECORD).exists():
       records.append(_finished_record(workdir, p, seed))
       continue
-    resumed = _has_checkpoint(workdir)
+    resumed = has_checkpoint(workdir)
     start = time.perf_counter()
     record = _run_point(base, workdir, p, seed, overrides)
     times.append(time.perf_counter() - start)

@@ -124,29 +124,44 @@ def plot_lines(records: list[dict], x: str, y: str, path, *, series: str | None 
 def plot_curves(records: list[dict], series: str, path, *, title: str = "") -> pathlib.Path:
   """The training loss curves (`loss_curve`), mean over seeds per value of `series`, against
   steps (left) and against training FLOPs, 3 x FLOPs/token x tokens (right)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, (by_step, by_flops) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   by_series: dict = {}
   for r in records:
     if r.get("loss_curve"):
       by_series.setdefault(r[series], []).append(r)
+  curves = {}
   for name, rs in by_series.items():
     steps = sorted(set.intersection(*({s for s, _ in r["loss_curve"]} for r in rs)))
     if not steps:
       continue
-    curves = np.array([[dict(map(tuple, r["loss_curve"]))[s] for s in steps] for r in rs])
+    loss = np.array([[dict(map(tuple, r["loss_curve"]))[s] for s in steps] for r in rs])
     flops_per_step = np.mean([r["train_flops"] / r["steps"] for r in rs])
-    for ax, xs in ((by_step, np.array(steps)), (by_flops, flops_per_step * np.array(steps))):
-      line, = ax.plot(xs, curves.mean(0), label=f"{series}={name}")
-      ax.fill_between(xs, curves.min(0), curves.max(0), alpha=0.15, color=line.get_color())
-  by_step.set_xlabel("training step")
-  by_flops.set_xlabel("training FLOPs (3 x forward FLOPs/token x tokens)")
+    curves[f"{series}={name}"] = (np.array(steps), loss, flops_per_step * np.array(steps))
+  return draw_curves(curves, path, title=title)
+
+
+def draw_curves(curves: dict, path, *, title: str = "", step_label: str = "training step",
+                flops_label: str = "training FLOPs (3 x forward FLOPs/token x tokens)",
+                ylim=None, vline=None) -> pathlib.Path:
+  """{label: (steps [N], loss [seeds, N], flops [N])} as mean lines with the seeds' min-max
+  band, against steps (left) and FLOPs (right)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (by_step, by_flops) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+  for name, (steps, loss, flops) in curves.items():
+    for ax, xs in ((by_step, steps), (by_flops, flops)):
+      line, = ax.plot(xs, loss.mean(0), label=name)
+      ax.fill_between(xs, loss.min(0), loss.max(0), alpha=0.15, color=line.get_color())
+  if vline is not None:
+    by_step.axvline(vline, color="gray", lw=0.8)
+  by_step.set_xlabel(step_label)
+  by_flops.set_xlabel(flops_label)
   by_step.set_ylabel("training cross-entropy (unseen batches)")
   by_flops.legend(fontsize=8)
   for ax in (by_step, by_flops):
     ax.grid(alpha=0.3)
+  if ylim is not None:
+    by_step.set_ylim(*ylim)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   path = pathlib.Path(path)

@@ -25,7 +25,7 @@ import shutil
 
 import numpy as np
 
-from experiments import bases, report, scaling_fit
+from experiments import bases, harness, report, scaling_fit
 from experiments.sweep import Point, Sweep
 
 DENSE_STEPS, EXTRA_STEPS = 300, 300
@@ -55,13 +55,8 @@ def _source(base, workdir, flags, quick: bool):
   return source
 
 
-def _started(workdir) -> bool:
-  return (workdir / "checkpoints").is_dir() and any(
-      p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
-
-
 def _continue_dense(base, workdir, flags, seed, *, quick: bool):
-  if _started(workdir):
+  if harness.has_checkpoint(workdir):
     return
   source = _source(base, workdir, [f for f in flags if not f.startswith("model.num_experts")],
                    quick)
@@ -72,7 +67,7 @@ def _continue_dense(base, workdir, flags, seed, *, quick: bool):
 
 def _upcycle(base, workdir, flags, seed, *, quick: bool, drop_ratio: float):
   from moe_jax.upcycle import UpcycleOptions, upcycle
-  if _started(workdir):
+  if harness.has_checkpoint(workdir):
     return
   source = _source(base, workdir, flags, quick)
   upcycle(base, workdir, source, overrides=flags, keep_step=True, say=print,
@@ -108,29 +103,13 @@ def _curves(records, dense_steps: int, dense_flops_per_step: float):
 
 
 def _plot(curves, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, (by_step, by_flops) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-  for name, (x, loss, flops) in curves.items():
-    for ax, xs in ((by_step, x), (by_flops, flops)):
-      line, = ax.plot(xs, loss.mean(0), label=name)
-      ax.fill_between(xs, loss.min(0), loss.max(0), alpha=0.15, color=line.get_color())
-  by_step.axvline(0, color="gray", lw=0.8)
-  by_step.set_xlabel("steps after the dense run (scratch: its own steps - 300)")
-  by_flops.set_xlabel("total training FLOPs, the dense run's included")
-  by_step.set_ylabel("training cross-entropy (unseen batches)")
-  by_flops.legend(fontsize=8)
-  for ax in (by_step, by_flops):
-    ax.grid(alpha=0.3)
   lo = min(loss.mean(0)[len(loss[0]) // 4:].min() for _, loss, _ in curves.values())
   hi = max(loss.mean(0)[x >= 0][0] for x, loss, _ in curves.values() if (x >= 0).any())
-  by_step.set_ylim(lo - 0.05, hi + 0.15)
-  fig.suptitle("continuing a dense LM: dense, upcycled, drop-upcycled, and an MoE from scratch",
-               fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  report.draw_curves(
+      curves, path, vline=0, ylim=(lo - 0.05, hi + 0.15),
+      step_label="steps after the dense run (scratch: its own steps - 300)",
+      flops_label="total training FLOPs, the dense run's included",
+      title="continuing a dense LM: dense, upcycled, drop-upcycled, and an MoE from scratch")
 
 
 def _early(records, dense_steps: int, extra: int) -> list[float]:

@@ -135,16 +135,21 @@ class Session(NamedTuple):
   restored_from: int | None       # the restore_step fallback applied, if any
 
 
+def train_iterator(run, tok):
+  """The run's training batches from the start: this process's shard of the global batch."""
+  processes = jax.process_count()
+  return tasks.get(run.task).train_iterator(
+      run, tok, batch_size=run.data.batch_size // processes, seed=run.seed,
+      shard_index=jax.process_index(), shard_count=processes)
+
+
 def open_training(run, workdir: pathlib.Path, say) -> Session:
   """The data, the model and optimizer state on the mesh, restored from the chosen
   checkpoint. The caller holds the workdir and closes `session.ckpts`."""
   task = tasks.get(run.task)
   # The data first: a missing dataset or a bad tokenizer fails before anything compiles.
   tok = tokenizer(run, workdir, may_train=True)
-  processes = jax.process_count()
-  iterator = task.train_iterator(run, tok, batch_size=run.data.batch_size // processes,
-                                 seed=run.seed, shard_index=jax.process_index(),
-                                 shard_count=processes)
+  iterator = train_iterator(run, tok)
   mesh = make_mesh(**dataclasses.asdict(run.mesh))
   model, optimizer = build(run, mesh)       # a model it cannot build fails before any write
   ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep,

@@ -228,7 +228,7 @@ def upcycle(config, workdir, source_workdir, *, overrides=(),
     if tokenizer_file.exists():
       shutil.copy2(tokenizer_file, workdir / TOKENIZER_FILE)
     tok = run_setup.tokenizer(run, workdir, may_train=False)
-    iterator = tasks_iterator(run, tok)
+    iterator = run_setup.train_iterator(run, tok)
     same_data = dataclasses.asdict(run.data) == dataclasses.asdict(source.data)
     if same_data:   # the dense run's data position: the MoE run reads on from there
       _restore_data_position(source_workdir, source, dense_step, iterator)
@@ -254,14 +254,6 @@ def upcycle(config, workdir, source_workdir, *, overrides=(),
       f"{options.drop_ratio:g}; the optimizer state starts fresh. Train it with the train "
       "command and the same --config flags")
   return step
-
-
-def tasks_iterator(run, tok):
-  from moe_jax import tasks
-  processes = jax.process_count()
-  return tasks.get(run.task).train_iterator(
-      run, tok, batch_size=run.data.batch_size // processes, seed=run.seed,
-      shard_index=jax.process_index(), shard_count=processes)
 
 
 def _restore_data_position(source_workdir, source, step, iterator) -> None:
