@@ -128,18 +128,21 @@ def _local_layer(variables, x_BLD, token_ids_BL, rngs_G, *, config: MoEConfig, d
   routing_G = jax.vmap(route, in_axes=(0, None if ids_GS is None else 0,
                                        None if rngs_G is None else 0))(x_GSD, ids_GS, rngs_G)
   ffn_G, extra_metrics = routing_G, {}
+  # Capacity as if null experts held slots too: C = ceil(cf * N / (E + Q)) per FFN expert, so
+  # the assignments null experts take shrink the FFN buffers (MoE++ sizes every expert alike).
+  capacity_factor = config.capacity_factor * config.num_experts / config.num_routed
   if config.num_null_experts:
     ffn_G, null_GSQ = jax.vmap(partial(null_experts.split, num_ffn=config.num_experts,
                                        num_null=config.num_null_experts))(routing_G)
     extra_metrics.update(jax.vmap(null_experts.ffn_metrics)(routing_G, ffn_G))
   if config.drop_renormalize:
     ffn_G, drop_metrics = jax.vmap(partial(renormalize_after_drops,
-                                           capacity_factor=config.capacity_factor))(ffn_G)
+                                           capacity_factor=capacity_factor))(ffn_G)
     extra_metrics.update(drop_metrics)
 
   def run(r, x_TD, **groups):
     return dispatcher.run(r, x_TD, variables["experts"], experts,
-                          capacity_factor=config.capacity_factor, **groups)
+                          capacity_factor=capacity_factor, **groups)
 
   if dispatcher.merge_groups:   # one dispatch over every group's tokens, capacity per group
     y_TD, dispatch_metrics = run(merge_groups(ffn_G), x_BLD.reshape(num_tokens, d_model),

@@ -7,7 +7,10 @@ The router chooses among E FFN experts followed by Z zero, P copy and C constant
 A token sent to a null expert costs no expert matmul, so its compute adapts to the token. The
 layer splits each routing here: the null assignments become invalid in the routing the
 dispatcher receives (so they take no capacity slot and no expert FLOPs), and their combine
-weights are applied by `apply` on the tokens directly.
+weights are applied by `apply` on the tokens directly. A capacity counts the null experts
+as experts: each FFN expert holds C = ceil(cf * N / (E + Q)) assignments, so with Q = E and
+half the assignments on null experts the FFN buffers (and their matmuls) are half the size.
+(Dropless' `spill` impl sizes its capacity part by N / E whatever the null share.)
 
 Axis letters: T tokens, D model dim, E FFN experts, N assignments, Q null experts.
 """

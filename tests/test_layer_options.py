@@ -92,8 +92,8 @@ def test_null_experts_equal_their_formula_forward_and_gradients(dispatcher):
 
 
 def test_null_experts_take_no_capacity_slot():
-  """Only FFN assignments fill an expert's C = ceil(cf * N / E) slots (N all assignments, E
-  the FFN experts); null assignments neither drop nor push others out."""
+  """Only FFN assignments fill an expert's C = ceil(cf * N / (E + Q)) slots (N all
+  assignments, E FFN and Q null experts); null assignments neither drop nor push others out."""
   config = MoEConfig(num_experts=2, expert_d_ff=8, router_options={"k": 1},
                      capacity_factor=0.05, zero_experts=2, copy_experts=2)
   variables = init_moe_layer(jax.random.PRNGKey(0), D, config)
@@ -101,7 +101,7 @@ def test_null_experts_take_no_capacity_slot():
   _, r = jax.jit(lambda v, x: moe_layer(v, x, config))(variables, x)
   expert = np.asarray(r.expert)[0]
   counts = np.bincount(expert[expert < 2], minlength=2)
-  capacity = math.ceil(0.05 * 32 / 2)
+  capacity = math.ceil(0.05 * 32 / 6)
   assert counts.max() > capacity and (expert >= 2).any()
   dropped = np.maximum(counts - capacity, 0).sum() / counts.sum()
   np.testing.assert_allclose(float(r.metrics["dropped_fraction"]), dropped, rtol=1e-6)
