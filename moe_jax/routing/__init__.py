@@ -12,8 +12,8 @@ from moe_jax.routing.base import (Router, Routing, assignment_metrics, soft_metr
 from moe_jax.routing.registry import get, names, options, register
 
 # Built-in routers register themselves on import.
-from moe_jax.routing import (cluster, dense, expert_choice, hashing, relu, sinkhorn,  # noqa: E402,F401
-                             soft, topk)
+from moe_jax.routing import (cluster, deepseek, dense, expert_choice, hashing, relu,  # noqa: E402,F401
+                             sinkhorn, soft, topk)
 
 __all__ = ["Router", "Routing", "assignment_metrics", "get", "losses", "names", "options",
            "register", "soft_metrics", "sparse_routing", "token_choice_routing"]

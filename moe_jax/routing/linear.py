@@ -36,3 +36,12 @@ def check_common(owner: str, num_experts: int, k: int | None = None,
 def require_rng(owner: str, rng, why: str) -> None:
   if rng is None:
     raise ValueError(f"router {owner!r}: route(..., train=True) needs `rng` because {why}")
+
+
+def balancing_bias_update(bias_E: Array, expert_TK: Array, rate: float) -> Array:
+  """One step of auxiliary-loss-free balancing (Wang et al. 2024; DeepSeek-V3 eq. 16 ff.):
+  b_i += rate * sign(mean_j c_j - c_i), c_i = how many of this call's assignments chose expert
+  i. Overloaded experts' bias goes down, underloaded ones' up; rate 0 keeps it. Used by
+  `bias_balanced` and `deepseek`."""
+  counts_E = jnp.zeros(bias_E.shape, jnp.float32).at[expert_TK.reshape(-1)].add(1.0)
+  return bias_E + (rate * jnp.sign(counts_E.mean() - counts_E)).astype(bias_E.dtype)

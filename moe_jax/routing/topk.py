@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from moe_jax.routing import losses
 from moe_jax.routing.base import Router, compute_dtype, token_choice_routing
-from moe_jax.routing.linear import check_common, init_linear, linear_logits, require_rng
+from moe_jax.routing.linear import (balancing_bias_update, check_common, init_linear,
+                                    linear_logits, require_rng)
 from moe_jax.routing.registry import register
 from moe_jax.validation import check_choice, check_float
 
@@ -121,9 +122,8 @@ def bias_balanced(*, num_experts: int, k: int = 2, score: str = "sigmoid",
     if renormalize:
       weight_TK = weight_TK / weight_TK.sum(-1, keepdims=True)
     probs_TE = scores_TE / scores_TE.sum(-1, keepdims=True)
-    counts_E = jnp.zeros((num_experts,), jnp.float32).at[expert_TK.reshape(-1)].add(1.0)
     if train:
-      bias_E = bias_E + bias_update_rate * jnp.sign(counts_E.mean() - counts_E)
+      bias_E = balancing_bias_update(bias_E, expert_TK, bias_update_rate)
     routing = token_choice_routing(expert_TK, weight_TK, num_experts=num_experts,
                                    probs_TE=probs_TE, logits_TE=logits_TE,
                                    new_state={"bias": bias_E})

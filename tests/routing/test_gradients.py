@@ -13,7 +13,7 @@ DIFFERENTIABLE = [n for n in routing.names()
 
 def test_the_learned_routers_are_all_here():
   assert {"topk", "dense", "expert_choice", "soft", "sinkhorn", "relu",
-          "bias_balanced"} <= set(DIFFERENTIABLE)
+          "bias_balanced", "deepseek"} <= set(DIFFERENTIABLE)
 
 
 @pytest.mark.parametrize("train", [False, True])

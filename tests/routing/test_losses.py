@@ -35,3 +35,17 @@ def test_importance_hand_computed():
   np.testing.assert_allclose(losses.importance_loss(gates), 0.0, atol=1e-9)
   gates = jnp.array([[3.0, 1.0, 2.0]])   # mean 2, var 2/3
   np.testing.assert_allclose(losses.importance_loss(gates), (2 / 3) / 4, rtol=1e-6)
+
+
+def test_sequence_balance_hand_computed_and_one_when_balanced():
+  scores = jnp.array([[0.8, 0.2], [0.3, 0.3]])   # s' = [[0.8, 0.2], [0.5, 0.5]]; P = [0.65, 0.35]
+  # k = 1, both tokens chose expert 0: f = 2 / (1 * 2) * [2, 0] = [2, 0] -> 1.3.
+  loss = losses.sequence_balance_loss(scores, jnp.array([[0], [0]]))
+  np.testing.assert_allclose(loss, 1.3, rtol=1e-6)
+  # The same as a [N] list with valid slots; an invalid slot counts for no expert.
+  loss = losses.sequence_balance_loss(scores, jnp.array([0, 0]), jnp.array([True, False]))
+  np.testing.assert_allclose(loss, 0.65, rtol=1e-6)
+  # Balanced uniform top-2 of 4 experts: f = 1, P = 1/4 -> exactly 1, for unnormalised scores.
+  uniform = jnp.full((4, 4), 0.3)
+  expert_TK = jnp.array([[0, 1], [2, 3], [1, 2], [3, 0]])
+  np.testing.assert_allclose(losses.sequence_balance_loss(uniform, expert_TK), 1.0, rtol=1e-6)

@@ -5,7 +5,7 @@ import pytest
 from moe_jax import routing
 
 EXPECTED = {"dense", "topk", "expert_choice", "soft", "sinkhorn", "relu", "hash", "cluster",
-            "bias_balanced"}
+            "bias_balanced", "deepseek"}
 
 
 def test_all_routers_registered():
