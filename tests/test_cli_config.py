@@ -1,6 +1,8 @@
 """The training CLI's config handling, as a user meets it: each command below runs in a
 subprocess and either fails before anything is built, with one `error:` line and nothing
 written, or (the last tests) trains a few steps."""
+import json
+
 import pytest
 
 from moe_jax import config as config_lib
@@ -82,3 +84,17 @@ def test_warmup_longer_than_the_run_is_clipped_with_a_note(tmp_path):
   assert ("note: config.optim.warmup_steps=50 does not fit in config.steps=4: warming up "
           "over the first 3 steps instead") in proc.stdout
   assert sorted(losses(tmp_path / "run")) == [1, 2, 3, 4]
+
+
+def test_readme_deepseek_command_weights_its_sequence_loss(tmp_path):
+  """README's flag: the deepseek router with its sequence-wise balance loss weighted."""
+  from moe_jax.run_log import read_metrics
+  workdir = tmp_path / "run"
+  proc = run_cli(cli_command(workdir, "--config.steps=2", "--config.model.router=deepseek",
+                             "--config.aux_loss_weights.sequence_balance=1e-4", cpu_devices=1))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [r for r in read_metrics(workdir) if "aux/sequence_balance" in r]
+  assert len(rows) == 2 and all(r["aux/sequence_balance"] > 0 for r in rows)
+  record = json.loads((workdir / "config.json").read_text())
+  assert record["aux_loss_weights"]["sequence_balance"] == 1e-4
+  assert record["model"]["router"] == "deepseek"
