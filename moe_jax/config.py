@@ -75,6 +75,11 @@ class ModelSection:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  num_kv_heads: int | None = None     # grouped-query attention; None: num_heads
+  head_dim: int | None = None         # None: d_model // num_heads
+  rope_theta: float = 10000.0         # the RoPE base
+  norm_eps: float = 1e-6              # the RMSNorms' epsilon
+  qk_norm: str = "none"               # RMSNorm on q, k: 'none', 'head' (Qwen3), 'full' (OLMoE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,11 @@
     aux = sum(r.aux_losses["load_balancing"] for r in routings if r is not None)
 
 Block: x + Attn(RMSNorm(x)), then x + FFN(RMSNorm(x)); attention is multi-head with rotary
-position embeddings (RoPE), causal for decoders, bidirectional for encoders. Layer i's FFN is
+position embeddings (RoPE), causal for decoders, bidirectional for encoders. Grouped-query
+attention (`num_kv_heads` < num_heads: query head h reads key/value head h // (H / KV)), an
+explicit `head_dim`, the RoPE base, the RMSNorm epsilon and q/k norms ('head': over each
+head's K, as Qwen3; 'full': over the whole projection, H*K and KV*K, as OLMoE) are what the
+Hugging Face families (moe_jax.hf) need; their defaults are the original model. Layer i's FFN is
 MoE iff `moe` is set, i >= first_dense_layers and (i - first_dense_layers) % moe_every == 0;
 with moe=None the same model is the dense baseline. Each MoE layer's Routing (aux
 losses, metrics, new router state) is returned with the logits: no global state, no `sow`.
@@ -16,7 +20,8 @@ Params carry logical axis names ('embed', 'heads', 'mlp', 'expert', 'vocab'), ma
 mesh by moe_jax.parallel.LOGICAL_RULES; activations are constrained to the batch sharding at
 block boundaries. `dtype` is the compute dtype (e.g. bfloat16); params stay `param_dtype`.
 
-Axis letters: B batch, L length, D model dim, H heads, K head dim, V vocab, F hidden dim.
+Axis letters: B batch, L length, D model dim, H heads, G key/value heads, K head dim, V vocab,
+F hidden dim.
 """
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from moe_jax.experts import ACTIVATIONS
 from moe_jax.models.moe import MoE, MoEConfig, sharded_param
 from moe_jax.parallel.mesh import BATCH_AXES
-from moe_jax.validation import check_choice, check_int
+from moe_jax.validation import check_choice, check_float, check_int
+
+QK_NORMS = ("none", "head", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +59,19 @@ class TransformerConfig:
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False
+  num_kv_heads: int | None = None     # grouped-query attention; None: num_heads
+  head_dim: int | None = None         # None: d_model // num_heads
+  rope_theta: float = 10000.0         # the RoPE base
+  norm_eps: float = 1e-6              # every RMSNorm's epsilon (nnx.RMSNorm's default)
+  qk_norm: str = "none"               # RMSNorm on q and k before RoPE: 'none', 'head', 'full'
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def head_size(self) -> int:
+    return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
 
   @property
   def num_experts(self) -> int:
@@ -90,9 +110,20 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
     raise ValueError(f"{owner}: moe must be a MoEConfig or None, got {config.moe!r}")
   check_int("first_dense_layers", config.first_dense_layers, low=0, owner=owner)
   check_choice("activation", config.activation, ACTIVATIONS, owner=owner)
-  if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
-    raise ValueError(f"{owner}: d_model={config.d_model} must split into num_heads="
-                     f"{config.num_heads} heads of even size (RoPE rotates pairs)")
+  check_choice("qk_norm", config.qk_norm, QK_NORMS, owner=owner)
+  check_float("rope_theta", config.rope_theta, low=1.0, low_inclusive=False, owner=owner)
+  check_float("norm_eps", config.norm_eps, low=0.0, low_inclusive=False, owner=owner)
+  if config.head_dim is None:
+    if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
+      raise ValueError(f"{owner}: d_model={config.d_model} must split into num_heads="
+                       f"{config.num_heads} heads of even size (RoPE rotates pairs)")
+  elif check_int("head_dim", config.head_dim, low=2, owner=owner) % 2:
+    raise ValueError(f"{owner}: head_dim={config.head_dim} must be even (RoPE rotates pairs)")
+  if config.num_kv_heads is not None:
+    check_int("num_kv_heads", config.num_kv_heads, low=1, high=config.num_heads, owner=owner)
+    if config.num_heads % config.num_kv_heads:
+      raise ValueError(f"{owner}: num_kv_heads={config.num_kv_heads} must divide num_heads="
+                       f"{config.num_heads} (each key/value head serves a group of query heads)")
   if causal and config.moe is not None and not config.allow_non_causal_router:
     router = config.moe.built_router
     if not router.causal_safe:
@@ -117,7 +148,9 @@ class Linear(nnx.Module):
 
 
 def rope(x_BLHK, positions_L, base: float = 10000.0):
-  """Rotary position embedding: rotates pairs (x_i, x_{i+K/2}) by position-dependent angles."""
+  """Rotary position embedding: rotates pairs (x_i, x_{i+K/2}) by position-dependent angles
+  (pair i at frequency base^(-2i/K): the "rotate half" pairing of Hugging Face's Llama family,
+  not GPT-J's interleaved pairs)."""
   half = x_BLHK.shape[-1] // 2
   freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angle_L1K = (positions_L.astype(jnp.float32)[:, None] * freq)[:, None, :]
@@ -127,18 +160,45 @@ def rope(x_BLHK, positions_L, base: float = 10000.0):
 
 
 class Attention(nnx.Module):
+  """Fused q|k|v projection [D, (H + 2G) K] (q's H heads, then k's G, then v's G), RoPE,
+  softmax attention, output projection [H K, D]."""
+
   def __init__(self, config: TransformerConfig, *, causal: bool, rngs: nnx.Rngs, mesh=None):
     d, kw = config.d_model, dict(rngs=rngs, mesh=mesh, param_dtype=config.param_dtype)
-    self.num_heads, self.causal = config.num_heads, causal
-    self.qkv = Linear(d, 3 * d, ("embed", "heads"), **kw)
-    self.out = Linear(d, d, ("heads", "embed"), **kw)
+    heads, kv, size = config.num_heads, config.kv_heads, config.head_size
+    self.num_heads, self.num_kv_heads, self.causal = heads, kv, causal
+    self.rope_theta, self.qk_norm = config.rope_theta, config.qk_norm
+    self.qkv = Linear(d, (heads + 2 * kv) * size, ("embed", "heads"), **kw)
+    self.out = Linear(heads * size, d, ("heads", "embed"), **kw)
+    if config.qk_norm != "none":
+      norm = lambda n: nnx.RMSNorm(n, epsilon=config.norm_eps, rngs=rngs,
+                                   param_dtype=config.param_dtype)
+      full = config.qk_norm == "full"
+      self.q_norm = norm(heads * size if full else size)
+      self.k_norm = norm(kv * size if full else size)
+
+  def _project(self, x_BLD):
+    """q [B,L,H,K], k and v [B,L,G,K]; q and k normed as `qk_norm` says (before RoPE)."""
+    batch, length, _ = x_BLD.shape
+    heads, kv = self.num_heads, self.num_kv_heads
+    qkv = self.qkv(x_BLD)
+    size = qkv.shape[-1] // (heads + 2 * kv)
+    q, k, v = jnp.split(qkv, [heads * size, (heads + kv) * size], axis=-1)
+    if self.qk_norm == "full":   # OLMoE: over all of q's (k's) features, before the head split
+      q, k = self.q_norm(q), self.k_norm(k)
+    q, k, v = (a.reshape(batch, length, -1, size) for a in (q, k, v))
+    if self.qk_norm == "head":   # Qwen3: over each head's K
+      q, k = self.q_norm(q), self.k_norm(k)
+    return q, k, v
 
   def __call__(self, x_BLD, mask_BL=None):
-    batch, length, d = x_BLD.shape
-    q, k, v = jnp.split(self.qkv(x_BLD).reshape(batch, length, 3 * self.num_heads, -1), 3,
-                        axis=2)
+    batch, length, _ = x_BLD.shape
+    q, k, v = self._project(x_BLD)
     positions = jnp.arange(length)
-    q, k = rope(q, positions), rope(k, positions)
+    q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+    if self.num_kv_heads != self.num_heads:   # query head h reads key/value head h // group
+      group = self.num_heads // self.num_kv_heads
+      k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
     scores = jnp.einsum("blhk,bmhk->bhlm", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
     allowed = jnp.ones((length, length), bool)
     if self.causal:
@@ -148,7 +208,7 @@ class Attention(nnx.Module):
       allowed = allowed & mask_BL[:, None, None, :]
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     attn = jax.nn.softmax(scores, axis=-1).astype(x_BLD.dtype)
-    return self.out(jnp.einsum("bhlm,bmhk->blhk", attn, v).reshape(batch, length, d))
+    return self.out(jnp.einsum("bhlm,bmhk->blhk", attn, v).reshape(batch, length, -1))
 
 
 class DenseFFN(nnx.Module):
@@ -168,10 +228,10 @@ class DenseFFN(nnx.Module):
 class Block(nnx.Module):
   def __init__(self, config: TransformerConfig, layer: int, *, causal: bool, rngs: nnx.Rngs,
                mesh=None):
-    d = config.d_model
-    self.norm_attn = nnx.RMSNorm(d, rngs=rngs, param_dtype=config.param_dtype)
+    d, eps = config.d_model, config.norm_eps
+    self.norm_attn = nnx.RMSNorm(d, epsilon=eps, rngs=rngs, param_dtype=config.param_dtype)
     self.attn = Attention(config, causal=causal, rngs=rngs, mesh=mesh)
-    self.norm_ffn = nnx.RMSNorm(d, rngs=rngs, param_dtype=config.param_dtype)
+    self.norm_ffn = nnx.RMSNorm(d, epsilon=eps, rngs=rngs, param_dtype=config.param_dtype)
     self.is_moe = config.is_moe_layer(layer)
     if self.is_moe:
       self.ffn = MoE(d, config.moe, mesh=mesh, rngs=rngs)
@@ -202,7 +262,8 @@ class Transformer(nnx.Module):
                   if embed_tokens else None)
     self.blocks = nnx.List([Block(config, i, causal=causal, rngs=rngs, mesh=mesh)
                             for i in range(config.num_layers)])
-    self.norm = nnx.RMSNorm(config.d_model, rngs=rngs, param_dtype=config.param_dtype)
+    self.norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs,
+                            param_dtype=config.param_dtype)
 
   def _constrain(self, x):
     if self.mesh is None or isinstance(self.mesh, jax.sharding.AbstractMesh):

@@ -1,0 +1,21 @@
+"""Hugging Face MoE checkpoints in and out: Mixtral, Qwen3-MoE and OLMoE, with no torch.
+
+    model, source = moe_jax.hf.load("OLMoE-1B-7B-0924/", mesh=mesh)   # a moe_jax DecoderLM
+    moe_jax.hf.export(model, source, "out/")                          # transformers loads it
+
+    python -m moe_jax.hf import --from HF_DIR --workdir W [--config configs/X.py] [--config.a.b=v]
+    python -m moe_jax.train --config W/imported_config.py --workdir W      # fine-tune
+    python -m moe_jax.evaluate --workdir W
+    python -m moe_jax.hf export --workdir W --to OUT [--step N]
+
+Modules: safetensors_io (the file format), families (config.json -> config.model.*),
+convert (tensor names and layouts <-> moe_jax params), model_io (load / export in memory),
+workdirs (a moe_jax workdir from a checkpoint and back: the CLI's two commands).
+
+The data pipeline's tokenizer stays moe_jax's (bytes or SentencePiece), not the checkpoint's:
+byte ids 0-255 are valid ids of every vocabulary here, but they are not the checkpoint's
+tokens, so a fine-tuned import learns a new input mapping rather than continuing its text.
+"""
+from moe_jax.hf.model_io import HFSource, export, load
+
+__all__ = ["HFSource", "export", "load"]

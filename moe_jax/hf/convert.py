@@ -1,0 +1,179 @@
+"""Hugging Face tensors <-> moe_jax DecoderLM params: one table of mappings, read both ways.
+
+    table = mappings(family, section, layout)     # layout: 'hub' or 'fused'
+    params = to_params(table, tensors)            # {path tuple: array}, as the model lays them out
+    tensors = from_params(table, params)          # {HF name: array}, the exact inverse
+
+Each Mapping ties moe_jax params (paths into nnx.to_pure_dict of the model's Params) to HF
+tensors with a `kind` saying how, and gives the HF shapes the config implies, so a checkpoint
+is checked from its safetensors headers alone, before any data is read. HF Linear weights are
+[out, in] (y = x W^T), moe_jax kernels [in, out]: 'linear' transposes. Every conversion is a
+transpose, a stack or a concatenation, so moe_jax -> HF -> moe_jax is exact, bit for bit.
+
+Layouts: 'hub' is the layout of the checkpoints on the Hub (and what transformers 5 still
+saves by default): one Linear per expert, `...experts.{e}.w1.weight` (Mixtral, under
+block_sparse_moe) or `...mlp.experts.{e}.gate_proj.weight` (Qwen3-MoE, OLMoE). 'fused' is
+transformers 5's in-memory layout, saved with `save_pretrained(save_original_format=False)`:
+`mlp.experts.gate_up_proj` [E, 2F, D] (gate rows first) and `mlp.experts.down_proj` [E, D, F],
+the router at `mlp.gate.weight` for every family.
+
+Axis letters: E experts, D model dim, F expert hidden dim, H heads, G key/value heads, K head
+dim, V vocab.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_dtypes
+import numpy as np
+
+from moe_jax.hf.families import Family
+
+LAYOUTS = ("hub", "fused")
+FLOAT_DTYPES = tuple(np.dtype(d) for d in ("float32", "float16", "float64", ml_dtypes.bfloat16))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mapping:
+  params: tuple[tuple, ...]             # moe_jax param paths
+  tensors: tuple[str, ...]              # HF tensor names
+  shapes: tuple[tuple[int, ...], ...]   # their shapes, one per tensor
+  kind: str
+
+
+def _t(a):
+  return np.ascontiguousarray(np.swapaxes(a, -1, -2))
+
+
+def forward(m: Mapping, arrays: list) -> list:
+  """HF tensors -> moe_jax params."""
+  if m.kind == "copy":
+    return list(arrays)
+  if m.kind == "linear":
+    return [_t(arrays[0])]
+  if m.kind == "qkv":                    # q [HK, D], k [GK, D], v [GK, D] -> [D, (H + 2G) K]
+    return [np.concatenate([_t(a) for a in arrays], axis=1)]
+  if m.kind == "experts":                # E x [out, in] -> [E, in, out]
+    return [np.stack([_t(a) for a in arrays])]
+  if m.kind == "gate_up":                # [E, 2F, D] -> w_gate, w_up [E, D, F]
+    f = arrays[0].shape[1] // 2
+    return [_t(arrays[0][:, :f]), _t(arrays[0][:, f:])]
+  if m.kind == "down":                   # [E, D, F] -> [E, F, D]
+    return [_t(arrays[0])]
+  raise AssertionError(m.kind)
+
+
+def inverse(m: Mapping, arrays: list) -> list:
+  """moe_jax params -> HF tensors (the exact inverse of `forward`)."""
+  if m.kind == "copy":
+    return list(arrays)
+  if m.kind in ("linear", "down"):
+    return [_t(arrays[0])]
+  if m.kind == "qkv":
+    cuts = np.cumsum([s[0] for s in m.shapes])[:-1]
+    return [_t(a) for a in np.split(arrays[0], cuts, axis=1)]
+  if m.kind == "experts":
+    return [_t(a) for a in arrays[0]]
+  if m.kind == "gate_up":
+    return [np.concatenate([_t(arrays[0]), _t(arrays[1])], axis=1)]
+  raise AssertionError(m.kind)
+
+
+def _moe(family: Family, prefix: str, block: tuple, s: dict, layout: str) -> list[Mapping]:
+  d, e, f = s["d_model"], s["num_experts"], s["expert_d_ff"]
+  experts = block + ("ffn", "expert_params")
+  if layout == "fused":
+    m = prefix + "mlp."
+    return [Mapping((block + ("ffn", "router_params", "w"),), (m + "gate.weight",),
+                    ((e, d),), "linear"),
+            Mapping((experts + ("w_gate",), experts + ("w_up",)),
+                    (m + "experts.gate_up_proj",), ((e, 2 * f, d),), "gate_up"),
+            Mapping((experts + ("w_down",),), (m + "experts.down_proj",), ((e, d, f),), "down")]
+  m = prefix + family.moe_module + "."
+  gate, up, down = family.expert_names
+
+  def per_expert(param, hf_name, shape):
+    names = tuple(f"{m}experts.{i}.{hf_name}.weight" for i in range(e))
+    return Mapping((experts + (param,),), names, (shape,) * e, "experts")
+
+  return [Mapping((block + ("ffn", "router_params", "w"),), (m + "gate.weight",), ((e, d),),
+                  "linear"),
+          per_expert("w_gate", gate, (f, d)), per_expert("w_up", up, (f, d)),
+          per_expert("w_down", down, (d, f))]
+
+
+def mappings(family: Family, section: dict, layout: str) -> list[Mapping]:
+  """Every param of the model described by `section` (config.model.* keys), with its tensors."""
+  s = section
+  d, v, heads = s["d_model"], s["vocab_size"], s["num_heads"]
+  kv = s["num_kv_heads"] or heads
+  k = s["head_dim"] or d // heads
+  copy = lambda path, name, shape: Mapping((path,), (name,), (shape,), "copy")
+  linear = lambda path, name, shape: Mapping((path,), (name,), (shape,), "linear")
+  table = [copy(("transformer", "embed"), "model.embed_tokens.weight", (v, d))]
+  for i in range(s["num_layers"]):
+    p, b = f"model.layers.{i}.", ("transformer", "blocks", i)
+    a = p + "self_attn."
+    table += [
+        copy(b + ("norm_attn", "scale"), p + "input_layernorm.weight", (d,)),
+        copy(b + ("norm_ffn", "scale"), p + "post_attention_layernorm.weight", (d,)),
+        Mapping((b + ("attn", "qkv", "kernel"),),
+                (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
+                ((heads * k, d), (kv * k, d), (kv * k, d)), "qkv"),
+        linear(b + ("attn", "out", "kernel"), a + "o_proj.weight", (d, heads * k))]
+    if s["qk_norm"] != "none":
+      full = s["qk_norm"] == "full"
+      table += [copy(b + ("attn", "q_norm", "scale"), a + "q_norm.weight",
+                     (heads * k if full else k,)),
+                copy(b + ("attn", "k_norm", "scale"), a + "k_norm.weight",
+                     (kv * k if full else k,))]
+    moe = i >= s["first_dense_layers"] and (i - s["first_dense_layers"]) % s["moe_every"] == 0
+    if moe:
+      table += _moe(family, p, b, s, layout)
+    else:
+      f = s["d_ff"]
+      table += [linear(b + ("ffn", "w_in", "kernel"), p + "mlp.gate_proj.weight", (f, d)),
+                linear(b + ("ffn", "w_up", "kernel"), p + "mlp.up_proj.weight", (f, d)),
+                linear(b + ("ffn", "w_out", "kernel"), p + "mlp.down_proj.weight", (d, f))]
+  table += [copy(("transformer", "norm", "scale"), "model.norm.weight", (d,)),
+            linear(("unembed", "kernel"), "lm_head.weight", (v, d))]
+  return table
+
+
+def detect_layout(names) -> str:
+  """'fused' if the checkpoint holds fused expert tensors, else 'hub'."""
+  return "fused" if any(n.endswith(".experts.gate_up_proj") for n in names) else "hub"
+
+
+def check_tensors(table: list[Mapping], checkpoint, where: str) -> None:
+  """Names and shapes (from the headers) against the table: an unknown or missing tensor, or
+  a wrong shape, is an error naming it. Biases are unknown names: these families have none."""
+  expected = {n: s for m in table for n, s in zip(m.tensors, m.shapes)}
+  names = set(checkpoint.names())
+  for name in sorted(names - set(expected)):
+    why = (" (biases are not supported: moe_jax's attention and router have none)"
+           if name.endswith(".bias") else "")
+    raise ValueError(f"{where}: tensor {name!r} is not understood{why}")
+  for name in sorted(set(expected) - names):
+    raise ValueError(f"{where}: tensor {name!r} is missing (config.json implies it)")
+  for name in sorted(expected):
+    if checkpoint.shape(name) != expected[name]:
+      raise ValueError(f"{where}: tensor {name!r} has shape {list(checkpoint.shape(name))}, "
+                       f"config.json implies {list(expected[name])}")
+    if checkpoint.dtype(name) not in FLOAT_DTYPES:
+      raise ValueError(f"{where}: tensor {name!r} has dtype {checkpoint.dtype(name)}, not a "
+                       "float (quantised checkpoints are not supported)")
+
+
+def to_params(table: list[Mapping], checkpoint) -> dict[tuple, np.ndarray]:
+  out = {}
+  for m in table:
+    out.update(zip(m.params, forward(m, [checkpoint[n] for n in m.tensors])))
+  return out
+
+
+def from_params(table: list[Mapping], params: dict[tuple, np.ndarray]) -> dict[str, np.ndarray]:
+  out = {}
+  for m in table:
+    out.update(zip(m.tensors, inverse(m, [params[p] for p in m.params])))
+  return out

@@ -1,0 +1,208 @@
+"""The Hugging Face MoE families moe_jax reads: their config.json fields -> `config.model.*`.
+
+    family = family_of(hf_config)                # by `architectures`
+    section = model_section(family, hf_config)   # the flat config.model.* keys of the model
+
+Each family is a table, not code: which field holds what, the fields that must have a given
+value (a sliding window, RoPE scaling, biases: things moe_jax's transformer does not have) and
+the fields that do not change the forward pass (token ids, initializer_range, the HF training
+loss coefficient). A field in none of these is an error naming it, so a config this module
+does not understand is never imported silently wrong. Read against transformers 5.25's
+modeling_{mixtral,qwen3_moe,olmoe}.py; transformers 4.x configs (`rope_theta`, `rope_scaling`,
+`torch_dtype`) are read too.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# Fields with no effect on the weights' meaning or the forward pass. `router_aux_loss_coef` and
+# `output_router_logits` are HF's training loss; the moe_jax run's is config.aux_loss_weights.
+IGNORED = frozenset({
+    "bos_token_id", "eos_token_id", "pad_token_id", "use_cache", "initializer_range",
+    "transformers_version", "output_router_logits", "router_aux_loss_coef", "output_attentions",
+    "output_hidden_states", "return_dict", "torchscript", "architectures", "model_type",
+    "dtype", "torch_dtype", "tokenizer_class", "max_window_layers"})
+DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  architecture: str
+  model_type: str
+  moe_module: str                       # the layer's MoE submodule: block_sparse_moe or mlp
+  expert_names: tuple[str, str, str]    # per-expert Linear names: gate, up, down
+  num_experts_fields: tuple[str, ...]   # the first present is read (the Hub's configs say
+                                        # num_experts; transformers 5 saves num_local_experts)
+  expert_d_ff_field: str
+  qk_norm: str                          # moe_jax's qk_norm
+  renormalize_field: str | None         # None: always renormalised (Mixtral)
+  required: dict[str, Any]              # fields that must have this value when present
+
+
+FAMILIES = {f.architecture: f for f in (
+    Family("MixtralForCausalLM", "mixtral", "block_sparse_moe", ("w1", "w3", "w2"),
+           ("num_local_experts",), "intermediate_size", "none", None,
+           {"sliding_window": None, "attention_dropout": 0.0, "rope_scaling": None}),
+    Family("Qwen3MoeForCausalLM", "qwen3_moe", "mlp", ("gate_proj", "up_proj", "down_proj"),
+           ("num_experts", "num_local_experts"), "moe_intermediate_size", "head", "norm_topk_prob",
+           {"use_sliding_window": False, "attention_bias": False, "attention_dropout": 0.0,
+            "rope_scaling": None}),
+    Family("OlmoeForCausalLM", "olmoe", "mlp", ("gate_proj", "up_proj", "down_proj"),
+           ("num_experts", "num_local_experts"), "intermediate_size", "full", "norm_topk_prob",
+           {"attention_bias": False, "attention_dropout": 0.0, "clip_qkv": None,
+            "rope_scaling": None, "sliding_window": None}),
+)}
+
+# The fields each family maps (beyond `required` and IGNORED).
+_COMMON = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+           "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings",
+           "rms_norm_eps", "rope_theta", "rope_parameters", "tie_word_embeddings",
+           "num_experts_per_tok", "intermediate_size"}
+_MAPPED = {"MixtralForCausalLM": {"router_jitter_noise"},
+           "Qwen3MoeForCausalLM": {"moe_intermediate_size", "norm_topk_prob",
+                                   "decoder_sparse_step", "mlp_only_layers", "sliding_window"},
+           "OlmoeForCausalLM": {"norm_topk_prob"}}
+
+
+def family_of(hf_config: dict) -> Family:
+  archs = hf_config.get("architectures")
+  if not isinstance(archs, list) or len(archs) != 1 or archs[0] not in FAMILIES:
+    raise ValueError(f"config.json: architectures={archs!r} is not supported; moe_jax.hf "
+                     f"imports one of {', '.join(FAMILIES)}")
+  family = FAMILIES[archs[0]]
+  if hf_config.get("model_type") != family.model_type:
+    raise ValueError(f"config.json: model_type={hf_config.get('model_type')!r} does not match "
+                     f"architectures {archs[0]!r} (expected {family.model_type!r})")
+  return family
+
+
+def _get(hf_config: dict, key: str, default=None, *, kind=None):
+  value = hf_config.get(key, default)
+  if kind is not None and (isinstance(value, bool) != (kind is bool)
+                           or not isinstance(value, kind)):
+    name = {int: "an integer", bool: "true or false"}.get(kind, "a number")
+    raise ValueError(f"config.json: {key}={value!r} must be {name}")
+  return value
+
+
+def rope_theta(hf_config: dict) -> float:
+  """The RoPE base from `rope_parameters` (transformers 5) or `rope_theta` (4.x); any other
+  RoPE type or parameter (scaling, YaRN, partial rotary) is an error naming it."""
+  params = hf_config.get("rope_parameters")
+  if params is None:
+    return float(_get(hf_config, "rope_theta", kind=(int, float)))
+  if not isinstance(params, dict):
+    raise ValueError(f"config.json: rope_parameters={params!r} must be a dict")
+  if params.get("rope_type", "default") != "default":
+    raise ValueError(f"config.json: rope_parameters.rope_type={params['rope_type']!r} is not "
+                     "supported (moe_jax has plain RoPE only: 'default')")
+  extra = sorted(set(params) - {"rope_type", "rope_theta"})
+  if extra:
+    raise ValueError(f"config.json: rope_parameters.{extra[0]}={params[extra[0]]!r} is not "
+                     "supported (moe_jax has plain RoPE only)")
+  return float(_get({"rope_parameters.rope_theta": params.get("rope_theta")},
+                    "rope_parameters.rope_theta", kind=(int, float)))
+
+
+def check_fields(family: Family, hf_config: dict) -> None:
+  known = (IGNORED | _COMMON | _MAPPED[family.architecture] | set(family.required)
+           | set(family.num_experts_fields))
+  for key in sorted(hf_config):
+    if key.startswith("_"):     # _name_or_path, _attn_implementation*: bookkeeping
+      continue
+    if key not in known:
+      raise ValueError(f"config.json: field {key!r}={hf_config[key]!r} is not understood for "
+                       f"{family.architecture}; moe_jax.hf does not import it")
+  for key, allowed in family.required.items():
+    if key in hf_config and hf_config[key] != allowed:
+      raise ValueError(f"config.json: {key}={hf_config[key]!r} is not supported for "
+                       f"{family.architecture} (moe_jax's transformer needs {key}={allowed!r})")
+  if hf_config.get("tie_word_embeddings", False):
+    raise ValueError("config.json: tie_word_embeddings=True is not supported (moe_jax's tied "
+                     "output projection scales the logits by 1/sqrt(d_model); HF's does not)")
+  if _get(hf_config, "hidden_act", "silu") != "silu":
+    raise ValueError(f"config.json: hidden_act={hf_config['hidden_act']!r} is not supported "
+                     "(these families' experts are SwiGLU: 'silu')")
+
+
+def _dense_pattern(family: Family, hf_config: dict, num_layers: int) -> tuple[int, int]:
+  """(first_dense_layers, moe_every) giving the MoE layers Qwen3-MoE's decoder_sparse_step
+  and mlp_only_layers give: layer i is MoE iff i not in mlp_only_layers and (i + 1) % step
+  == 0."""
+  if family.architecture != "Qwen3MoeForCausalLM":
+    return 0, 1
+  step = _get(hf_config, "decoder_sparse_step", 1, kind=int)
+  only = hf_config.get("mlp_only_layers") or []
+  if step < 1 or not isinstance(only, list):
+    raise ValueError(f"config.json: decoder_sparse_step={step!r} / mlp_only_layers={only!r} "
+                     "are not valid")
+  want = [i not in only and (i + 1) % step == 0 for i in range(num_layers)]
+  for first in range(num_layers + 1):
+    for every in range(1, num_layers + 1):
+      got = [i >= first and (i - first) % every == 0 for i in range(num_layers)]
+      if got == want:
+        return first, every
+  field = "mlp_only_layers" if only else "decoder_sparse_step"
+  raise ValueError(f"config.json: {field}={hf_config.get(field)!r} makes MoE layers "
+                   f"{[i for i, m in enumerate(want) if m]}, which moe_jax's first_dense_layers "
+                   "+ moe_every cannot express")
+
+
+def _num_experts(family: Family, hf_config: dict) -> int:
+  given = [(f, hf_config[f]) for f in family.num_experts_fields if f in hf_config]
+  if not given:
+    raise ValueError(f"config.json: {family.num_experts_fields[0]} is missing")
+  if len({v for _, v in given}) > 1:
+    raise ValueError(f"config.json: {given[0][0]}={given[0][1]!r} contradicts "
+                     f"{given[1][0]}={given[1][1]!r}")
+  return _get(hf_config, given[0][0], kind=int)
+
+
+def dtype_name(hf_config: dict) -> str | None:
+  """The checkpoint's dtype as the config states it ('dtype' in transformers 5, 'torch_dtype'
+  in 4.x), or None."""
+  value = hf_config.get("dtype", hf_config.get("torch_dtype"))
+  if value is None:
+    return None
+  if value not in DTYPE_NAMES:
+    raise ValueError(f"config.json: dtype={value!r} is not supported; allowed: "
+                     + ", ".join(DTYPE_NAMES))
+  return DTYPE_NAMES[value]
+
+
+def model_section(family: Family, hf_config: dict, dtype: str) -> dict:
+  """The `config.model.*` keys describing the checkpoint's model (params in `dtype`)."""
+  check_fields(family, hf_config)
+  g = lambda key, kind=int, default=None: _get(hf_config, key, default, kind=kind)
+  d_model, heads = g("hidden_size"), g("num_attention_heads")
+  layers, num_experts = g("num_hidden_layers"), _num_experts(family, hf_config)
+  kv = hf_config.get("num_key_value_heads") or heads
+  head_dim = hf_config.get("head_dim")
+  if head_dim is not None and (heads * head_dim == d_model):
+    head_dim = None                   # the default split: keep the section minimal
+  if family.qk_norm == "full" and head_dim is not None:
+    raise ValueError(f"config.json: head_dim={hf_config['head_dim']} with hidden_size="
+                     f"{d_model} / num_attention_heads={heads}: OLMoE's q_norm spans hidden_size,"
+                     " so head_dim must be hidden_size / num_attention_heads")
+  k = g("num_experts_per_tok")
+  if not 1 <= k <= num_experts:
+    raise ValueError(f"config.json: num_experts_per_tok={k} must be in 1..{num_experts}")
+  renormalize = (True if family.renormalize_field is None
+                 else bool(g(family.renormalize_field, bool, False)))
+  options = {"k": k, "order": "softmax_topk", "renormalize": renormalize}
+  jitter = float(hf_config.get("router_jitter_noise") or 0.0)
+  if jitter:     # Mixtral's training-time x * U(1 - j, 1 + j) is moe_jax's jitter_eps
+    options["jitter_eps"] = jitter
+  first_dense, every = _dense_pattern(family, hf_config, layers)
+  return {
+      "vocab_size": g("vocab_size"), "d_model": d_model, "num_layers": layers,
+      "num_heads": heads, "num_kv_heads": None if kv == heads else kv, "head_dim": head_dim,
+      "max_len": g("max_position_embeddings"), "d_ff": g("intermediate_size"),
+      "activation": "silu", "glu": True, "num_experts": num_experts, "router": "topk",
+      "router_options": options, "expert_d_ff": g(family.expert_d_ff_field),
+      "moe_every": every, "first_dense_layers": first_dense, "dispatcher": "dropless",
+      "tie_embeddings": False, "rope_theta": rope_theta(hf_config),
+      "norm_eps": float(g("rms_norm_eps", (int, float))), "qk_norm": family.qk_norm,
+      "dtype": dtype, "param_dtype": dtype,
+  }
