@@ -57,6 +57,7 @@ class ModelSection:
   router: str = "topk"
   router_options: dict = dataclasses.field(default_factory=dict)
   expert_d_ff: int | None = None      # default d_ff
+  expert_bias: bool = False           # biases on the expert projections (zeros at init)
   moe_every: int = 1
   first_dense_layers: int = 0
   dispatcher: str = "sort"

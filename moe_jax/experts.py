@@ -32,24 +32,36 @@ class Experts(NamedTuple):
   """init(rng, num_experts, d_model) -> params; apply(params, x, matmul=batched_matmul) -> y.
 
   param_axes names each param's axes logically ('expert', 'embed', 'mlp'); a rules table
-  (moe_jax.parallel.mesh.LOGICAL_RULES) maps them to mesh axes.
+  (moe_jax.parallel.mesh.LOGICAL_RULES) maps them to mesh axes. With bias, every projection
+  'w_*' has a bias 'b_*' [E, out]; `output_bias` names the output projection's (None without).
   """
   init: Callable
   apply: Callable
   d_ff: int
   activation: str
   glu: bool
-  param_axes: dict[str, tuple[str, str, str]]
+  param_axes: dict[str, tuple[str, ...]]
+  output_bias: str | None = None
 
 
-def make_experts(d_ff: int, *, activation: str = "gelu", glu: bool = False,
+def _add_bias(y, b_EO, matmul):
+  """y + b[expert of each row], written as ones[.., 1] x b[E, 1, O] through the same `matmul`,
+  so it needs no knowledge of the row layout (capacity buffer, sorted or blocked rows).
+  ones_like(y): under shard_map the ones must vary over y's mesh axes, as the rows do."""
+  ones = jnp.ones_like(y[..., :1])
+  return y + matmul(ones, b_EO[:, None, :])
+
+
+def make_experts(d_ff: int, *, activation: str = "gelu", glu: bool = False, bias: bool = False,
                  param_dtype=jnp.float32) -> Experts:
-  """FFN  act(x W_in) W_out  or, with glu, GLU  (act(x W_gate) * x W_up) W_down (SwiGLU = silu)."""
+  """FFN  act(x W_in) W_out  or, with glu, GLU  (act(x W_gate) * x W_up) W_down (SwiGLU = silu);
+  with bias, each projection x W + b (zeros at init)."""
   check_int("d_ff", d_ff, low=1, owner="experts")
   check_choice("activation", activation, ACTIVATIONS, owner="experts")
   act = ACTIVATIONS[activation]
   names_in = ("w_gate", "w_up") if glu else ("w_in",)
   out_name = "w_down" if glu else "w_out"
+  bias_of = lambda name: "b" + name[1:]
 
   def init(rng, num_experts: int, d_model: int):
     rngs = jax.random.split(rng, len(names_in) + 1)
@@ -58,18 +70,29 @@ def make_experts(d_ff: int, *, activation: str = "gelu", glu: bool = False,
     params = {n: fan_in(r, (num_experts, d_model, d_ff), param_dtype)
               for n, r in zip(names_in, rngs)}
     params[out_name] = fan_in(rngs[-1], (num_experts, d_ff, d_model), param_dtype)
+    if bias:
+      params.update({bias_of(n): jnp.zeros((num_experts, d_ff), param_dtype) for n in names_in})
+      params[bias_of(out_name)] = jnp.zeros((num_experts, d_model), param_dtype)
     return params
+
+  def project(params, x, name, matmul):
+    y = matmul(x, params[name])
+    return _add_bias(y, params[bias_of(name)], matmul) if bias else y
 
   def apply(params, x, matmul=batched_matmul):
     if glu:
-      h = act(matmul(x, params["w_gate"])) * matmul(x, params["w_up"])
+      h = act(project(params, x, "w_gate", matmul)) * project(params, x, "w_up", matmul)
     else:
-      h = act(matmul(x, params["w_in"]))
-    return matmul(h, params[out_name])
+      h = act(project(params, x, "w_in", matmul))
+    return project(params, h, out_name, matmul)
 
   param_axes = {n: ("expert", "embed", "mlp") for n in names_in}
   param_axes[out_name] = ("expert", "mlp", "embed")
-  return Experts(init, apply, d_ff, activation, glu, param_axes)
+  if bias:
+    param_axes.update({bias_of(n): ("expert", "mlp") for n in names_in})
+    param_axes[bias_of(out_name)] = ("expert", "embed")
+  return Experts(init, apply, d_ff, activation, glu, param_axes,
+                 bias_of(out_name) if bias else None)
 
 
 def loop_reference(params, experts: Experts, x_TD, combine_TE):

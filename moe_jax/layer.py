@@ -243,12 +243,25 @@ def _reduce_across_devices(routing):
                          new_state=jax.tree.map(merge_state, routing.new_state))
 
 
+def _output_bias_on_one_model_shard(variables, experts: Experts, model_size: int):
+  """Under tensor parallelism each 'model' shard computes a partial expert output and a psum
+  completes it, so an output bias would be added once per shard: keep it on shard 0 only (its
+  gradient, summed over the replicated param's shards, is then the full one)."""
+  if experts.output_bias is None or model_size == 1:
+    return variables
+  name = experts.output_bias
+  first = (jax.lax.axis_index("model") == 0).astype(variables["experts"][name].dtype)
+  return {**variables, "experts": {**variables["experts"],
+                                   name: variables["experts"][name] * first}}
+
+
 def _sharded_layer(layer, variables, x_BLD, token_ids_BL, rngs_G, *, mesh, dispatcher, experts,
                    exchange):
   ep_dispatcher = expert_parallel.make(dispatcher, ep=axis_size(mesh, "expert"),
                                        exchange=exchange)
 
   def body(variables, x_BLD, token_ids_BL, rngs_G):
+    variables = _output_bias_on_one_model_shard(variables, experts, axis_size(mesh, "model"))
     y_BLD, routing = layer(variables, x_BLD, token_ids_BL, rngs_G, dispatcher=ep_dispatcher,
                            reduce=_reduce_across_devices)
     per_group = routing.replace(aux_losses={}, metrics={}, new_state={})

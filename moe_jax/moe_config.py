@@ -40,6 +40,7 @@ class MoEConfig:
   router_options: dict[str, Any] = dataclasses.field(default_factory=dict)
   activation: str = "gelu"
   glu: bool = False
+  expert_bias: bool = False           # x W + b in every expert projection (routed and shared)
   dispatcher: str | Dispatcher = dispatch.DEFAULT
   capacity_factor: float = 1.25
   group_size: int | None = None       # tokens routed together; None: one sequence
@@ -127,13 +128,15 @@ class MoEConfig:
 
   @functools.cached_property
   def experts(self) -> Experts:
-    return make_experts(self.expert_d_ff, activation=self.activation, glu=self.glu)
+    return make_experts(self.expert_d_ff, activation=self.activation, glu=self.glu,
+                        bias=self.expert_bias)
 
   @functools.cached_property
   def shared_experts(self) -> Experts | None:
     if self.shared_d_ff is None:
       return None
-    return make_experts(self.shared_d_ff, activation=self.activation, glu=self.glu)
+    return make_experts(self.shared_d_ff, activation=self.activation, glu=self.glu,
+                        bias=self.expert_bias)
 
 
 def _check_reports_balance_stats(router: Router) -> None:

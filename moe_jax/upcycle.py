@@ -129,8 +129,10 @@ def upcycle_params(dense: dict, target: dict, *, glu: bool,
     layer = int(path.split("/")[-2]) if path.count("/") >= 2 else 0
     rng = jax.random.fold_in(jax.random.PRNGKey(options.seed), layer)
     out = dict(target)
-    out["expert_params"] = expert_copies(dense, num_experts=num_experts, expert_d_ff=width,
-                                         glu=glu, options=options, rng=rng)
+    # The dense FFN has no biases: expert biases (expert_bias=True) keep the target's zeros.
+    out["expert_params"] = {**target["expert_params"],
+                            **expert_copies(dense, num_experts=num_experts, expert_d_ff=width,
+                                            glu=glu, options=options, rng=rng)}
     if options.router_init == "zeros":
       out["router_params"] = jax.tree.map(jnp.zeros_like, target["router_params"])
     return out

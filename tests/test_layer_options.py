@@ -1,6 +1,7 @@
 """The layer's newer options, each against a direct implementation of its paper's formula:
 MoE++ null experts, Qwen2-MoE's gated shared expert, global-batch load balancing (Qiu et al.
-2025), V-MoE's batch-prioritised routing, NLLB-MoE's renormalisation after drops, router bias.
+2025), V-MoE's batch-prioritised routing, NLLB-MoE's renormalisation after drops, router bias,
+biases on the expert projections.
 
 The references route one group with the router, then apply the formula with a Python loop
 over experts (`loop_reference`) or assignments; they share no code with the layer's fast path.
@@ -245,6 +246,79 @@ def test_router_bias_adds_to_the_logits():
   assert grad["router"]["params"]["b"].any()
 
 
+# --- biases on the expert projections ------------------------------------------------------
+
+def _with_random_biases(variables, seed=5):
+  """Biases are zeros at init; random ones so the test sees them."""
+  def fill(path, leaf):
+    name = path[-1].key
+    if not name.startswith("b_"):
+      return leaf
+    return jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), hash(name) % 997),
+                             leaf.shape)
+  return {**variables, **{k: jax.tree_util.tree_map_with_path(fill, variables[k])
+                          for k in ("experts", "shared") if k in variables}}
+
+
+def _biased_ffn(params, e, x, glu):
+  """One expert's FFN written out: act(x W_in + b_in) W_out + b_out, or the GLU form."""
+  act = jax.nn.silu if glu else jax.nn.gelu
+  if glu:
+    h = (act(x @ params["w_gate"][e] + params["b_gate"][e])
+         * (x @ params["w_up"][e] + params["b_up"][e]))
+    return h @ params["w_down"][e] + params["b_down"][e]
+  return act(x @ params["w_in"][e] + params["b_in"][e]) @ params["w_out"][e] + params["b_out"][e]
+
+
+def _biased_reference(config):
+  def reference(variables, x_SD):
+    combine = config.built_router.route(variables["router"], x_SD).combine_matrix()
+    y = sum(combine[:, e:e + 1] * _biased_ffn(variables["experts"], e, x_SD, config.glu)
+            for e in range(config.num_experts))
+    if "shared" in variables:
+      y = y + _biased_ffn(variables["shared"], 0, x_SD, config.glu)
+    return y
+  return reference
+
+
+def _biased_config(dispatcher, glu=False, **fields):
+  return MoEConfig(num_experts=4, expert_d_ff=12, router_options={"k": 2}, dispatcher=dispatcher,
+                   capacity_factor=8.0, expert_bias=True, glu=glu,
+                   activation="silu" if glu else "gelu", **fields)
+
+
+@pytest.mark.parametrize("dispatcher,glu", [("sort", False), ("einsum", False),
+                                            ("dropless", False), ("sort", True),
+                                            ("dropless", True)])
+def test_expert_biases_equal_their_formula_forward_and_gradients(dispatcher, glu):
+  config = _biased_config(dispatcher, glu, shared_d_ff=8)
+  variables = _with_random_biases(init_moe_layer(jax.random.PRNGKey(0), D, config))
+  assert variables["experts"]["b_down" if glu else "b_out"].shape == (4, D)
+  x = _x((2, 4, D))
+  layer = lambda v, x: moe_layer(v, x, config)[0]
+  reference = _per_group(config, _biased_reference(config))
+  np.testing.assert_allclose(jax.jit(layer)(variables, x), jax.jit(reference)(variables, x),
+                             rtol=2e-4, atol=2e-5)
+  _assert_trees_close(jax.jit(lambda v, x: _grads(layer, v, x))(variables, x),
+                      jax.jit(lambda v, x: _grads(reference, v, x))(variables, x),
+                      rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("dispatcher", ["sort", "dropless"])
+def test_expert_biases_sharded_with_tensor_parallelism_equal_unsharded(dispatcher):
+  """data=2 x expert=2 x model=2: the output bias is added once, not once per model shard."""
+  config = _biased_config(dispatcher)
+  variables = _with_random_biases(init_moe_layer(jax.random.PRNGKey(0), D, config))
+  x = _x((4, 4, D))
+  mesh = make_mesh(data=2, expert=2, model=2)
+  layer = lambda mesh: jax.jit(lambda v, x: moe_layer(v, x, config, mesh=mesh)[0])
+  np.testing.assert_allclose(layer(mesh)(variables, x), layer(None)(variables, x),
+                             rtol=2e-5, atol=2e-6)
+  _assert_trees_close(jax.jit(lambda v, x: _grads(layer(mesh), v, x))(variables, x),
+                      jax.jit(lambda v, x: _grads(layer(None), v, x))(variables, x),
+                      rtol=2e-4, atol=2e-6)
+
+
 BAD = [
     (dict(shared_gate=True), "shared_gate=True gates the shared expert, but there is none"),
     (dict(zero_experts=-1), "option 'zero_experts'=-1"),
@@ -264,7 +338,7 @@ def test_bad_options_name_their_field(fields, message):
 
 def test_a_run_with_every_new_layer_option_trains_resumes_and_evaluates(tmp_path):
   """Through the public train / evaluate on the data=2 x expert=4 mesh: null experts (their
-  params checkpointed and restored), a gated shared expert, global balancing."""
+  params checkpointed and restored), a gated shared expert, global balancing, expert biases."""
   from moe_jax.evaluate import evaluate
   from moe_jax.train import train
   from tests.train_helpers import losses, small_config
@@ -272,7 +346,7 @@ def test_a_run_with_every_new_layer_option_trains_resumes_and_evaluates(tmp_path
   def config(steps):
     c = small_config(steps=steps)
     c.model.update(shared_d_ff=16, shared_gate=True, zero_experts=1, copy_experts=1,
-                   constant_experts=1, balance_scope="global")
+                   constant_experts=1, balance_scope="global", expert_bias=True)
     return c
 
   workdir = tmp_path / "run"

@@ -30,10 +30,13 @@ def _classifier(config, rngs):
 
 
 # The GLU variants are marked slow to keep `make test` within its budget (`make test-all`).
+# The classifier's experts have biases (expert_bias): the copies keep them at zero.
 @pytest.mark.parametrize("glu", [False, pytest.param(True, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("build", [_lm, _classifier], ids=["lm", "classifier"])
-def test_identical_copies_and_a_uniform_router_reproduce_the_dense_model(build, glu):
-  dense, moe = _models(build, glu, first_dense_layers=1)
+@pytest.mark.parametrize("build,expert_bias", [(_lm, False), (_classifier, True)],
+                         ids=["lm", "classifier+expert_bias"])
+def test_identical_copies_and_a_uniform_router_reproduce_the_dense_model(build, expert_bias,
+                                                                         glu):
+  dense, moe = _models(build, glu, first_dense_layers=1, expert_bias=expert_bias)
   tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 12), 0, SHAPE["vocab_size"])
   before = moe(tokens)[0]
   upcycle_model(dense, moe, UpcycleOptions(router_init="zeros"))
