@@ -64,6 +64,15 @@ def short_reason(error: BaseException, limit: int = 200) -> str:
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def with_defaults(saved, defaults):
+  """`saved` with the keys it lacks taken from `defaults`, recursively through dicts (a
+  non-dict, e.g. a dense model's moe=None, stays as saved)."""
+  if not isinstance(saved, dict) or not isinstance(defaults, dict):
+    return saved
+  return {**{k: v for k, v in defaults.items() if k not in saved},
+          **{k: with_defaults(v, defaults.get(k)) for k, v in saved.items()}}
+
+
 class Checkpoints:
   """The checkpoints in one directory; `keep` newest are kept."""
 
@@ -114,19 +123,23 @@ class Checkpoints:
       raise self._error(step, e) from e
 
   def restore(self, step: int, abstract_state, data_iterator=None, *,
-              expect_meta: dict[str, Any] | None = None):
+              expect_meta: dict[str, Any] | None = None,
+              meta_defaults: dict[str, Any] | None = None):
     """(state, meta) of `step`; restores `data_iterator`'s position in place when given.
 
     `expect_meta`: entries that must equal the saved ones (e.g. the model config), so a
     checkpoint of a different model fails with a readable error instead of a shape mismatch.
+    `meta_defaults`: values for keys the saved entries lack (fields added to the config after
+    the checkpoint was written, at the defaults that reproduce the old behaviour).
     """
     if step not in self.steps():
       raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; "
                             f"available: {self.steps() or 'none'}")
     meta = self.read_meta(step)
     for key, expected in (expect_meta or {}).items():
-      if meta.get(key) != expected:
-        diff = _describe_difference(meta.get(key), expected)
+      saved = with_defaults(meta.get(key), (meta_defaults or {}).get(key))
+      if saved != expected:
+        diff = _describe_difference(saved, expected)
         raise CheckpointError(
             f"checkpoint {self.directory / str(step)} was written with a different {key} "
             f"({diff}); use the config it was trained with, or another --workdir")

@@ -25,6 +25,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from moe_jax import config as config_lib, tasks, workdir as workdir_lib
 from moe_jax.checkpoint import Checkpoints
 from moe_jax.data import datasets
+from moe_jax.models.transformer import TransformerConfig
+from moe_jax.moe_config import MoEConfig
 from moe_jax.parallel.mesh import make_mesh
 from moe_jax.train_step import make_optimizer
 
@@ -47,11 +49,38 @@ def place_on_mesh(state, mesh):
       else jax.device_put(a, replicated), state)
 
 
+def abstract_on_mesh(abstract, mesh):
+  """`abstract` (from nnx.eval_shape) with every leaf's sharding on `mesh`: annotated params
+  keep theirs, the rest are replicated, as `place_on_mesh` places them. Without a sharding
+  orbax restores onto the topology the checkpoint was saved from, which fails when it was
+  written on another number of devices (e.g. trained on 8, evaluated in a notebook on 1)."""
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(
+      lambda a: a if isinstance(getattr(a, "sharding", None), NamedSharding)
+      else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+
+
+def _as_meta(model: dict) -> dict:
+  model = {k: (str(np.dtype(v)) if k.endswith("dtype") else v) for k, v in model.items()}
+  return json.loads(json.dumps(model, default=str))
+
+
 def checkpoint_meta(run: config_lib.RunConfig) -> dict:
   """What must match for a checkpoint to be resumed (the model's shape-determining config)."""
-  model = {k: (str(np.dtype(v)) if k.endswith("dtype") else v)
-           for k, v in dataclasses.asdict(run.model).items()}
-  return {"model": json.loads(json.dumps(model, default=str)), "seed": run.seed}
+  return {"model": _as_meta(dataclasses.asdict(run.model)), "seed": run.seed}
+
+
+def _field_defaults(cls) -> dict:
+  return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+          for f in dataclasses.fields(cls)
+          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+def checkpoint_meta_defaults() -> dict:
+  """The model fields' defaults, for checkpoints written before a field existed: a field added
+  later defaults to the old behaviour, so such a checkpoint still resumes."""
+  return {"model": {**_as_meta(_field_defaults(TransformerConfig)),
+                    "moe": _as_meta(_field_defaults(MoEConfig))}}
 
 
 def tokenizer(run, workdir: pathlib.Path | None, *, may_train: bool):
@@ -163,7 +192,8 @@ def open_training(run, workdir: pathlib.Path, say) -> Session:
     if step is not None:
       abstract = jax.tree.map(
           lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
-      state, _ = ckpts.restore(step, abstract, iterator, expect_meta=checkpoint_meta(run))
+      state, _ = ckpts.restore(step, abstract, iterator, expect_meta=checkpoint_meta(run),
+                               meta_defaults=checkpoint_meta_defaults())
   except BaseException:
     ckpts.close()
     raise
@@ -192,7 +222,9 @@ def restore_for_eval(run, workdir: pathlib.Path, mesh, step: int | None):
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {ckpts.directory}: train first")
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build(run, mesh)))
-    state, _ = ckpts.restore(step, abstract, expect_meta=checkpoint_meta(run))
+    state, _ = ckpts.restore(step, abstract_on_mesh(abstract, mesh),
+                             expect_meta=checkpoint_meta(run),
+                             meta_defaults=checkpoint_meta_defaults())
   finally:
     ckpts.close()
   return graphdef, state, step

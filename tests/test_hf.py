@@ -329,3 +329,23 @@ def test_cli_refuses_an_unsupported_checkpoint_in_one_line_writing_nothing(tmp_p
                                 "--cpu_devices=1"),
                         r"architectures=\['GPT2LMHeadModel'\] is not supported")
   assert not (tmp_path / "w").exists() and snapshot(bad) == before
+
+
+def test_the_routing_anatomy_notebook_reads_an_imported_model(tmp_path, monkeypatch):
+  """notebooks/routing_anatomy.ipynb on an imported OLMoE (untied, its vocabulary holds the
+  bytes), as its first cell tells a user to run it: every cell runs, the logits it rebuilds
+  block by block are the model's."""
+  import nbformat
+  from nbclient import NotebookClient
+  workdir = tmp_path / "olmoe"
+  workdirs.import_workdir(FIXTURES / "olmoe", workdir, overrides=["data.seq_len=16"],
+                          say=lambda _: None)
+  monkeypatch.setenv("MOE_JAX_ANATOMY_WORKDIR", str(workdir))
+  notebook = nbformat.read(REPO / "notebooks" / "routing_anatomy.ipynb", as_version=4)
+  NotebookClient(notebook, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+  printed = "".join(out.get("text", "") for cell in notebook.cells
+                    for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+  assert "step 0: 2 layers, 4 experts" in printed
+  assert "matches the model's logits: True" in printed
+  assert "cf  0.5: dropped layer 0" in printed

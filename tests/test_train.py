@@ -78,6 +78,30 @@ def test_checkpoint_of_another_model_is_refused(trained, tmp_path):
     train(cfg, workdir, progress=False)
 
 
+def _forget_newer_model_fields(workdir):
+  """Rewrites every checkpoint's meta as a moe_jax from before these fields existed wrote it."""
+  for path in (workdir / "checkpoints").glob("*/meta/metadata"):
+    meta = json.loads(path.read_text())
+    for key in ("head_dim", "qk_norm", "norm_eps"):
+      del meta["model"][key]
+    for key in ("expert_bias", "balance_scope"):
+      del meta["model"]["moe"][key]
+    path.write_text(json.dumps(meta))
+
+
+def test_a_checkpoint_from_before_newer_model_fields_resumes_at_their_defaults(trained,
+                                                                              tmp_path):
+  workdir = _copy(trained, tmp_path)
+  _forget_newer_model_fields(workdir)
+  train(small_config(steps=13), workdir, progress=False)
+  assert sorted(losses(workdir)) == list(range(1, 14))
+  cfg = small_config(steps=16)           # but a non-default value of such a field is refused
+  cfg.model.qk_norm = "head"
+  refused = r"different model \(qk_norm: saved 'none', now 'head'\)"
+  with pytest.raises(CheckpointError, match=refused):
+    train(cfg, workdir, progress=False)
+
+
 def test_restore_step_that_does_not_exist(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   with pytest.raises(ValueError, match=r"restore_step=5: no such checkpoint.*\[4, 8, 12\]"):
