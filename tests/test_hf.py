@@ -242,7 +242,7 @@ def test_bias_tensors_are_refused_by_name(tmp_path):
   tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(32, np.float32)
   safetensors_io.write_checkpoint(directory, tensors)
   with pytest.raises(ValueError, match=r"tensor 'model.layers.0.self_attn.q_proj.bias' is not "
-                                       r"understood \(biases are not supported"):
+                                       r"understood \(biases are not imported"):
     hf.load(directory)
 
 

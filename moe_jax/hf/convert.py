@@ -151,7 +151,8 @@ def check_tensors(table: list[Mapping], checkpoint, where: str) -> None:
   expected = {n: s for m in table for n, s in zip(m.tensors, m.shapes)}
   names = set(checkpoint.names())
   for name in sorted(names - set(expected)):
-    why = (" (biases are not supported: moe_jax's attention and router have none)"
+    why = (" (biases are not imported: Mixtral, Qwen3-MoE and OLMoE have none, and moe_jax's "
+           "attention has none)"
            if name.endswith(".bias") else "")
     raise ValueError(f"{where}: tensor {name!r} is not understood{why}")
   for name in sorted(set(expected) - names):
