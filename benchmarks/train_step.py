@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py [--d_model 128] [--layers 4] [--experts 8] [--k 2]
         [--expert_d_ff 256] [--seq_len 64] [--batch 32] [--rounds 10] [--steps_per_round 2]
-        [--mesh data=2,expert=4]
+        [--mesh data=2,expert=4] [--profile]
 
 Every FFN is MoE (E experts of hidden size F, top-k) in the MoE LM; the dense LM has the same
 attention and one FFN of hidden size k*F per layer, i.e. the same parameters active per token
@@ -14,6 +14,10 @@ rounds. Rows: dense, MoE with the `sort` dispatcher (default), `dropless` and th
 reference; with `--mesh`, the same rows sharded over that mesh (simulated CPU devices here).
 Ratios are tokens/s relative to the dense LM on the same mesh. Writes
 benchmarks/results/train_step.json.
+
+`--profile` then traces `--steps_per_round` steps of each model (`step_profile.py`): ms per
+step of each op kind summed over the devices, the kinds that differ most from the dense LM on
+the same mesh, and how many of the CPU cores each model kept busy.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import json
 import os
 import pathlib
 import statistics
+import sys
 import time
 
 if __name__ == "__main__" and "--xla_force_host_platform_device_count" not in os.environ.get(
@@ -29,10 +34,14 @@ if __name__ == "__main__" and "--xla_force_host_platform_device_count" not in os
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8").strip()
 
+if __name__ == "__main__":   # run as a script: the repository root, for `benchmarks.step_profile`
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import jax  # noqa: E402  (after XLA_FLAGS)
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import step_profile  # noqa: E402
 from moe_jax.models import DecoderLM, make_config  # noqa: E402
 from moe_jax.parallel import make_mesh  # noqa: E402
 from moe_jax.parallel.distributed import host_local_to_global  # noqa: E402
@@ -107,6 +116,25 @@ def _time_round_robin(runners: dict, rounds: int, steps: int) -> dict:
   return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def _profile(runners: dict, rows: list, steps: int) -> None:
+  """Per mesh, the op kinds where the MoE steps differ most from the dense one (ms/step summed
+  over devices), and each model's cores busy; both also go into `rows`."""
+  for mesh_name in dict.fromkeys(m for m, _ in runners):
+    profiles = {}
+    for (m, name), runner in runners.items():
+      if m == mesh_name:
+        busy = step_profile.cores_busy(runner.run, steps)
+        profiles[name] = step_profile.op_ms_per_step(runner.run, steps)
+        row = next(r for r in rows if (r["mesh"], r["model"]) == (m, name))
+        row.update(cores_busy=busy, op_ms_per_step=profiles[name])
+    print(f"\n{mesh_name}: ms/step per op kind, summed over devices (where the models differ "
+          "most from dense)")
+    print("\n".join(step_profile.compare(profiles, "dense")))
+    print(f"{'cores busy':<28}" + "".join(
+        f"{next(r for r in rows if (r['mesh'], r['model']) == (mesh_name, n))['cores_busy']:>16.2f}"
+        for n in profiles))
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--d_model", type=int, default=128)
@@ -121,6 +149,8 @@ def main(argv=None):
   parser.add_argument("--steps_per_round", type=int, default=2)
   parser.add_argument("--dispatchers", nargs="+", default=["sort", "dropless", "einsum"])
   parser.add_argument("--mesh", default="", help="e.g. data=2,expert=4 (also run sharded)")
+  parser.add_argument("--profile", action="store_true",
+                      help="then trace each model: where its step's time goes")
   parser.add_argument("--out", default=str(RESULTS / "train_step.json"))
   args = parser.parse_args(argv)
 
@@ -147,6 +177,8 @@ def main(argv=None):
     rows.append(row)
     print(f"{mesh_name:<18}{name:<16}{row['params']:>13,}{row['active_params']:>13,}"
           f"{row['step_ms']:>10.1f}{row['tokens_per_sec']:>11,.0f}{row['vs_dense']:>9.2f}")
+  if args.profile:
+    _profile(runners, rows, args.steps_per_round)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   result = {"backend": jax.default_backend(), "jax": jax.__version__, "args": vars(args),

@@ -31,7 +31,7 @@ def test_train_step_benchmark_runs(tmp_path):
   out = tmp_path / "train_step.json"
   train_step.main(["--d_model", "32", "--layers", "1", "--experts", "4", "--expert_d_ff", "32",
                    "--seq_len", "16", "--batch", "8", "--rounds", "1", "--steps_per_round", "1",
-                   "--mesh", "data=2,expert=4", "--out", str(out)])
+                   "--mesh", "data=2,expert=4", "--profile", "--out", str(out)])
   rows = json.loads(out.read_text())["rows"]
   assert [(r["mesh"], r["model"]) for r in rows] == [
       (m, name) for m in ("1 device", "data=2,expert=4")
@@ -41,3 +41,7 @@ def test_train_step_benchmark_runs(tmp_path):
   # Same active parameters up to the router's D*E weights.
   assert sort["active_params"] - dense["active_params"] == 32 * 4
   assert all(r["tokens_per_sec"] > 0 for r in rows)
+  # --profile: op kinds from the trace, the all-to-alls only where experts are exchanged.
+  assert all(r["cores_busy"] > 0 and r["op_ms_per_step"] for r in rows)
+  assert all(("all-to-all" in r["op_ms_per_step"]) == (r["mesh"] != "1 device" and
+                                                      r["model"] != "dense") for r in rows)
