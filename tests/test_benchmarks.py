@@ -45,3 +45,11 @@ def test_train_step_benchmark_runs(tmp_path):
   assert all(r["cores_busy"] > 0 and r["op_ms_per_step"] for r in rows)
   assert all(("all-to-all" in r["op_ms_per_step"]) == (r["mesh"] != "1 device" and
                                                       r["model"] != "dense") for r in rows)
+
+
+def test_batched_matmul_benchmark_runs(tmp_path):
+  from benchmarks import batched_matmul
+  rows = batched_matmul.main(["--rows", "64", "--d_model", "8", "--d_ff", "16", "--experts",
+                              "2", "8", "--rounds", "1", "--out", str(tmp_path / "b.json")])
+  assert [r["case"] for r in rows] == ["one matmul", "E=2", "E=8"]
+  assert rows[0]["x_one_matmul"] == 1.0 and all(r["ms"] > 0 for r in rows)
