@@ -10,6 +10,8 @@ P experts per group (E = G·P), J kept groups.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -72,6 +74,40 @@ def _check_options(owner, num_experts, k, score, num_groups, top_groups, renorma
   check_float("bias_update_rate", bias_update_rate, low=0.0, owner=owner)
 
 
+def init_biased(rng, d_model, *, num_experts: int, init_scale: float):
+  """A linear router's weights and its selection bias (router state, not a parameter)."""
+  return {"params": {"w": init_linear(rng, d_model, num_experts, init_scale)},
+          "state": {"bias": jnp.zeros((num_experts,), jnp.float32)}}
+
+
+def biased_topk(variables, x_TD, *, k: int, score: str, num_groups: int, top_groups: int,
+                renormalize: bool, routed_scaling_factor: float, bias_update_rate: float,
+                train: bool):
+  """(routing without aux losses, scores_TE, probs_TE) of the loss-free-balanced top-k that
+  `deepseek` and `bias_balanced` share: the bias (and the group limit) choose, the unbiased
+  scores weigh; with train=True the bias moves towards balance (in routing.new_state)."""
+  logits_TE = linear_logits(variables["params"]["w"], x_TD)
+  bias_E = variables["state"]["bias"]
+  if score == "sigmoid":
+    scores_TE = jax.nn.sigmoid(logits_TE)
+  else:
+    scores_TE = jax.nn.softmax(logits_TE, axis=-1)
+  choice_TE = jax.lax.stop_gradient(scores_TE) + bias_E
+  choice_TE = group_limited_scores(choice_TE, num_groups, top_groups)
+  _, expert_TK = jax.lax.top_k(choice_TE, k)
+  weight_TK = jnp.take_along_axis(scores_TE, expert_TK, axis=-1)
+  if renormalize:
+    weight_TK = weight_TK / (weight_TK.sum(-1, keepdims=True) + RENORM_EPS)
+  weight_TK = weight_TK * routed_scaling_factor
+  if train:
+    bias_E = balancing_bias_update(bias_E, expert_TK, bias_update_rate)
+  probs_TE = scores_TE / scores_TE.sum(-1, keepdims=True)
+  routing = token_choice_routing(expert_TK, weight_TK, num_experts=scores_TE.shape[-1],
+                                 probs_TE=probs_TE, logits_TE=logits_TE,
+                                 new_state={"bias": bias_E})
+  return routing, scores_TE, probs_TE
+
+
 @register("deepseek")
 def deepseek(*, num_experts: int, k: int = 2, score: str = "sigmoid", num_groups: int = 1,
              top_groups: int = 1, renormalize: bool = True, routed_scaling_factor: float = 1.0,
@@ -94,31 +130,12 @@ def deepseek(*, num_experts: int, k: int = 2, score: str = "sigmoid", num_groups
   _check_options(owner, num_experts, k, score, num_groups, top_groups, renormalize,
                  routed_scaling_factor, bias_update_rate, init_scale)
 
-  def init(rng, d_model):
-    return {"params": {"w": init_linear(rng, d_model, num_experts, init_scale)},
-            "state": {"bias": jnp.zeros((num_experts,), jnp.float32)}}
-
   def route(variables, x_TD, *, token_ids=None, rng=None, train=False):
     del token_ids, rng
-    logits_TE = linear_logits(variables["params"]["w"], x_TD)
-    bias_E = variables["state"]["bias"]
-    if score == "sigmoid":
-      scores_TE = jax.nn.sigmoid(logits_TE)
-    else:
-      scores_TE = jax.nn.softmax(logits_TE, axis=-1)
-    choice_TE = jax.lax.stop_gradient(scores_TE) + bias_E
-    choice_TE = group_limited_scores(choice_TE, num_groups, top_groups)
-    _, expert_TK = jax.lax.top_k(choice_TE, k)
-    weight_TK = jnp.take_along_axis(scores_TE, expert_TK, axis=-1)
-    if renormalize:
-      weight_TK = weight_TK / (weight_TK.sum(-1, keepdims=True) + RENORM_EPS)
-    weight_TK = weight_TK * routed_scaling_factor
-    if train:
-      bias_E = balancing_bias_update(bias_E, expert_TK, bias_update_rate)
-    probs_TE = scores_TE / scores_TE.sum(-1, keepdims=True)
-    routing = token_choice_routing(expert_TK, weight_TK, num_experts=num_experts,
-                                   probs_TE=probs_TE, logits_TE=logits_TE,
-                                   new_state={"bias": bias_E})
+    routing, scores_TE, probs_TE = biased_topk(
+        variables, x_TD, k=k, score=score, num_groups=num_groups, top_groups=top_groups,
+        renormalize=renormalize, routed_scaling_factor=routed_scaling_factor,
+        bias_update_rate=bias_update_rate, train=train)
     aux = {
         "load_balancing": losses.load_balancing_loss(probs_TE, routing.expert, routing.valid),
         "sequence_balance": losses.sequence_balance_loss(scores_TE, routing.expert,
@@ -126,7 +143,8 @@ def deepseek(*, num_experts: int, k: int = 2, score: str = "sigmoid", num_groups
     }
     return routing.replace(aux_losses=aux)
 
-  return Router(init, route, "deepseek", num_experts, causal_safe=True,
+  return Router(partial(init_biased, num_experts=num_experts, init_scale=init_scale), route,
+                "deepseek", num_experts, causal_safe=True,
                 options=dict(k=k, score=score, num_groups=num_groups, top_groups=top_groups,
                              renormalize=renormalize,
                              routed_scaling_factor=routed_scaling_factor,

@@ -5,13 +5,14 @@ Axis letters: T tokens, D model dim, E experts, K experts per token.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
-from moe_jax.routing import losses
+from moe_jax.routing import deepseek, losses
 from moe_jax.routing.base import Router, compute_dtype, token_choice_routing
-from moe_jax.routing.linear import (balancing_bias_update, check_common, init_linear,
-                                    linear_logits, require_rng)
+from moe_jax.routing.linear import check_common, init_linear, linear_logits, require_rng
 from moe_jax.routing.registry import register
 from moe_jax.validation import check_choice, check_float
 
@@ -105,31 +106,15 @@ def bias_balanced(*, num_experts: int, k: int = 2, score: str = "sigmoid",
   check_choice("score", score, ("sigmoid", "softmax"), owner=owner)
   check_float("bias_update_rate", bias_update_rate, low=0.0, owner=owner)
 
-  def init(rng, d_model):
-    return {"params": {"w": init_linear(rng, d_model, num_experts, init_scale)},
-            "state": {"bias": jnp.zeros((num_experts,), jnp.float32)}}
-
   def route(variables, x_TD, *, token_ids=None, rng=None, train=False):
     del token_ids, rng
-    logits_TE = linear_logits(variables["params"]["w"], x_TD)
-    bias_E = variables["state"]["bias"]
-    if score == "sigmoid":
-      scores_TE = jax.nn.sigmoid(logits_TE)
-    else:
-      scores_TE = jax.nn.softmax(logits_TE, axis=-1)
-    _, expert_TK = jax.lax.top_k(jax.lax.stop_gradient(scores_TE) + bias_E, k)
-    weight_TK = jnp.take_along_axis(scores_TE, expert_TK, axis=-1)
-    if renormalize:
-      weight_TK = weight_TK / weight_TK.sum(-1, keepdims=True)
-    probs_TE = scores_TE / scores_TE.sum(-1, keepdims=True)
-    if train:
-      bias_E = balancing_bias_update(bias_E, expert_TK, bias_update_rate)
-    routing = token_choice_routing(expert_TK, weight_TK, num_experts=num_experts,
-                                   probs_TE=probs_TE, logits_TE=logits_TE,
-                                   new_state={"bias": bias_E})
+    routing, _, probs_TE = deepseek.biased_topk(
+        variables, x_TD, k=k, score=score, num_groups=1, top_groups=1, renormalize=renormalize,
+        routed_scaling_factor=1.0, bias_update_rate=bias_update_rate, train=train)
     aux = {"load_balancing": losses.load_balancing_loss(probs_TE, routing.expert, routing.valid)}
     return routing.replace(aux_losses=aux)
 
+  init = partial(deepseek.init_biased, num_experts=num_experts, init_scale=init_scale)
   return Router(init, route, "bias_balanced", num_experts, causal_safe=True,
                 options=dict(k=k, score=score, bias_update_rate=bias_update_rate,
                              renormalize=renormalize, init_scale=init_scale))
