@@ -323,6 +323,10 @@ def _optim(section: dict, steps: int, notes: list) -> OptimConfig:
   return optim
 
 
+# The overrides a mesh error suggests: all devices on the data axis, which fits any count.
+FITTING_MESH = "--config.mesh.data=-1 --config.mesh.expert=1 --config.mesh.model=1"
+
+
 def validate(cfg, *, num_devices: int, num_processes: int = 1,
              overrides: Sequence[str] = ()) -> RunConfig:
   """The typed, checked run config of `cfg` (a ConfigDict or dict, completed from the schema)
@@ -340,7 +344,8 @@ def validate(cfg, *, num_devices: int, num_processes: int = 1,
   try:
     mesh = MeshConfig(**resolve_axis_sizes(tree["mesh"], num_devices))
   except ValueError as e:
-    raise ValueError(f"config.mesh: {e}; on CPU, --cpu_devices=N simulates N devices") from e
+    raise ValueError(f"config.mesh: {e}; on CPU, --cpu_devices=N simulates N devices, or "
+                     f"{FITTING_MESH} uses the {num_devices} there are") from e
   if tree["model"]["num_experts"]:   # the options the run uses are what config.json records
     tree["model"]["router_options"] = _router_options(tree["model"], explicit, notes)
   model = _model(tree["model"], mesh, causal=task.causal)

@@ -1,4 +1,4 @@
-"""Evaluate a trained run: python -m moe_jax.evaluate --workdir DIR [--step N].
+"""Evaluate a trained run: python -m moe_jax.evaluate --workdir DIR [--step N] [--config.a.b=v ...]
 
 Loads the run's latest accepted config (DIR/config.json and config_history.jsonl) and its
 newest (or step N's) checkpoint, runs the task's validation pass and its extras, prints the
@@ -6,6 +6,11 @@ report, then writes DIR/eval.json and the plots: expert_load.png (load by layer 
 for every MoE model, and the task's own (language models: loss_curve.png from metrics.jsonl;
 classifiers: confusion.png, class_expert_load.png). What each task reports is in
 moe_jax/tasks/.
+
+`--config.a.b=v` changes the run's config for this evaluation only (config.json is not
+touched), e.g. `--config.mesh.data=1 --config.mesh.expert=1` to evaluate on one device a run
+trained on eight, or `--config.data.eval_max_batches=0` for the whole validation split. A
+change to the model is refused, naming the field, by the checkpoint's own check.
 """
 from __future__ import annotations
 
@@ -23,14 +28,15 @@ from moe_jax.tasks.base import EvalContext
 
 
 def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool = True,
-             write: bool = True) -> dict:
+             write: bool = True, overrides=()) -> dict:
   """Evaluates checkpoint `step` (default: newest) of the run in `workdir`; `config` defaults
-  to the run's own. With `write`, writes eval.json (and the plots) there."""
+  to the run's own, `overrides` ('a.b=v') apply on top of it for this evaluation. With
+  `write`, writes eval.json (and the plots) there."""
   workdir = pathlib.Path(workdir).expanduser().absolute()
   if config is None:
     config = run_setup.run_config(workdir)
   run = config_lib.validate(config, num_devices=jax.device_count(),
-                            num_processes=jax.process_count())
+                            num_processes=jax.process_count(), overrides=overrides)
   task = tasks.get(run.task)
   mesh = make_mesh(**dataclasses.asdict(run.mesh))
   graphdef, state, step = run_setup.restore_for_eval(run, workdir, mesh, step)
@@ -79,7 +85,8 @@ def main(argv):
   from moe_jax import cli
   cli.init_runtime()
   workdir = pathlib.Path(cli.FLAGS.workdir).expanduser().absolute()
-  result = cli.run_reporting_errors(evaluate, None, workdir, step=cli.FLAGS.step, write=False)
+  result = cli.run_reporting_errors(evaluate, None, workdir, step=cli.FLAGS.step, write=False,
+                                    overrides=cli.config_overrides())
   if jax.process_index() != 0:
     return
   print(tasks.get(result["task"]).report(result, workdir), flush=True)   # before any file
