@@ -15,7 +15,7 @@ def test_moe_layer_benchmark_runs(tmp_path):
                   "--rounds", "2", "--ep", "4", "--out", str(out)])
   rows = json.loads(out.read_text())["rows"]
   assert [r["layer"] for r in rows] == [
-      "dense FFN", "naive", "moe/sort", "moe/sort G=8", "moe/dropless",
+      "dense FFN", "naive", "moe/sort", "moe/sort G=8", "moe/dropless", "moe/dropless:blocked",
       "breakdown: sort.run, bare top-k", "breakdown: topk.route + sort.run",
       "moe/sort G=4 (EP baseline)", "moe/sort EP=4", "moe/dropless G=4 (EP baseline)",
       "moe/dropless EP=4"]
