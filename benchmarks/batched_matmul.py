@@ -14,20 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import os
 import statistics
-import time
+import sys
+from functools import partial
 
-import jax
-import jax.numpy as jnp
+if __name__ == "__main__":   # run as a script: the repository root, for `benchmarks.timing`
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks.timing import round_robin_ms  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-
-
-def _timed(fn, args) -> float:
-  jax.block_until_ready(fn(*args))          # untimed twin: the first call after another case
-  start = time.perf_counter()               # ran slower (see moe_layer.py)
-  jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start
 
 
 def cases(rows: int, d_model: int, d_ff: int, experts: list[int]) -> dict:
@@ -56,11 +56,8 @@ def main(argv=None):
   todo = cases(args.rows, args.d_model, args.d_ff, args.experts)
   for fn, fn_args in todo.values():
     jax.block_until_ready(fn(*fn_args))      # compile everything first
-  times = {name: [] for name in todo}
-  for _ in range(args.rounds):
-    for name, (fn, fn_args) in todo.items():
-      times[name].append(_timed(fn, fn_args))
-  median = {name: statistics.median(ts) for name, ts in times.items()}
+  times = round_robin_ms([partial(fn, *fn_args) for fn, fn_args in todo.values()], args.rounds)
+  median = {name: statistics.median(ts) / 1e3 for name, ts in zip(todo, times)}
   print(f"{jax.default_backend()}, jax {jax.__version__}; {args.rows} rows x {args.d_model} x "
         f"{args.d_ff}, {args.rounds} round-robin rounds")
   rows = []

@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from functools import partial
 from typing import Callable, NamedTuple
 
@@ -44,6 +43,7 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.naive_moe import naive_moe  # noqa: E402
+from benchmarks.timing import round_robin_ms  # noqa: E402
 from moe_jax import dispatch  # noqa: E402
 from moe_jax.dispatch import sort  # noqa: E402
 from moe_jax.experts import make_experts  # noqa: E402
@@ -84,17 +84,8 @@ def time_round_robin(cases: list[Case], rounds: int, say=print) -> list[dict]:
       compiled, temp = _compile(fn, case.args)
       fns.append((case, mode, compiled))
       temps.append(temp)
-  times = [[] for _ in fns]
-  for r in range(rounds):
-    for i, (case, _, compiled) in enumerate(fns):
-      # One untimed call first: the call right after a different, bigger case (the
-      # expert-parallel ones above all) ran up to 1.7x slower (memory handed back and faulted
-      # in again), so each timed call is a repeated one, as in a training loop.
-      jax.block_until_ready(compiled(*case.args))
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(*case.args))
-      times[i].append(1e3 * (time.perf_counter() - start))
-    say(f"  round {r + 1}/{rounds}", end="\r" if r + 1 < rounds else "\n", flush=True)
+  times = round_robin_ms([partial(compiled, *case.args) for case, _, compiled in fns], rounds,
+                         say)
   rows = {}
   for (case, mode, _), ts, temp in zip(fns, times, temps):
     row = rows.setdefault(case.label + f"@{case.experts}", {

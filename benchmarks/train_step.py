@@ -120,19 +120,17 @@ def _profile(runners: dict, rows: list, steps: int) -> None:
   """Per mesh, the op kinds where the MoE steps differ most from the dense one (ms/step summed
   over devices), and each model's cores busy; both also go into `rows`."""
   for mesh_name in dict.fromkeys(m for m, _ in runners):
-    profiles = {}
+    profiles, busy = {}, {}
     for (m, name), runner in runners.items():
       if m == mesh_name:
-        busy = step_profile.cores_busy(runner.run, steps)
+        busy[name] = step_profile.cores_busy(runner.run, steps)
         profiles[name] = step_profile.op_ms_per_step(runner.run, steps)
         row = next(r for r in rows if (r["mesh"], r["model"]) == (m, name))
-        row.update(cores_busy=busy, op_ms_per_step=profiles[name])
+        row.update(cores_busy=busy[name], op_ms_per_step=profiles[name])
     print(f"\n{mesh_name}: ms/step per op kind, summed over devices (where the models differ "
           "most from dense)")
     print("\n".join(step_profile.compare(profiles, "dense")))
-    print(f"{'cores busy':<28}" + "".join(
-        f"{next(r for r in rows if (r['mesh'], r['model']) == (mesh_name, n))['cores_busy']:>16.2f}"
-        for n in profiles))
+    print(f"{'cores busy':<28}" + "".join(f"{b:>16.2f}" for b in busy.values()))
 
 
 def main(argv=None):

@@ -43,21 +43,26 @@ def place_on_mesh(state, mesh):
   """Every array of `state` on `mesh`: annotated params keep their sharding, the rest (norm
   scales, optimizer counters) are replicated. Then the jitted step always sees one placement,
   also for arrays a checkpoint restores (which would otherwise land on one device)."""
-  replicated = NamedSharding(mesh, P())
   return jax.tree.map(
-      lambda a: a if isinstance(getattr(a, "sharding", None), NamedSharding)
-      else jax.device_put(a, replicated), state)
+      lambda a: a if _is_annotated(a) else jax.device_put(a, _sharding_on(a, mesh)), state)
 
 
-def abstract_on_mesh(abstract, mesh):
-  """`abstract` (from nnx.eval_shape) with every leaf's sharding on `mesh`: annotated params
-  keep theirs, the rest are replicated, as `place_on_mesh` places them. Without a sharding
-  orbax restores onto the topology the checkpoint was saved from, which fails when it was
-  written on another number of devices (e.g. trained on 8, evaluated in a notebook on 1)."""
-  replicated = NamedSharding(mesh, P())
+def _is_annotated(a) -> bool:
+  return isinstance(getattr(a, "sharding", None), NamedSharding)
+
+
+def _sharding_on(a, mesh) -> NamedSharding:
+  """Where `place_on_mesh` puts `a`: its own NamedSharding if annotated, else replicated."""
+  return a.sharding if _is_annotated(a) else NamedSharding(mesh, P())
+
+
+def abstract_on_mesh(state, mesh):
+  """The restore target of `state` (arrays, or shapes from nnx.eval_shape): every leaf's shape
+  and dtype with the sharding `place_on_mesh` gives it. Without a sharding orbax restores onto
+  the topology the checkpoint was saved from, which fails when it was written on another
+  number of devices (e.g. trained on 8, evaluated in a notebook on 1)."""
   return jax.tree.map(
-      lambda a: a if isinstance(getattr(a, "sharding", None), NamedSharding)
-      else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=_sharding_on(a, mesh)), state)
 
 
 def _as_meta(model: dict) -> dict:
@@ -190,9 +195,8 @@ def open_training(run, workdir: pathlib.Path, say) -> Session:
     graphdef, state = nnx.split((model, optimizer))
     state = place_on_mesh(state, mesh)
     if step is not None:
-      abstract = jax.tree.map(
-          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
-      state, _ = ckpts.restore(step, abstract, iterator, expect_meta=checkpoint_meta(run),
+      state, _ = ckpts.restore(step, abstract_on_mesh(state, mesh), iterator,
+                               expect_meta=checkpoint_meta(run),
                                meta_defaults=checkpoint_meta_defaults())
   except BaseException:
     ckpts.close()
