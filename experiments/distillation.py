@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments import bases, report
+from experiments import bases, harness, report
 from experiments.sweep import Point, Sweep, override_flags, point
 
 
@@ -34,11 +34,10 @@ DISTILLED = {"model.num_experts": 0, "task": "distill", "distill.alpha": 0.5,
 def _with_teacher(base, workdir, flags, seed):
   """The same seed's teacher run, as the sweep's `teacher` point trains it (here, if the sweep
   has not reached it: --only distilled)."""
-  from moe_jax.train import train
   own = override_flags(Point("distilled", {}, DISTILLED), seed)
   sweep_wide = flags[:len(flags) - len(own)]
   teacher = _teacher_dir(workdir)
-  train(base, teacher, overrides=[*sweep_wide, *override_flags(TEACHER, seed)], progress=False)
+  harness.train_checked(base, teacher, [*sweep_wide, *override_flags(TEACHER, seed)])
   return [f"distill.teacher_workdir={teacher}"]
 
 

@@ -5,7 +5,11 @@
 Each run is an ordinary moe_jax run (`moe_jax.train.train(base, workdir, overrides=...)`, then
 `moe_jax.evaluate.evaluate`), so everything that protects a single run protects a sweep: a
 point killed mid-run resumes from its newest checkpoint when the sweep is rerun, exactly; a
-point whose `record.json` exists is finished and skipped. The record of a run holds the final
+point whose `record.json` exists is finished and skipped. Before a run is started, resumed or
+reused, the config it will run with (the sweep's base, the command's overrides and the point's,
+resolved over the schema) is compared with the one its directory was started with
+(`sweep_config.json`): any difference is refused, naming the fields, so a rerun with other
+settings never reuses or resumes a run made with the old ones. The record of a run holds the final
 validation metrics, the parameter / FLOP accounting (experiments/accounting.py), tokens seen,
 wall time, tokens/s and the routing telemetry; results.csv / results.json hold one row per run.
 """
@@ -33,7 +37,54 @@ from moe_jax.train import train
 RECORD = "record.json"
 # Bumped when make_record gains or changes a field: a finished run's older record is rebuilt
 # from its run directory (nothing is retrained) the next time its sweep runs.
-RECORD_VERSION = 3
+RECORD_VERSION = 4
+SWEEP_CONFIG = "sweep_config.json"   # the resolved config the harness started the run with
+
+
+class SettingsChanged(ValueError):
+  """A run directory holds a run made with other settings than the sweep asks for now."""
+
+
+def expected_config(base, flags) -> dict:
+  """The complete config tree `train(base, ..., overrides=flags)` runs with."""
+  tree, _ = config_lib.resolve(base, flags)
+  return json.loads(config_lib.to_json(tree))     # as it reads back from a file
+
+
+def check_settings(workdir: pathlib.Path, base, flags) -> dict:
+  """The resolved config of (base, flags); raises SettingsChanged if `workdir` already holds a
+  run started with another one (or by an older harness that did not record it)."""
+  tree = expected_config(base, flags)
+  path = workdir / SWEEP_CONFIG
+  if path.exists():
+    changes = config_lib.flat_changes(json.loads(path.read_text()), tree)
+    if changes:
+      listed = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changes.items())
+      raise SettingsChanged(f"{workdir} holds a run made with other settings ({listed}); "
+                            "give these settings their own --workdir (or delete that run)")
+  elif workdir.is_dir() and any(workdir.iterdir()):
+    raise SettingsChanged(f"{workdir} holds a run whose settings were not recorded (an older "
+                          "harness made it); give this sweep its own --workdir (or delete "
+                          "that run)")
+  return tree
+
+
+def train_checked(base, workdir: pathlib.Path, flags, **kwargs) -> dict:
+  """`moe_jax.train.train` into `workdir` after `check_settings`; the first start records the
+  settings. A sweep's helper runs (a dense source, a teacher) go through this too."""
+  workdir = pathlib.Path(workdir)
+  tree = _claim(workdir, base, flags)
+  train(base, workdir, overrides=list(flags), progress=False, **kwargs)
+  return tree
+
+
+def _claim(workdir: pathlib.Path, base, flags) -> dict:
+  """check_settings, then records them for a run not started before."""
+  tree = check_settings(workdir, base, flags)
+  if not (workdir / SWEEP_CONFIG).exists():
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / SWEEP_CONFIG).write_text(json.dumps(tree, indent=1, sort_keys=True))
+  return tree
 
 
 def run_dirs(out_dir: pathlib.Path, p: Point, seed: int) -> pathlib.Path:
@@ -94,20 +145,27 @@ def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> di
                       for k, m in layers.items() if "expert_load" in m},
   }
   record["train_flops"] = 3 * record["flops_per_token"] * record["tokens_seen"]
+  path = workdir / SWEEP_CONFIG
+  record["config"] = json.loads(path.read_text()) if path.exists() else None
   return record
 
 
+def point_flags(p: Point, seed: int, overrides=()) -> list[str]:
+  """The overrides a (point, seed) trains with: the command's, then the point's own."""
+  return [*overrides, *override_flags(p, seed)]
+
+
 def _run_point(base, workdir: pathlib.Path, p: Point, seed: int, overrides=()) -> dict:
-  workdir.mkdir(parents=True, exist_ok=True)
+  flags = point_flags(p, seed, overrides)
+  _claim(workdir, base, flags)
   start = time.perf_counter()
   # The run's own output (resume notes, validation lines) goes to its log, so the sweep's
   # terminal keeps one line per point.
-  flags = [*overrides, *override_flags(p, seed)]
   with open(workdir / "train.log", "a") as log, contextlib.redirect_stdout(log), \
       contextlib.redirect_stderr(log):
-    if p.setup is not None:
-      flags += p.setup(base, workdir, flags, seed) or []
-    train(base, workdir, overrides=flags, progress=False)
+    # A setup's extra flags (a teacher's workdir) follow from the checked ones.
+    extra = (p.setup(base, workdir, flags, seed) or []) if p.setup is not None else []
+    train(base, workdir, overrides=[*flags, *extra], progress=False)
     evaluate(None, workdir, plots=False)
   return _write_record(workdir, make_record(workdir, p, seed, time.perf_counter() - start))
 
@@ -155,6 +213,8 @@ def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | No
       f"{out_dir}" + (f"; {done} finished earlier, skipped" if done else ""))
   records, times = [], []
   base = sweep.base()
+  for p, seed in todo:    # every run's settings before any is started: refuse as a whole
+    check_settings(run_dirs(out_dir, p, seed), base, point_flags(p, seed, overrides))
   for i, (p, seed) in enumerate(todo, 1):
     workdir = run_dirs(out_dir, p, seed)
     tag = f"[{i:>{len(str(len(todo)))}}/{len(todo)}] {p.name} seed {seed}"

@@ -6,7 +6,10 @@ Expands the sweep's grid x seeds, trains and evaluates every run that has no rec
 killed sweep, rerun, resumes its unfinished runs from their checkpoints and skips the finished
 ones), then writes into --out (default experiments/results/SWEEP, or runs/sweeps/SWEEP-quick
 with --quick): results.csv, results.json, the sweep's plots and summary.md. The runs' workdirs
-(checkpoints, logs) go under --workdir (default runs/sweeps/SWEEP[-quick]), which git ignores.
+(checkpoints, logs) go under --workdir (default: --out if given, else runs/sweeps/SWEEP[-quick],
+which git ignores). A run directory remembers the settings it was started with; a rerun with
+other settings (--config, --config.a.b=v, an edited base) is refused naming the fields that
+differ, so no finished run is ever relabelled with a new command: give it another --workdir.
 
 --quick runs the same code on the sweep's tiny setting (seconds per run, for tests);
 --config replaces the sweep's base config with a config file (e.g. configs/lm_gpu_node.py for
@@ -78,7 +81,9 @@ def run(args) -> None:
   runs = REPO / "runs" / "sweeps" / (sweep.name + ("-quick" if args.quick else ""))
   out = pathlib.Path(args.out or (runs / "results" if args.quick
                                   else REPO / "experiments" / "results" / sweep.name))
-  workdir = pathlib.Path(args.workdir or runs)
+  # With --out and no --workdir the runs go beside the results (OUT/runs/...), so a sweep run
+  # into a directory of its own writes nothing into the checkout.
+  workdir = pathlib.Path(args.workdir or args.out or runs)
   start = time.perf_counter()
   records = harness.run_sweep(sweep, workdir, seeds=args.seeds, only=args.only,
                               overrides=args.overrides)

@@ -47,11 +47,9 @@ def _base(quick: bool):
 
 def _source(base, workdir, flags, quick: bool):
   """The seed's dense run (trained once, by the first point that needs it)."""
-  from moe_jax.train import train
   source = workdir.parent.parent / SOURCE / workdir.name
   dense, _ = _steps(quick)
-  train(base, source, overrides=[*flags, "model.num_experts=0", f"steps={dense}"],
-        progress=False)
+  harness.train_checked(base, source, [*flags, "model.num_experts=0", f"steps={dense}"])
   return source
 
 

@@ -129,6 +129,19 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(tmp_path):
   assert "2 finished earlier, skipped" in again.stdout
   assert json.loads(first.read_text()) == json.loads(first_record)
   assert (workdir / "runs" / "E1" / "seed0" / "metrics.jsonl").read_text() == metrics
+  assert json.loads(first_record)["config"]["optim"]["learning_rate"] == 0.003
+
+  # The same sweep with other settings is refused before anything runs, naming the field: the
+  # finished runs are neither reused under the new command nor resumed with the new values.
+  results = (out / "results.csv").read_text()
+  changed = _run([*cmd, "--config.optim.learning_rate=0.5"])
+  assert changed.returncode == 1
+  lines = changed.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and \
+      "holds a run made with other settings (optim.learning_rate: 0.003 there, 0.5 now)" \
+      in lines[0], changed.stderr
+  assert (out / "results.csv").read_text() == results
+  assert json.loads(first.read_text()) == json.loads(first_record)
 
 
 def test_bad_sweep_arguments_are_one_line(tmp_path):
@@ -170,3 +183,15 @@ def test_a_sweep_runs_on_an_accelerator_config_with_overrides():
     run = config_lib.validate(config_lib.load_file(REPO / args.config), num_devices=8,
                               overrides=[*args.overrides, *override_flags(p, seed=0)])
     assert run.mesh.data == 8 and run.model.d_model == 1024
+
+
+def test_a_quick_sweep_with_out_keeps_its_runs_there(tmp_path, monkeypatch):
+  """--out without --workdir: the runs go under --out, nothing into the checkout's runs/."""
+  from experiments import harness, report, run
+  seen = {}
+  monkeypatch.setattr(harness, "run_sweep", lambda sweep, workdir, **kw: seen.setdefault(
+      "workdir", workdir) and [])
+  monkeypatch.setattr(harness, "write_results", lambda records, out: [])
+  monkeypatch.setattr(report, "write_summary", lambda *a, **kw: [])
+  run.run(run.parse(["experiments/num_experts.py", "--quick", f"--out={tmp_path / 'o'}"]))
+  assert seen["workdir"] == tmp_path / "o"
