@@ -105,6 +105,12 @@ def _mean_over_layers(layers: dict, key: str):
   return float(np.mean(values)) if values else None
 
 
+def _interval_ce(line: dict) -> float:
+  for name in ("ce_mean", "loss_mean", "ce", "loss"):   # older logs have one batch's only
+    if name in line:
+      return line[name]
+
+
 def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> dict:
   """One run's row: what the sweep varied, the final validation and the accounting."""
   run = config_lib.validate(run_setup.run_config(workdir), num_devices=1,
@@ -128,7 +134,9 @@ def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> di
       "eval_loss": result["loss"],
       "bits_per_byte": result.get("bits_per_byte"), "accuracy": result.get("accuracy"),
       "kl_to_teacher": result.get("kl_to_teacher"),     # task distill only
-      "train_loss": train_lines[-1]["loss"] if train_lines else None,
+      # The mean over the last logging interval (one batch's loss in older runs' logs).
+      "train_loss": (train_lines[-1].get("loss_mean", train_lines[-1]["loss"])
+                     if train_lines else None),
       **accounting.account(run, per_token),
       "steps": run.steps, "tokens_seen": run.steps * tokens_per_step,
       "wall_s": round(wall_s, 2), "tokens_per_sec": tps,
@@ -138,9 +146,9 @@ def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> di
       "router_logit_abs": _mean_over_layers(layers, "router_logit_abs"),
       "router_z_loss": float(np.mean(z_losses)) if z_losses else None,
       "experts_per_token": _mean_over_layers(layers, "experts_per_token"),
-      # (step, training cross-entropy) at every logged step: each batch is unseen (a run
-      # sees under one epoch), so it tracks the held-out loss over training.
-      "loss_curve": [[r["step"], round(float(r.get("ce", r["loss"])), 5)] for r in train_lines],
+      # (step, training cross-entropy, mean over the logging interval) at every logged step:
+      # each batch is unseen (a run sees under one epoch), so it tracks the held-out loss.
+      "loss_curve": [[r["step"], round(float(_interval_ce(r)), 5)] for r in train_lines],
       "expert_load": {k: list(np.asarray(m["expert_load"], float).round(4))
                       for k, m in layers.items() if "expert_load" in m},
   }

@@ -140,6 +140,7 @@ class _Loop:
     self.base_key = jax.random.PRNGKey(s.run.seed)
     self.saved = s.start
     self.tick, self.tick_step = time.perf_counter(), s.start
+    self.interval = {}     # summed per-step losses since the last logged step
 
   def step(self, step: int) -> None:
     batch = host_local_to_global(next(self.s.iterator), self.s.mesh)
@@ -148,7 +149,13 @@ class _Loop:
     metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
     self._check_finite(step, metrics)
     run = self.run
+    for name in ("loss", "ce"):       # one batch is noisy: log the interval's mean beside it
+      if name in metrics:
+        self.interval[name] = self.interval.get(name, 0.0) + float(metrics[name])
     if step % run.log_every == 0 or step == run.steps:
+      for name, total in self.interval.items():
+        metrics[f"{name}_mean"] = total / (step - self.tick_step)
+      self.interval = {}
       now = time.perf_counter()
       metrics["tokens_per_sec"] = run.tokens_per_step * (step - self.tick_step) / (now - self.tick)
       self.tick, self.tick_step = now, step

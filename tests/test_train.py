@@ -123,3 +123,20 @@ def test_evaluate_writes_report_and_plots(trained, tmp_path):
     assert (workdir / png).stat().st_size > 1000
   # An older step on request.
   assert evaluate(None, workdir, step=8, plots=False)["step"] == 8
+
+
+def test_logged_lines_carry_the_mean_loss_of_their_interval(trained, tmp_path):
+  """One batch's loss is noisy (+-0.2 nats): each logged line also has the mean over the
+  steps since the previous one, equal to the mean of the per-step losses of the same run."""
+  per_step = {r["step"]: r for r in read_metrics(trained[0]) if "loss" in r}
+  assert per_step[5]["loss_mean"] == pytest.approx(per_step[5]["loss"])   # log_every=1
+  workdir = tmp_path / "every5"
+  cfg = small_config()
+  cfg.log_every = 5
+  train(cfg, workdir, progress=False)
+  logged = {r["step"]: r for r in read_metrics(workdir) if "loss" in r}
+  assert sorted(logged) == [5, 10, 12]
+  for step, first in ((5, 1), (10, 6), (12, 11)):
+    for name in ("loss", "ce"):
+      want = np.mean([per_step[s][name] for s in range(first, step + 1)])
+      assert logged[step][f"{name}_mean"] == pytest.approx(want, rel=1e-5), (step, name)
