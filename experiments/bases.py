@@ -49,6 +49,24 @@ def lm(*, quick: bool, steps: int = 300, d_model: int = 96, num_layers: int = 4,
   return c
 
 
+def lm_protocol(*, quick: bool, steps: int = 2000, d_model: int = 64,
+                learning_rate: float = 3e-3) -> ml_collections.ConfigDict:
+  """The CPU protocol (issue 27): `lm`'s layout at d_model 64 for ~20 tokens per active
+  non-embedding parameter (2,000 steps x 16 x 128 = 4.1 M tokens for 197 k parameters),
+  dropless (no token is dropped unless capacity is what a sweep studies), evaluated on the
+  whole validation split (649 k bytes of stdlib_py), the training loss logged as the mean of
+  each 50-step interval."""
+  c = lm(quick=quick, steps=steps, d_model=d_model, expert_d_ff=4 * d_model)
+  c.model.update(dispatcher="dropless")
+  c.optim.update(learning_rate=learning_rate)
+  if not quick:
+    c.optim.update(warmup_steps=100)
+    c.data.update(eval_batch_size=64, eval_max_batches=0)
+    c.log_every = 50
+    c.checkpoint.update(every=500, keep=1)
+  return c
+
+
 def classifier(*, quick: bool, config: str) -> ml_collections.ConfigDict:
   """A shipped classifier config (configs/classify_digits.py, classify_text.py) on the sweeps'
   one-device mesh, validated once at the end only."""

@@ -13,7 +13,7 @@ from experiments.sweep import axis, concat, override_flags, point, product, zipp
 from tests.train_helpers import REPO, subprocess_env
 
 SWEEPS = ["num_experts", "routed_scaling", "granularity", "capacity_factor", "routers",
-          "balancing", "classification", "upcycling", "distillation"]
+          "balancing", "classification", "upcycling", "distillation", "pilot"]
 # The columns every results.csv has, whatever the sweep.
 COLUMNS = {"point", "seed", "eval_loss", "train_loss", "total_params", "active_params",
            "non_embedding_params", "expert_params", "flops_per_token", "train_flops",
