@@ -3,12 +3,12 @@ and sets only what it changes. Loaded by `import common` (moe_jax.config.load_fi
 config's own directory importable while it loads).
 
 Fields no config sets keep the defaults of the schema in moe_jax/config.py, and every field,
-set here or not, can be overridden on the command line: --config.model.dtype=bfloat16.
+set here or not, can be overridden on the command line: --config.model.dtype=bfloat16. Aux-loss
+weights are not set here: each router declares the weights of the losses it owns (topk: Switch's
+load balancing 1e-2 and ST-MoE's z-loss 1e-3; relu: its L1 at 1; ...), and
+--config.aux_loss_weights.NAME=w overrides one.
 """
 import ml_collections
-
-# The aux-loss coefficients of the Switch Transformer and ST-MoE papers.
-AUX_LOSS_WEIGHTS = {"load_balancing": 1e-2, "z_loss": 1e-3}
 
 
 def base(*, steps: int) -> ml_collections.ConfigDict:
@@ -16,7 +16,6 @@ def base(*, steps: int) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.steps = steps
-  c.aux_loss_weights = dict(AUX_LOSS_WEIGHTS)
   c.model = dict(vocab_size=256, activation="gelu", router="topk", router_options={"k": 2},
                  dispatcher="sort", capacity_factor=1.25, tie_embeddings=True)
   c.optim = dict(weight_decay=0.1, clip_norm=1.0)

@@ -15,7 +15,9 @@ flops_per_token: forward FLOPs per token,
   2 * (active_params - embedding table)        one multiply-add per weight the token meets
   + 2 * vocab_size * d_model                   a tied LM's output projection (untied, and a
                                                classifier's head, are weights counted above)
-  + 2 * num_layers * seq_len * H * d_head * a  attention scores and the weighted values
+  + 2 * num_layers * P * H * d_head * a        attention scores and the weighted values, over
+                                               the P positions of one example (an LM's
+                                               seq_len; a classifier's patches or bytes + CLS)
 with a = 1 for a causal decoder (a token attends to seq_len / 2 positions on average, QK^T and
 AV each 2 * H * d_head FLOPs per position: every query head attends, also when grouped-query
 attention shares keys and values) and a = 2 for a bidirectional encoder; H * d_head is d_model
@@ -61,7 +63,8 @@ def account(run, experts_per_token: dict[int, float] | None = None) -> dict:
     active -= size * (1.0 - min(k, moe.num_experts) / moe.num_experts)
   causal = tasks.get(run.task).causal
   query_width = model.num_heads * model.head_size
-  attention = 2 * model.num_layers * run.data.seq_len * query_width * (1 if causal else 2)
+  positions = run.positions or run.data.seq_len     # a classifier's own length
+  attention = 2 * model.num_layers * positions * query_width * (1 if causal else 2)
   # A tied LM's output projection is the embedding table, excluded above as a lookup.
   tied_output = causal and model.tie_embeddings
   flops = (2 * (active - embed) + (2 * model.vocab_size * model.d_model if tied_output else 0)

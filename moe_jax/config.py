@@ -110,6 +110,10 @@ class DistillConfig:
   teacher_step: int | None = None      # its checkpoint (None: the newest)
   alpha: float = 0.5                   # weight of the KL term; 0: plain training
   temperature: float = 2.0             # T: both distributions softened by it
+  # At the student's first start: its params outside MoE layers (embeddings, attention, norms,
+  # the teacher's dense FFNs, the head) copied from the teacher where path and shape match
+  # (Switch Transformer, Sec. 5); the rest keeps the student's init (moe_jax/tasks/distill.py)
+  init_from_teacher: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +167,15 @@ class RunConfig:
   eval_every: int = 0
   restore_step: int | None = None
   aux_loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+  positions: int = 0                   # positions one example fills (0: data.seq_len)
   notes: tuple[str, ...] = ()          # what validation adjusted, said once when a run starts
   record: dict = dataclasses.field(default_factory=dict, compare=False)  # -> config.json
 
   @property
   def tokens_per_step(self) -> int:
-    return self.data.batch_size * self.data.seq_len
+    """Positions the model processes per step: a classifier's patches (+ CLS) or bytes, which
+    need not be data.seq_len (the LM window)."""
+    return self.data.batch_size * (self.positions or self.data.seq_len)
 
 
 def _schema_of(cls, exclude=()) -> dict[str, overrides_lib.Field]:
@@ -223,6 +230,41 @@ def _router_options(section: dict, explicit, notes: list) -> dict:
   return {k: v for k, v in given.items() if k in allowed}
 
 
+def _router(section: dict) -> routing.Router:
+  """The router the model section builds (it chooses among the FFN experts and MoE++'s null
+  experts); its option errors name config.model.router_options."""
+  owner = "config.model"
+  routed = section["num_experts"] + sum(check_int(k, section[k], low=0, owner=owner) for k in
+                                        ("zero_experts", "copy_experts", "constant_experts"))
+  try:
+    return routing.get(section["router"], num_experts=routed, **section["router_options"])
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.model.router_options (router {section['router']!r}, "
+                     f"num_experts={routed}): {e}") from e
+
+
+def _aux_loss_weights(tree: dict) -> dict[str, float]:
+  """The weight of every aux loss the run's router produces: the router's declared defaults
+  (routing.Router.loss_weights), overridden by name by config.aux_loss_weights. A nonzero
+  weight for a loss the router does not produce is an error naming the ones it does; a dense
+  model (no MoE layer) has none to weigh, so its weights are kept as given and unused."""
+  given = dict(tree["aux_loss_weights"] or {})
+  for name, w in given.items():
+    check_float(f"aux_loss_weights.{name}", w, low=0.0, owner="config")
+  if not tree["model"]["num_experts"]:
+    return given
+  router = _router(tree["model"])
+  declared = router.loss_weights
+  if declared is None:        # a router that does not declare its losses: the config decides
+    return given
+  unknown = [n for n, w in given.items() if n not in declared and w != 0]
+  if unknown:
+    losses = ", ".join(f"{k} (default {v:g})" for k, v in declared.items()) or "none"
+    raise ValueError(f"config.aux_loss_weights.{unknown[0]}: router {router.name!r} produces "
+                     f"no aux loss {unknown[0]!r}; its losses: {losses}")
+  return {**declared, **{n: w for n, w in given.items() if n in declared}}
+
+
 def _model(section: dict, mesh: MeshConfig, *, causal: bool) -> TransformerConfig:
   owner = "config.model"
   section = dict(section)
@@ -233,14 +275,7 @@ def _model(section: dict, mesh: MeshConfig, *, causal: bool) -> TransformerConfi
               owner=owner)
   num_experts = check_int("num_experts", section["num_experts"], low=0, owner=owner)
   if num_experts:
-    # The router chooses among the FFN experts and MoE++'s null experts.
-    routed = num_experts + sum(check_int(k, section[k], low=0, owner=owner) for k in
-                               ("zero_experts", "copy_experts", "constant_experts"))
-    try:
-      routing.get(section["router"], num_experts=routed, **section["router_options"])
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"config.model.router_options (router {section['router']!r}, "
-                       f"num_experts={routed}): {e}") from e
+    _router(section)
     if num_experts % mesh.expert:
       raise ValueError(f"config.model.num_experts={num_experts} is not divisible by "
                        f"config.mesh.expert={mesh.expert}: each device must hold whole experts")
@@ -295,7 +330,7 @@ def _data(section: dict, model: TransformerConfig, mesh: MeshConfig, num_process
   if per_device_tokens % group:
     raise ValueError(f"config.model.group_size={group} does not divide the {per_device_tokens} "
                      "tokens each device routes per step")
-  return data
+  return data, length
 
 
 def _distill(section: dict) -> DistillConfig:
@@ -305,6 +340,9 @@ def _distill(section: dict) -> DistillConfig:
   check_float("temperature", distill.temperature, low=0.0, low_inclusive=False, owner=owner)
   if distill.teacher_step is not None:
     check_int("teacher_step", distill.teacher_step, low=0, owner=owner)
+  if not isinstance(distill.init_from_teacher, bool):
+    raise ValueError(f"{owner}.init_from_teacher must be True or False, got "
+                     f"{distill.init_from_teacher!r}")
   return distill
 
 
@@ -360,12 +398,11 @@ def validate(cfg, *, num_devices: int, num_processes: int = 1,
   restore_step = tree["restore_step"]
   if restore_step is not None:
     check_int("restore_step", restore_step, low=0, owner="config")
-  weights = dict(tree["aux_loss_weights"] or {})
-  for name, w in weights.items():
-    check_float(f"aux_loss_weights.{name}", w, low=0.0, owner="config")
+  # config.json records the weights the run trains with, the router's defaults included.
+  weights = tree["aux_loss_weights"] = _aux_loss_weights(tree)
+  data, positions = _data(tree["data"], model, mesh, num_processes, task, classifier)
   return RunConfig(
-      model=model, optim=optim, data=_data(tree["data"], model, mesh, num_processes, task,
-                                           classifier),
+      model=model, optim=optim, data=data, positions=positions,
       mesh=mesh, checkpoint=checkpoint, eval=evaluation, steps=steps, task=task.name,
       classifier=classifier, distill=distill,
       seed=check_int("seed", tree["seed"], low=0, high=2**31 - 1, owner="config"),

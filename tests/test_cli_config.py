@@ -38,6 +38,15 @@ BAD_FLAGS = [
      r"'dropless' drops nothing"),
     (["--config.model.num_experts=6"],
      r"config\.model\.num_experts=6 is not divisible by config\.mesh\.expert=4"),
+    # A gate that cannot learn: k=1 with renormalised weights makes every weight s/s = 1.
+    (["--config.model.router=bias_balanced", "--config.model.router_options.k=1"],
+     r"router 'bias_balanced': k=1 with renormalize=True makes every token's combine weight "
+     r"s/s = 1, so the router gets no gradient from the loss; set renormalize=False or k >= 2"),
+    # A weight for a loss the router does not produce would weigh nothing, silently.
+    (["--config.aux_loss_weights.l1_sparsity=1.0"],
+     r"config\.aux_loss_weights\.l1_sparsity: router 'topk' produces no aux loss "
+     r"'l1_sparsity'; its losses: load_balancing \(default 0\.01\), z_loss \(default 0\.001\), "
+     r"importance \(default 0\)"),
 ]
 
 
@@ -98,3 +107,23 @@ def test_readme_deepseek_command_weights_its_sequence_loss(tmp_path):
   record = json.loads((workdir / "config.json").read_text())
   assert record["aux_loss_weights"]["sequence_balance"] == 1e-4
   assert record["model"]["router"] == "deepseek"
+
+
+def test_relu_trains_with_its_own_l1_weight_unless_the_config_sets_one(tmp_path):
+  """ReMoE's L1 penalty is weighted by the router's declared default (1), recorded in
+  config.json, and enters the training loss; a config weight overrides it."""
+  from moe_jax.run_log import read_metrics
+  relu = ["--config.steps=2", "--config.model.router=relu", "--config.model.router_options={}"]
+  proc = run_cli(cli_command(tmp_path / "run", *relu, cpu_devices=1))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert record["aux_loss_weights"] == {"l1_sparsity": 1.0}
+  rows = [r for r in read_metrics(tmp_path / "run") if "aux/l1_sparsity" in r]
+  assert rows and all(r["loss"] == pytest.approx(r["ce"] + r["aux/l1_sparsity"], rel=1e-5)
+                      for r in rows)
+  run = config_lib.validate(config_lib.load_file(REPO / "configs" / "lm_tiny.py"),
+                            num_devices=8, overrides=[*relu, "aux_loss_weights.l1_sparsity=0.5"])
+  assert run.aux_loss_weights == {"l1_sparsity": 0.5}
+  topk = config_lib.validate(config_lib.load_file(REPO / "configs" / "lm_tiny.py"),
+                             num_devices=8)
+  assert topk.aux_loss_weights == {"load_balancing": 0.01, "z_loss": 0.001, "importance": 0.0}

@@ -73,6 +73,15 @@ class Router(NamedTuple):
   options: dict[str, Any]  # the resolved options, for logs and configs
   needs_token_ids: bool = False   # routes by token id: route() needs token_ids (hash)
   soft: bool = False       # returns dense dispatch/combine weights (soft MoE), not assignments
+  # The default training weight of every aux loss route() returns (0.0: reported, not trained
+  # on); a run's config.aux_loss_weights overrides them by name. None: not declared (a router
+  # written elsewhere): its losses are weighted by the config alone.
+  loss_weights: dict[str, float] | None = None
+
+
+# The coefficients of the papers the routers come from, as their defaults.
+SWITCH_BALANCE = 1e-2     # Switch Transformer's load-balancing loss
+ST_MOE_Z_LOSS = 1e-3      # ST-MoE's router z-loss
 
 
 def compute_dtype(x: Array):

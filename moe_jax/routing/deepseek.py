@@ -17,14 +17,15 @@ import jax.numpy as jnp
 
 from moe_jax.routing import losses
 from moe_jax.routing.base import Router, token_choice_routing
-from moe_jax.routing.linear import (balancing_bias_update, check_common, init_linear,
-                                    linear_logits)
+from moe_jax.routing.linear import (balancing_bias_update, check_common, check_weight_learns,
+                                    init_linear, linear_logits)
 from moe_jax.routing.registry import register
 from moe_jax.validation import check_choice, check_float, check_int
 
 Array = jax.Array
 
 SCORES = ("sigmoid", "softmax")
+SEQUENCE_BALANCE = 1e-4   # V3's "extremely small" alpha of the sequence-wise balance loss
 RENORM_EPS = 1e-20  # transformers' DeepseekV3 adds it to the denominator; harmless otherwise
 
 
@@ -69,6 +70,7 @@ def _check_options(owner, num_experts, k, score, num_groups, top_groups, renorma
   if not isinstance(renormalize, bool):
     raise ValueError(f"{owner}: option 'renormalize' must be True or False, got "
                      f"{renormalize!r}")
+  check_weight_learns(owner, k, renormalize)
   check_float("routed_scaling_factor", routed_scaling_factor, low=0.0, low_inclusive=False,
               owner=owner)
   check_float("bias_update_rate", bias_update_rate, low=0.0, owner=owner)
@@ -148,4 +150,6 @@ def deepseek(*, num_experts: int, k: int = 2, score: str = "sigmoid", num_groups
                 options=dict(k=k, score=score, num_groups=num_groups, top_groups=top_groups,
                              renormalize=renormalize,
                              routed_scaling_factor=routed_scaling_factor,
-                             bias_update_rate=bias_update_rate, init_scale=init_scale))
+                             bias_update_rate=bias_update_rate, init_scale=init_scale),
+                # V3: no Switch loss (reported only); its sequence-wise loss at alpha = 1e-4
+                loss_weights={"load_balancing": 0.0, "sequence_balance": SEQUENCE_BALANCE})

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.routing import losses
-from moe_jax.routing.base import Router, sparse_routing
+from moe_jax.routing.base import ST_MOE_Z_LOSS, Router, sparse_routing
 from moe_jax.routing.linear import check_common, init_linear, linear_logits
 from moe_jax.routing.registry import register
 
@@ -38,4 +38,5 @@ def dense(*, num_experts: int, init_scale: float = 1.0) -> Router:
     return routing
 
   return Router(init, route, "dense", num_experts, causal_safe=True,
-                options=dict(init_scale=init_scale))
+                options=dict(init_scale=init_scale),
+                loss_weights={"z_loss": ST_MOE_Z_LOSS, "importance": 0.0})

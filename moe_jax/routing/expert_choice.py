@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.routing import losses
-from moe_jax.routing.base import Router, sparse_routing
+from moe_jax.routing.base import ST_MOE_Z_LOSS, Router, sparse_routing
 from moe_jax.routing.linear import check_common, init_linear, linear_logits
 from moe_jax.routing.registry import register
 from moe_jax.validation import check_float
@@ -51,4 +51,5 @@ def expert_choice(*, num_experts: int, capacity_factor: float = 2.0,
         new_state=variables.get("state", {}))
 
   return Router(init, route, "expert_choice", num_experts, causal_safe=False,
-                options=dict(capacity_factor=capacity_factor, init_scale=init_scale))
+                options=dict(capacity_factor=capacity_factor, init_scale=init_scale),
+                loss_weights={"z_loss": ST_MOE_Z_LOSS})

@@ -33,6 +33,23 @@ def check_common(owner: str, num_experts: int, k: int | None = None,
     check_float("init_scale", init_scale, low=0.0, low_inclusive=False, owner=owner)
 
 
+def check_weight_learns(owner: str, k: int, renormalize: bool, *, order: str | None = None
+                        ) -> None:
+  """Refuses settings under which every token's combine weight is the constant 1: the router
+  then gets no gradient from the task loss (only aux losses or a balancing rule move it), which
+  silently tests something else than a learned gate."""
+  if k != 1:
+    return
+  if renormalize:
+    raise ValueError(f"{owner}: k=1 with renormalize=True makes every token's combine weight "
+                     "s/s = 1, so the router gets no gradient from the loss; set "
+                     "renormalize=False or k >= 2")
+  if order == "topk_softmax":
+    raise ValueError(f"{owner}: k=1 with order='topk_softmax' makes every token's combine "
+                     "weight a softmax over one logit = 1, so the router gets no gradient from "
+                     "the loss; use order='softmax_topk' or k >= 2")
+
+
 def require_rng(owner: str, rng, why: str) -> None:
   if rng is None:
     raise ValueError(f"router {owner!r}: route(..., train=True) needs `rng` because {why}")

@@ -7,8 +7,8 @@ router state and moves multiplicatively after every training step,
 so the fraction of zero gates settles at target_sparsity = 1 - k/E (k active experts on
 average). `max_active` optionally caps the experts per token (top-m of the positive gates).
 
-The aux loss `l1_sparsity` is reported already multiplied by the adaptive lambda (its config
-coefficient stays 1); with `balanced_l1` each expert's L1 term is weighted by its share of
+The aux loss `l1_sparsity` is reported already multiplied by the adaptive lambda, and the router
+declares its training weight 1 (a config's aux_loss_weights.l1_sparsity overrides it); with `balanced_l1` each expert's L1 term is weighted by its share of
 active gates, as ReMoE does, which also balances load.
 
 Axis letters: T tokens, D model dim, E experts, M experts kept per token.
@@ -79,4 +79,6 @@ def relu(*, num_experts: int, k: int = 2, max_active: int | None = None,
   return Router(init, route, "relu", num_experts, causal_safe=True,
                 options=dict(k=k, max_active=max_active, l1_init=l1_init,
                              l1_update_rate=l1_update_rate, balanced_l1=balanced_l1,
-                             init_scale=init_scale))
+                             init_scale=init_scale),
+                # lambda adapts in the router state; the loss enters the training loss at 1
+                loss_weights={"l1_sparsity": 1.0})

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.routing import losses
-from moe_jax.routing.base import Router, token_choice_routing
-from moe_jax.routing.linear import check_common, init_linear, linear_logits
+from moe_jax.routing.base import ST_MOE_Z_LOSS, Router, token_choice_routing
+from moe_jax.routing.linear import check_common, check_weight_learns, init_linear, linear_logits
 from moe_jax.routing.registry import register
 from moe_jax.validation import check_float, check_int
 
@@ -41,6 +41,7 @@ def sinkhorn(*, num_experts: int, k: int = 1, num_iters: int = 20, temperature: 
   check_common(owner, num_experts, k, init_scale)
   check_int("num_iters", num_iters, low=1, owner=owner)
   check_float("temperature", temperature, low=0.0, low_inclusive=False, owner=owner)
+  check_weight_learns(owner, k, renormalize)
 
   def init(rng, d_model):
     return {"params": {"w": init_linear(rng, d_model, num_experts, init_scale)}, "state": {}}
@@ -64,4 +65,5 @@ def sinkhorn(*, num_experts: int, k: int = 1, num_iters: int = 20, temperature: 
 
   return Router(init, route, "sinkhorn", num_experts, causal_safe=False,
                 options=dict(k=k, num_iters=num_iters, temperature=temperature,
-                             renormalize=renormalize, init_scale=init_scale))
+                             renormalize=renormalize, init_scale=init_scale),
+                loss_weights={"z_loss": ST_MOE_Z_LOSS})

@@ -11,8 +11,10 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.routing import deepseek, losses
-from moe_jax.routing.base import Router, compute_dtype, token_choice_routing
-from moe_jax.routing.linear import check_common, init_linear, linear_logits, require_rng
+from moe_jax.routing.base import (ST_MOE_Z_LOSS, SWITCH_BALANCE, Router, compute_dtype,
+                                  token_choice_routing)
+from moe_jax.routing.linear import (check_common, check_weight_learns, init_linear,
+                                    linear_logits, require_rng)
 from moe_jax.routing.registry import register
 from moe_jax.validation import check_choice, check_float
 
@@ -39,6 +41,7 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
   owner = "router 'topk'"
   check_common(owner, num_experts, k, init_scale)
   check_choice("order", order, ORDERS, owner=owner)
+  check_weight_learns(owner, k, renormalize, order=order)
   check_float("jitter_eps", jitter_eps, low=0.0, high=1.0, owner=owner)
 
   def init(rng, d_model):
@@ -87,7 +90,9 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
   return Router(init, route, "topk", num_experts, causal_safe=not batch_prioritized,
                 options=dict(k=k, order=order, renormalize=renormalize, jitter_eps=jitter_eps,
                              noisy_gating=noisy_gating, init_scale=init_scale,
-                             batch_prioritized=batch_prioritized, bias=bias))
+                             batch_prioritized=batch_prioritized, bias=bias),
+                loss_weights={"load_balancing": SWITCH_BALANCE, "z_loss": ST_MOE_Z_LOSS,
+                              "importance": 0.0})
 
 
 @register("bias_balanced")
@@ -103,6 +108,7 @@ def bias_balanced(*, num_experts: int, k: int = 2, score: str = "sigmoid",
   """
   owner = "router 'bias_balanced'"
   check_common(owner, num_experts, k, init_scale)
+  check_weight_learns(owner, k, renormalize)
   check_choice("score", score, ("sigmoid", "softmax"), owner=owner)
   check_float("bias_update_rate", bias_update_rate, low=0.0, owner=owner)
 
@@ -117,4 +123,6 @@ def bias_balanced(*, num_experts: int, k: int = 2, score: str = "sigmoid",
   init = partial(deepseek.init_biased, num_experts=num_experts, init_scale=init_scale)
   return Router(init, route, "bias_balanced", num_experts, causal_safe=True,
                 options=dict(k=k, score=score, bias_update_rate=bias_update_rate,
-                             renormalize=renormalize, init_scale=init_scale))
+                             renormalize=renormalize, init_scale=init_scale),
+                # auxiliary-loss-free: the Switch loss is reported, not trained on
+                loss_weights={"load_balancing": 0.0})

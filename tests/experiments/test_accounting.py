@@ -52,3 +52,20 @@ def test_attention_flops_follow_the_query_width_not_d_model():
       2 * LAYERS * SEQ_LEN * (4 * 64 - D_MODEL))
   assert gqa["flops_per_token"] - base["flops_per_token"] == weights(gqa, base)
   assert gqa["active_params"] < base["active_params"]
+
+
+@pytest.mark.parametrize("config, positions", [("classify_digits.py", 17),
+                                               ("classify_text.py", 257)])
+def test_a_classifier_counts_the_positions_its_examples_fill(config, positions):
+  """digits: 4x4 patches of 2x2 + CLS = 17 positions; text: 256 bytes + CLS. Not seq_len."""
+  cfg = config_lib.load_file(REPO / "configs" / config)
+  run = config_lib.validate(cfg, num_devices=1, overrides=[
+      "mesh.data=1", "mesh.expert=1", "mesh.model=1"])
+  assert run.positions == positions and run.data.seq_len == 128
+  assert run.tokens_per_step == run.data.batch_size * positions
+  import dataclasses
+  m = run.model
+  one = account(dataclasses.replace(run, positions=1))["flops_per_token"]
+  # The attention term grows with the positions attended, bidirectionally (a = 2).
+  assert account(run)["flops_per_token"] - one == \
+      2 * m.num_layers * (positions - 1) * m.num_heads * m.head_size * 2

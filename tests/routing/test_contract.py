@@ -119,3 +119,29 @@ def test_routing_is_a_pytree_through_jit(router):
   variables = _init(router)
   out = jax.jit(lambda v, x: route(router, v, x))(variables, tokens(16))
   assert isinstance(out, routing.Routing)
+
+
+@pytest.mark.parametrize("name", routing.names())
+def test_every_router_declares_the_weight_of_each_aux_loss_it_returns(name):
+  """Router.loss_weights names exactly the losses route() returns, so a config can weight only
+  real losses and a router's own loss (ReMoE's L1) is never silently weighted 0."""
+  router = routing.get(name, num_experts=8)
+  variables = jax.eval_shape(lambda key: router.init(key, 16), jax.random.PRNGKey(0))
+  out = jax.eval_shape(lambda v: router.route(
+      v, jnp.zeros((32, 16)), token_ids=jnp.zeros((32,), jnp.int32),
+      rng=jax.random.PRNGKey(1), train=True), variables)
+  assert router.loss_weights is not None
+  assert sorted(router.loss_weights) == sorted(out.aux_losses)
+  assert all(w >= 0 for w in router.loss_weights.values())
+
+
+@pytest.mark.parametrize("name, options", [
+    ("topk", dict(k=1, renormalize=True)), ("topk", dict(k=1, order="topk_softmax")),
+    ("bias_balanced", dict(k=1)), ("deepseek", dict(k=1)),
+    ("sinkhorn", dict(k=1, renormalize=True))])
+def test_a_constant_combine_weight_is_refused_when_the_router_is_built(name, options):
+  with pytest.raises(ValueError, match=r"k=1 with .* no gradient from the loss"):
+    routing.get(name, num_experts=8, **options)
+  # The fixes the message names build.
+  fixed = dict(options, k=2)
+  routing.get(name, num_experts=8, **fixed)

@@ -24,6 +24,8 @@ def _assignments(r):
 @pytest.mark.parametrize("order,renormalize", [("softmax_topk", False), ("softmax_topk", True),
                                                ("topk_softmax", False)])
 def test_topk_picks_exactly_the_k_largest(k, order, renormalize):
+  if k == 1 and (renormalize or order == "topk_softmax"):
+    pytest.skip("refused: a constant combine weight (test_contract tests the refusal)")
   router = make_router("topk", k=k, order=order, renormalize=renormalize)
   variables = _init(router)
   x = tokens(50)
