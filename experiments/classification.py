@@ -46,7 +46,7 @@ def analyze(records, out) -> list[str]:
     dense = g.get(f"{task}-E1-topk")
     for n, v in g.items():
       if dense and n != f"{task}-E1-topk":
-        lines.append(f"- {n}: accuracy {report.compared(v, dense, 'dense', 'accuracy')}")
+        lines.append(f"- {n}: accuracy {report.compared(v, dense, 'dense', 'accuracy', expected=+1)}")
     lines.append("")
   return lines
 

@@ -68,9 +68,10 @@ def analyze(records, out) -> list[str]:
   gain = [by_seed["dense"][s] - by_seed["teacher"][s] for s in seeds]
   lines += ["", f"The teacher's gain over the dense model: {np.mean(gain):+.4f} nats/byte "
             f"(per seed {', '.join(f'{x:+.4f}' for x in gain)}); "
-            f"distilled vs dense: {report.trend(g['distilled'], g['dense'])}."]
-  if np.mean(gain) <= 0 or report.trend(g["teacher"], g["dense"]) != "lower":
-    lines.append("The teacher does not beat the dense model beyond the seed spread here, so "
+            f"distilled {report.compared(g['distilled'], g['dense'], 'dense')}; teacher "
+            f"{report.compared(g['teacher'], g['dense'], 'dense')}."]
+  if report.trend(g["teacher"], g["dense"]) != "reproduced":
+    lines.append("The teacher's gain over the dense model is not resolved here, so "
                  "there is no gain for the student to keep: the fraction kept "
                  + (f"({np.mean(kept):.0%}, per seed " + ", ".join(f"{x:.0%}" for x in kept)
                     + ") " if kept else "")
@@ -79,9 +80,11 @@ def analyze(records, out) -> list[str]:
   elif kept:
     lines.append(f"Fraction of the gain the distilled student keeps: {np.mean(kept):.0%} "
                  f"(per seed {', '.join(f'{x:.0%}' for x in kept)}; Switch: about 30 %). "
-                 + ("Reproduced in direction (the student keeps part of the gain)."
-                    if min(kept) > 0 and report.trend(g["distilled"], g["dense"]) == "lower"
-                    else "Not reproduced beyond the seed spread at this scale."))
+                 + ("Reproduced in direction: the distilled student's gain over dense is "
+                    "resolved."
+                    if report.trend(g["distilled"], g["dense"]) == "reproduced"
+                    else "The student's own gain over dense is not resolved (see its interval "
+                    "above)."))
   return lines
 
 

@@ -64,15 +64,12 @@ def analyze(records, out) -> list[str]:
   first, last = f"G{GS[0]}", max((n for n in g if not n.endswith("shared")),
                                   key=lambda n: int(n[1:]))
   if first in g and last != first:
-    verdict = report.trend(g[last], g[first])
-    lines.append(f"Finer granularity: {last}'s loss is {report.compared(g[last], g[first], first)}"
-                 + (" (the paper's direction)." if verdict == "lower" else
-                    " (the paper's direction did not reproduce at this scale)."))
+    lines.append(f"Finer granularity (Krajewski et al.: lower loss): {last} "
+                 f"{report.compared(g[last], g[first], first)}.")
   for name in g:
     if name.endswith("-shared") and name[:-7] in g:
-      lines.append(f"Shared expert at {name[:-7]}: loss "
-                   f"{report.compared(g[name], g[name[:-7]], 'routed-only')} (DeepSeekMoE: "
-                   "lower).")
+      lines.append(f"Shared expert at {name[:-7]} (DeepSeekMoE: lower loss): "
+                   f"{report.compared(g[name], g[name[:-7]], 'routed-only')}.")
   means = {n: np.mean(report.values(rs, "eval_loss")) for n, rs in g.items()}
   lines.append("Mean validation loss: " + ", ".join(f"{n} {m:.4f}" for n, m in means.items())
                + ".")

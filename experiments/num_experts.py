@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments import bases, report
+from experiments import bases, report, stats
 from experiments.sweep import Sweep, point
 
 EXPERTS = (1, 2, 4, 8, 16, 32)
@@ -38,32 +38,27 @@ def analyze(records, out) -> list[str]:
   report.plot_curves(records, "E", out / "loss_vs_steps.png",
                      title="training loss against steps and FLOPs, one line per E (seed band)")
   g = report.groups(records)
-  dense, names = g.get("E1"), list(g)
-  lines = ["## Reading", ""]
-  if dense:
-    base = np.mean(report.values(dense, "eval_loss"))
-    for name in names[1:]:
-      mean = np.mean(report.values(g[name], "eval_loss"))
-      lines.append(f"- {name}: validation loss {mean:.4f} vs dense {base:.4f} "
-                   f"(difference {mean - base:+.4f}: {report.trend(g[name], dense)})")
-  means = [np.mean(report.values(g[n], "eval_loss")) for n in names]
-  falling = all(b <= a for a, b in zip(means, means[1:]))
-  steps = np.diff(means)
-  best = names[int(np.argmin(means))]
+  names = list(g)
+  rows = []
+  for name in names[1:]:      # every E against dense, then each doubling against the last
+    for other in dict.fromkeys(["E1", names[names.index(name) - 1]]):
+      c = report.comparison(g[name], g[other])
+      if c:
+        rows.append((f"{name} - {other}", c))
   dropped = {n: np.mean(report.values(g[n], "dropped_fraction") or [0.0]) for n in names}
-  lines += ["", "Paper's direction (loss falls with E at fixed compute): "
-            + ("reproduced: the mean loss falls at every doubling" if falling else
-               f"only up to {best} here; past it the mean loss rises again: "
-               + ", ".join(f"{n} {m:.4f}" for n, m in zip(names, means))),
-            "Two likely reasons, which this sweep does not separate: the dropped fraction "
-            "(capacity factor 1.25, top-1) grows with E ("
-            + ", ".join(f"{n} {dropped[n]:.3f}" for n in names[1:])
-            + "), and in 300 steps each of E experts sees about 1/E of the 0.6 M tokens, where "
-            "the paper trained on billions.",
-            "Diminishing returns (each doubling gains less than the one before): "
-            + ("yes" if len(steps) > 2 and all(abs(b) <= abs(a) + 1e-3 for a, b in
-                                                zip(steps[1:], steps[2:])) else "not clearly")
-            + ". Loss changes per doubling: " + ", ".join(f"{s:+.4f}" for s in steps) + "."]
+  verdicts = {n: c.verdict for n, c in rows}
+  against_dense = [n for n in names[1:] if verdicts.get(f"{n} - E1") == "reproduced"]
+  lines = ["## Reading", "",
+           "Validation loss differences, paired over seeds (the paper's sign: negative, more "
+           "experts at the same active compute give a lower loss):", "", *stats.table(rows), "",
+           "Paper's direction (loss falls with E at fixed compute): "
+           + (f"resolved against dense at {', '.join(against_dense)}" if against_dense else
+              "not resolved against dense at any E") + "; per doubling: "
+           + ", ".join(f"{n} {verdicts[n]}" for n in verdicts if not n.endswith("- E1"))
+           + "."]
+  if any(dropped[n] > 0.01 for n in names):
+    lines.append("Dropped fraction of assignments (a confound the paper did not have): "
+                 + ", ".join(f"{n} {dropped[n]:.3f}" for n in names[1:]) + ".")
   return lines
 
 

@@ -1,8 +1,8 @@
 """Tables, plots and the summary of a sweep, from its records (one per run).
 
 Seeds are part of every number shown: a point's value is the mean over its seeds with the
-spread (sample std, and the min-max range in plots); `trend` calls a difference real only
-when it exceeds that spread (experiments/scaling_fit.difference_verdict).
+spread (sample std, and the min-max range in plots); a comparison of two points is paired over
+their seeds and stated as Δ with its 95 % interval and verdict class (experiments/stats.py).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments import scaling_fit
+from experiments import stats
 
 
 def groups(records: list[dict], key: str = "point") -> dict:
@@ -61,24 +61,31 @@ def table(records: list[dict], columns: Sequence[tuple[str, str, int]],
   return lines
 
 
-def trend(records_a: list[dict], records_b: list[dict], field: str = "eval_loss") -> str:
-  """'lower' / 'higher' / 'within seed noise' for a's mean against b's (>= 2 seeds each)."""
-  a, b = values(records_a, field), values(records_b, field)
-  if len(a) < 2 or len(b) < 2:
-    return "single seed (no spread to compare against)"
-  return scaling_fit.difference_verdict(a, b)
+def comparison(records_a: list[dict], records_b: list[dict], field: str = "eval_loss", *,
+               expected: int = -1, bound: float | None = None) -> stats.Comparison | None:
+  """a - b paired over the seeds both points ran (experiments/stats.py); None under 2."""
+  a, b = stats.by_seed(records_a, field), stats.by_seed(records_b, field)
+  if len(set(a) & set(b)) < 2:
+    return None
+  return stats.compare(a, b, expected=expected, bound=bound)
+
+
+def trend(records_a: list[dict], records_b: list[dict], field: str = "eval_loss", *,
+          expected: int = -1, bound: float | None = None) -> str:
+  """The verdict class of a against b (reproduced / reversed / equivalent / inconclusive),
+  with `expected` the paper's sign of a - b; 'single seed' without two paired seeds."""
+  c = comparison(records_a, records_b, field, expected=expected, bound=bound)
+  return c.verdict if c else "single seed"
 
 
 def compared(records_a: list[dict], records_b: list[dict], other: str,
-             field: str = "eval_loss") -> str:
-  """`trend` as a phrase: 'lower than OTHER', 'higher than OTHER', 'within seed noise of
-  OTHER'."""
-  verdict = trend(records_a, records_b, field)
-  if verdict in ("lower", "higher"):
-    return f"{verdict} than {other}"
-  if verdict == "within seed noise":
-    return f"within seed noise of {other}"
-  return verdict
+             field: str = "eval_loss", *, expected: int = -1, bound: float | None = None,
+             digits: int = 4) -> str:
+  """'against OTHER: Δ ... [lo, hi] (95 %, paired ...): **class**' (stats.describe)."""
+  c = comparison(records_a, records_b, field, expected=expected, bound=bound)
+  if c is None:
+    return f"against {other}: a single seed, no interval"
+  return f"against {other}: {stats.describe(c, digits)}"
 
 
 def plot_lines(records: list[dict], x: str, y: str, path, *, series: str | None = None,

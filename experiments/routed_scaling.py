@@ -81,7 +81,7 @@ def analyze(records, out) -> list[str]:
   else:
     lines.append(f"Saturating form not fitted: {sat.get('reason')}.")
   lines += ["", "Per base size, the best MoE point against the dense model (picked after the fact, "
-            "so optimistic; the seed spread decides the verdict):"]
+            "so optimistic; the paired interval decides the verdict):"]
   lines += _gain_per_size(rows)
   _plot_fit(rows, fit, out / "routed_law_fit.png")
   return lines

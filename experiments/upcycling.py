@@ -25,7 +25,7 @@ import shutil
 
 import numpy as np
 
-from experiments import bases, harness, report, scaling_fit
+from experiments import bases, harness, report, scaling_fit, stats
 from experiments.sweep import Point, Sweep
 
 DENSE_STEPS, EXTRA_STEPS = 300, 300
@@ -120,10 +120,6 @@ def _early(records, dense_steps: int, extra: int) -> list[float]:
   return out
 
 
-def _words(verdict: str) -> str:
-  return {"lower": "lower than", "higher": "higher than"}.get(verdict, verdict + " of")
-
-
 def analyze(records, out) -> list[str]:
   g = report.groups(records)
   dense_steps = min(r["steps"] for r in records) // 2
@@ -140,25 +136,24 @@ def analyze(records, out) -> list[str]:
   lines += ["", f"Mean training loss over the first {extra // 4} steps of the continuation "
             "(at least two logged steps): "
             + ", ".join(f"{n} {np.mean(v):.4f}" for n, v in early.items()) + "."]
-  if "upcycled" in early:
-    a, b = early["upcycled"], early["dense"]
-    verdict = (scaling_fit.difference_verdict(a, b) if min(len(a), len(b)) >= 2
-               else "single seed (no spread to compare against)")
-    lines.append(f"Paper's direction (upcycled beats continued dense early): upcycled is "
-                 f"{_words(verdict)} the continued dense model -> "
-                 + ("reproduced." if verdict.startswith("lower") else "not reproduced here."))
+  if "upcycled" in early and "dense" in early:
+    seeds = lambda n: [int(r["seed"]) for r in g[n]]
+    a = dict(zip(seeds("upcycled"), early["upcycled"]))
+    b = dict(zip(seeds("dense"), early["dense"]))
+    c = stats.compare(a, b) if len(set(a) & set(b)) >= 2 else None
+    lines.append("Paper's direction (upcycled beats continued dense early), on that early "
+                 "mean: " + (stats.describe(c) if c else "a single seed, no interval") + ".")
   if "upcycled" in g and "drop0.5" in g:
-    verdict = report.trend(g["drop0.5"], g["upcycled"])
     lines.append(f"Paper's direction (Drop-Upcycling beats plain upcycling over a longer "
-                 f"continuation): after {extra} extra steps drop0.5's validation loss is "
-                 f"{_words(verdict)} plain upcycling's -> "
-                 + ("reproduced." if verdict.startswith("lower") else
-                    "not reproduced at this length (the paper's continuations are billions of "
-                    "tokens; the re-drawn units need longer to pay back)."))
+                 f"continuation), after {extra} extra steps: drop0.5 "
+                 f"{report.compared(g['drop0.5'], g['upcycled'], 'upcycled')} (the paper's "
+                 "continuations are billions of tokens; the re-drawn units need long to pay "
+                 "back).")
   if "scratch" in g and "upcycled" in g:
-    lines.append(f"MoE from scratch after all {2 * dense_steps} steps: validation loss "
-                 f"{_words(report.trend(g['scratch'], g['upcycled']))} the upcycled model's, which "
-                 "spent its first half as the dense model (fewer FLOPs).")
+    lines.append(f"MoE from scratch after all {2 * dense_steps} steps (the paper: scratch needs "
+                 f"more compute, so it is higher here): scratch "
+                 f"{report.compared(g['scratch'], g['upcycled'], 'upcycled', expected=+1)}; the "
+                 "upcycled model spent its first half as the dense model (fewer FLOPs).")
   return lines
 
 
