@@ -220,11 +220,27 @@ def _quiet_stderr_on_failure(drain_seconds: float = 0.5):
     os.close(devnull)
 
 
-def _describe_difference(saved, expected) -> str:
+_ABSENT = object()
+
+
+def _differences(saved, expected, path: str):
+  """'path.to.leaf: saved a, now b' for each leaf that differs, dicts flattened."""
   if isinstance(saved, dict) and isinstance(expected, dict):
-    keys = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
-    return ", ".join(f"{k}: saved {saved.get(k)!r}, now {expected.get(k)!r}" for k in keys)
-  return f"saved {saved!r}, now {expected!r}"
+    for k in sorted(set(saved) | set(expected), key=str):
+      yield from _differences(saved.get(k, _ABSENT), expected.get(k, _ABSENT),
+                              f"{path}.{k}" if path else str(k))
+  elif saved != expected:
+    show = lambda v: ("(not set)" if v is _ABSENT else f"{{{len(v)} fields}}"
+                      if isinstance(v, dict) else repr(v))
+    yield f"{path + ': ' if path else ''}saved {show(saved)}, now {show(expected)}"
+
+
+def _describe_difference(saved, expected, limit: int = 6) -> str:
+  """The changed leaves of two (nested) dicts, at most `limit` named: 'moe.num_experts: saved
+  8, now 4; d_model: ...' (a whole `moe` dict dumped was ~1,000 characters)."""
+  changes = list(_differences(saved, expected, ""))
+  more = len(changes) - limit
+  return "; ".join(changes[:limit] + ([f"and {more} more"] if more > 0 else []))
 
 
 def _sync(name: str) -> None:

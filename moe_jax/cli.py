@@ -130,11 +130,14 @@ def run_reporting_errors(fn, *args, **kwargs):
   checkpoint, diverged training, missing file, OS error, interruption) ends the process with
   its message on one line and a non-zero exit status instead of a traceback."""
   from moe_jax.checkpoint import CheckpointError
-  from moe_jax.interrupts import Interrupted
+  from moe_jax.interrupts import Interrupted, sigint_noted
   from moe_jax.workdir import WorkdirBusy, WorkdirError
   code = 1
   try:
-    return fn(*args, **kwargs)
+    # A Ctrl-C whose KeyboardInterrupt Python dropped (raised in a gc callback) is raised
+    # again at the next safe point, at the latest when fn returns (moe_jax/interrupts.py).
+    with sigint_noted():
+      return fn(*args, **kwargs)
   except Interrupted as e:
     message, code = str(e), e.exit_code
   except KeyboardInterrupt:

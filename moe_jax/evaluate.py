@@ -21,7 +21,7 @@ import pathlib
 import jax
 import numpy as np
 
-from moe_jax import config as config_lib, run_setup, tasks
+from moe_jax import config as config_lib, interrupts, run_setup, tasks
 from moe_jax.eval_step import evaluate_split, make_eval_step, nest_layers
 from moe_jax.parallel.mesh import make_mesh
 from moe_jax.tasks.base import EvalContext
@@ -32,6 +32,7 @@ def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool =
   """Evaluates checkpoint `step` (default: newest) of the run in `workdir`; `config` defaults
   to the run's own, `overrides` ('a.b=v') apply on top of it for this evaluation. With
   `write`, writes eval.json (and the plots) there."""
+  interrupts.raise_if_pending()     # a Ctrl-C Python dropped (moe_jax/interrupts.py)
   workdir = pathlib.Path(workdir).expanduser().absolute()
   if config is None:
     config = run_setup.run_config(workdir)
@@ -48,6 +49,7 @@ def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool =
   result.update(task.evaluate_extras(EvalContext(run, graphdef, state, mesh, tokenizer, data,
                                                  eval_step)))
   result = nest_layers(result)
+  interrupts.raise_if_pending()
   if write and jax.process_index() == 0:
     write_results(workdir, result, plots=plots)
   return result

@@ -12,6 +12,14 @@ deferred block the first signal only sets `requested`; the loop finishes its ste
 checkpoint and raises `Interrupted`. A second signal exits the process at once (status
 128 + signal): Orbax writes a checkpoint into a temporary directory and renames it when
 complete, so a save cut short this way is never listed as a checkpoint.
+
+Python drops an exception raised inside a garbage-collection callback (jax registers one) or a
+`__del__`, printing "Exception ignored in ..." and going on: a Ctrl-C landing there would be
+lost. So a signal is also noted, and raised again where it is safe: an `Interrupts` block whose
+signal's exception was lost raises it when it ends, and under `sigint_noted()` (the CLI's
+`run_reporting_errors`, which sweeps run in too) a Ctrl-C outside any such block is re-raised by
+`raise_if_pending()` at the next `Interrupts` block, the start and end of `evaluate`, and when
+the CLI's function returns.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import signal
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PENDING: list[int] = []   # SIGINTs noted by sigint_noted's handler, not yet delivered
 
 
 class Interrupted(Exception):
@@ -67,17 +76,25 @@ class Interrupts:
     os.write(self._terminal, f"\n{text}\n".encode())
 
   def __enter__(self):
+    raise_if_pending()
     self._terminal = os.dup(2)
     if threading.current_thread() is threading.main_thread():   # only it can take signals
       for s in SIGNALS:
         self._previous[s] = signal.signal(s, self._handle)
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, kind, value, tb):
     for s, handler in self._previous.items():
       signal.signal(s, handler)
     self._previous = {}
     os.close(self._terminal)
+    if self.signum is None or isinstance(value, (Interrupted, KeyboardInterrupt)):
+      return False
+    if value is None:              # the signal's exception was dropped (gc callback, __del__)
+      raise self.stop(self.message)
+    interrupted = _interrupted_in_chain(value)
+    if interrupted is not None:    # turned into another error by an `except Exception`
+      raise interrupted from None
     return False
 
   @contextlib.contextmanager
@@ -87,3 +104,45 @@ class Interrupts:
       yield self
     finally:
       self._deferred = False
+
+
+def _interrupted_in_chain(error: BaseException) -> Interrupted | None:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, Interrupted):
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def raise_if_pending() -> None:
+  """Raises KeyboardInterrupt if `sigint_noted`'s handler saw a SIGINT whose exception has not
+  reached its caller (it was raised where Python drops exceptions)."""
+  if _PENDING:
+    raise KeyboardInterrupt
+
+
+def _note_and_raise(signum, frame):
+  del frame
+  _PENDING.append(signum)
+  raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigint_noted():
+  """SIGINT raises KeyboardInterrupt, as Python's default handler does, and is also noted, so
+  that `raise_if_pending` raises it again where Python dropped it. Only replaces Python's own
+  default handler, and only in the main thread."""
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield
+    return
+  _PENDING.clear()
+  signal.signal(signal.SIGINT, _note_and_raise)
+  try:
+    yield
+    raise_if_pending()
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _PENDING.clear()

@@ -71,8 +71,66 @@ def _as_meta(model: dict) -> dict:
 
 
 def checkpoint_meta(run: config_lib.RunConfig) -> dict:
-  """What must match for a checkpoint to be resumed (the model's shape-determining config)."""
+  """What a checkpoint records of its run: what must match to restore it at all (`restore_meta`:
+  the model's shape-determining config, the seed) and what it was trained on (`data_meta`:
+  must match to resume training, `check_same_data`; evaluating on other data is fine)."""
+  return {**restore_meta(run), "data": data_meta(run)}
+
+
+def restore_meta(run: config_lib.RunConfig) -> dict:
   return {"model": _as_meta(dataclasses.asdict(run.model)), "seed": run.seed}
+
+
+# What a run trains on: a resume that changes one of these is refused (data_meta).
+DATA_FIELDS = ("corpus", "dataset", "tokenizer", "vocab_size", "seq_len")
+
+
+def data_meta(run: config_lib.RunConfig) -> dict:
+  """{config field: value} of what the run trains on (the vocab size as validation resolves
+  it)."""
+  return {"task": run.task, **{f"data.{f}": getattr(run.data, f) for f in DATA_FIELDS}}
+
+
+def _recorded_data(tree: dict) -> dict:
+  """`data_meta` of a recorded config (for checkpoints written before the meta had it)."""
+  data = dict(tree.get("data", {}))
+  if data.get("tokenizer") == "sentencepiece":
+    data["vocab_size"] = data.get("vocab_size") or tree.get("model", {}).get("vocab_size")
+  return {"task": tree.get("task"), **{f"data.{f}": data.get(f) for f in DATA_FIELDS}}
+
+
+def check_same_data(run, workdir: pathlib.Path, meta: dict, step: int) -> None:
+  """Refuses (one line) resuming checkpoint `step` on other data than it was trained on: a
+  changed corpus / dataset / tokenizer / vocab size / sequence length / task would restore one
+  data set's iterator position into another's and train the model on a mix."""
+  saved = meta.get("data")
+  if saved is None:                      # written before checkpoints recorded their data
+    tree = workdir_lib.current_config(workdir)
+    if tree is None:
+      return
+    saved = _recorded_data(tree)
+  now = data_meta(run)
+  changed = [k for k in now if k in saved and saved[k] != now[k]]
+  if not changed:
+    return
+  what = ", ".join(f"config.{k}={now[k]!r} but it was {saved[k]!r}" for k in changed)
+  flags = " ".join(f"--config.{k}={saved[k]}" for k in changed)
+  raise ValueError(f"{what} when checkpoint {step} in {workdir / 'checkpoints'} was trained: "
+                   f"resuming on other data is refused; resume with {flags}, or train on the "
+                   "new data in a new --workdir")
+
+
+def check_tokenizer_kept(run, workdir: pathlib.Path, step: int) -> None:
+  """Refuses resuming a SentencePiece run whose tokenizer file is gone: training a new one
+  would silently change what every token id means (it can come out different)."""
+  if run.data.tokenizer == "byte":
+    return
+  path = workdir / datasets.TOKENIZER_FILE
+  if not path.exists():
+    raise FileNotFoundError(
+        f"{path} is missing: checkpoint {step} was trained with the SentencePiece tokenizer "
+        "saved there, and a retrained one can differ; put the file back (from a copy of "
+        "this workdir), or start the run over in a new --workdir")
 
 
 def _field_defaults(cls) -> dict:
@@ -137,6 +195,33 @@ def hold_workdir(workdir: pathlib.Path):
     yield
 
 
+@contextlib.contextmanager
+def seeding_workdir(workdir: pathlib.Path, *, verb: str, command: str, outputs: tuple[str, ...]):
+  """`workdir_lib.seeding` for every process of a run (inside `hold_workdir`): process 0
+  checks, clears and marks the workdir, the others wait for it and stop if it refused; the
+  mark is removed once every process has finished the block."""
+  if jax.process_count() == 1:
+    with workdir_lib.seeding(workdir, verb=verb, command=command, outputs=outputs):
+      yield
+    return
+  from jax.experimental import multihost_utils
+  with contextlib.ExitStack() as stack:
+    error = None
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(workdir_lib.seeding(workdir, verb=verb, command=command,
+                                                outputs=outputs))
+      except workdir_lib.WorkdirError as e:
+        error = e
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if error is not None:
+      raise error
+    if failed:
+      raise workdir_lib.WorkdirError(f"process 0 refused --workdir {workdir} (see its output)")
+    yield
+    multihost_utils.sync_global_devices("moe_jax seeded")
+
+
 def _restore_step(run, ckpts: Checkpoints, workdir, say) -> tuple[int | None, int | None]:
   """(the step to restore or None, the restore_step fallback applied or None). A
   restore_step this run already fell back to is not applied again: rerunning the fallback
@@ -181,25 +266,34 @@ def open_training(run, workdir: pathlib.Path, say) -> Session:
   """The data, the model and optimizer state on the mesh, restored from the chosen
   checkpoint. The caller holds the workdir and closes `session.ckpts`."""
   task = tasks.get(run.task)
-  # The data first: a missing dataset or a bad tokenizer fails before anything compiles.
-  tok = tokenizer(run, workdir, may_train=True)
-  iterator = train_iterator(run, tok)
-  mesh = make_mesh(**dataclasses.asdict(run.mesh))
-  model, optimizer = build(run, mesh)       # a model it cannot build fails before any write
+  # An upcycle / hf import cut short: its rerun finishes it; training it would start over.
+  workdir_lib.check_not_unfinished(workdir)
+  created = not (workdir / "checkpoints").exists()
   ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep,
                       async_save=run.checkpoint.async_save)
   try:
     step, restored_from = _restore_step(run, ckpts, workdir, say)
+    if step is not None:        # a resume: on the data and tokenizer it was trained with
+      check_same_data(run, workdir, ckpts.read_meta(step), step)
+      check_tokenizer_kept(run, workdir, step)
+    # The data first: a missing dataset or a bad tokenizer fails before anything compiles.
+    tok = tokenizer(run, workdir, may_train=step is None)
+    iterator = train_iterator(run, tok)
+    mesh = make_mesh(**dataclasses.asdict(run.mesh))
+    model, optimizer = build(run, mesh)     # a model it cannot build fails before any write
     if step is None:
       task.initialize(run, model, mesh)
     graphdef, state = nnx.split((model, optimizer))
     state = place_on_mesh(state, mesh)
     if step is not None:
       state, _ = ckpts.restore(step, abstract_on_mesh(state, mesh), iterator,
-                               expect_meta=checkpoint_meta(run),
+                               expect_meta=restore_meta(run),
                                meta_defaults=checkpoint_meta_defaults())
   except BaseException:
     ckpts.close()
+    if created and jax.process_index() == 0:   # a refused run leaves no empty checkpoints/
+      with contextlib.suppress(OSError):
+        (workdir / "checkpoints").rmdir()
     raise
   return Session(run, task, mesh, graphdef, state, iterator, tok, ckpts, step or 0,
                  restored_from)
@@ -227,7 +321,7 @@ def restore_for_eval(run, workdir: pathlib.Path, mesh, step: int | None):
       raise FileNotFoundError(f"no checkpoint in {ckpts.directory}: train first")
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build(run, mesh)))
     state, _ = ckpts.restore(step, abstract_on_mesh(abstract, mesh),
-                             expect_meta=checkpoint_meta(run),
+                             expect_meta=restore_meta(run),
                              meta_defaults=checkpoint_meta_defaults())
   finally:
     ckpts.close()

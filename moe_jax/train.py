@@ -56,6 +56,7 @@ def train(config, workdir, *, overrides=(), progress: bool = True) -> dict:
   is_main = jax.process_index() == 0
   say = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
   with Interrupts() as interrupts, run_setup.hold_workdir(workdir):
+    read_metrics(workdir)   # a corrupt metrics.jsonl: refused, naming the line, before any write
     s = run_setup.open_training(run, workdir, say)
     try:
       if s.start >= run.steps and _final_eval_logged(workdir, run.steps):
@@ -108,6 +109,23 @@ def _close(close) -> None:
     return
   with contextlib.suppress(Exception):
     close()
+
+
+def _dead_at(records: list[dict], step: int, vocab_size: int) -> str | None:
+  """Why the state saved at `step` is already dead, judged by the last step logged up to it: a
+  gradient norm of 0 (nothing trains it any more) or a cross-entropy of ln V (it predicts the
+  uniform distribution); None if neither."""
+  logged = [r for r in records if r["step"] <= step and "grad_norm" in r]
+  if not logged:
+    return None
+  last = logged[-1]
+  if last["grad_norm"] == 0:
+    return f"gradient norm 0 at its last logged step, {last['step']}"
+  ce = last.get("ce", last.get("loss"))
+  if vocab_size and ce is not None and abs(ce - math.log(vocab_size)) < 5e-3:
+    return (f"cross-entropy {ce:.4f} = ln {vocab_size} at its last logged step, {last['step']}: "
+            "it predicts the uniform distribution")
+  return None
 
 
 def _final_eval_logged(workdir, steps: int) -> bool:
@@ -178,12 +196,21 @@ class _Loop:
     latest = self.saved or None
     where = (f"The newest checkpoint, step {latest} in {self.s.ckpts.directory}, is from "
              "before that and finite: " if latest else "No checkpoint was saved yet: ")
+    then = "resume from it" if latest else "start over"
+    records = read_metrics(self.log.workdir) if latest else []
+    dead = latest and _dead_at(records, latest, self.run.model.vocab_size)
+    if dead:     # finite, but resuming it will not train (issue 28: grad norm 0 ever after)
+      alive = [c for c in self.s.ckpts.steps()
+               if c < latest and not _dead_at(records, c, self.run.model.vocab_size)]
+      where = (f"The newest checkpoint, step {latest} in {self.s.ckpts.directory}, is finite "
+               f"but was already dead ({dead}), so resuming from it will not train: ")
+      then = (f"fall back to step {alive[-1]} with --config.restore_step={alive[-1]}" if alive
+              else "start over in a new --workdir")
     raise NonFiniteState(
         f"training diverged at step {step}: {what} went non-finite (loss {loss:.4g}, "
         f"grad_norm {grad_norm:.4g}); nothing of this step was saved. {where}lower "
         f"config.optim.learning_rate (now {self.run.optim.learning_rate:g}) or raise "
-        "config.optim.warmup_steps, then rerun to "
-        + ("resume from it" if latest else "start over"))
+        f"config.optim.warmup_steps, then rerun to {then}")
 
   def save(self, step: int) -> None:
     if step == self.saved:

@@ -1,7 +1,8 @@
 r"""Sparse upcycling: a trained dense run becomes the first checkpoint of an MoE run.
 
     python -m moe_jax.upcycle --from runs/dense --workdir runs/upcycled --config configs/X.py \
-        [--config.a.b=v ...] [--expert_noise 0.0] [--drop_ratio 0.0] [--keep_step]
+        [--config.a.b=v ...] [--expert_noise 0.0] [--drop_ratio 0.0] [--keep_step] \
+        [--carry_moments]
     python -m moe_jax.train --config configs/X.py --workdir runs/upcycled [the same --config...]
 
 or from Python: `upcycle(config_dict, workdir, source_workdir, overrides=[...], options=...)`,
@@ -22,19 +23,38 @@ Fine-grained targets (E experts of width F / G from a dense FFN of width F) spli
 hidden dimension: expert e holds hidden units [g F/G, (g+1) F/G) with g = e mod G, so each of
 the E / G groups of G experts spans the whole dense FFN.
 
-The new workdir gets config.json and checkpoint 0 (or the dense run's step with --keep_step,
-continuing its learning-rate schedule) holding the upcycled model, a fresh optimizer state (the
-dense run's Adam moments do not fit the experts' shapes: they start at zero) and the dense
-run's data position when the data config is the same. `upcycled_from.json` records the source
-and the options. Every check (a source that is not dense, widths that do not split, other
-non-FFN shapes) runs before anything is written; the source workdir is only read.
+The new workdir gets config.json, checkpoint 0 (or the dense run's step with --keep_step)
+holding the upcycled model and optimizer state, and the dense run's data position when the data
+config is the same. `upcycled_from.json` records the source and the options.
+
+The learning rate: with --keep_step the MoE run continues the dense run's trajectory: the
+optimizer's step and its schedule's count are the dense run's step, so step s of the MoE run
+gets the learning rate a continued dense run with this config gets at step s (the target
+config's schedule, config.optim over config.steps, as the continued dense run's; a note says
+when config.optim differs from the dense run's). Without --keep_step the MoE run is a new run
+from step 0 and its schedule starts over: warmup from 0 to the peak, then the cosine, like a
+run from scratch (the command says so).
+Adam's moments: by default they start at zero (Adam's count at 0, so its bias correction is
+that of fresh moments, whatever the schedule's count). With --carry_moments (options
+`carry_moments`) every expert gets copies of its dense FFN's first and second moments (the same
+hidden units its weights come from, zero at the units Drop-Upcycling re-draws, no noise), the
+copied parameters their own, the router (and anything else the dense model lacks) zeros, and
+Adam's count is the dense run's.
+
+Every check (a source that is not dense, widths that do not split, other non-FFN shapes,
+--keep_step with config.steps not past the dense step) runs before anything is written; the
+source workdir is only read. Interrupted (kill -9, SIGTERM, a full disk): `seeding.json` stays
+in the workdir, `train` there refuses with the upcycle command, and that command, rerun, clears
+what the interrupted one wrote and completes (moe_jax.workdir.seeding).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import pathlib
+import shlex
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -61,8 +81,12 @@ class UpcycleOptions:
   drop_ratio: float = 0.0             # Drop-Upcycling: the fraction of hidden units re-drawn
   router_init: str = "fresh"          # 'fresh': the target's router init; 'zeros': uniform
   seed: int = 0                       # of the noise and of which units are dropped
+  carry_moments: bool = False         # Adam's moments from the dense run (experts: copies)
 
   def __post_init__(self):
+    if not isinstance(self.carry_moments, bool):
+      raise ValueError(f"upcycle option 'carry_moments'={self.carry_moments!r}: must be True "
+                       "or False")
     check_float("expert_noise", self.expert_noise, low=0.0, owner="upcycle")
     check_float("drop_ratio", self.drop_ratio, low=0.0, high=1.0, owner="upcycle")
     check_choice("router_init", self.router_init, ROUTER_INITS, owner="upcycle")
@@ -70,10 +94,13 @@ class UpcycleOptions:
 
 
 def expert_copies(dense_ffn: dict, *, num_experts: int, expert_d_ff: int, glu: bool,
-                  options: UpcycleOptions = UpcycleOptions(), rng=None) -> dict:
+                  options: UpcycleOptions = UpcycleOptions(), rng=None,
+                  moments: bool = False) -> dict:
   """The experts' stacked params from one dense FFN's: dense {'w_in': {'kernel': [D,F]},
   'w_out': {'kernel': [F,D]}} (+ 'w_up' with glu) -> {'w_in': [E,D,Fe], 'w_out': [E,Fe,D]}
-  or, with glu, {'w_gate', 'w_up', 'w_down'} (the dense gate w_in is the experts' w_gate)."""
+  or, with glu, {'w_gate', 'w_up', 'w_down'} (the dense gate w_in is the experts' w_gate).
+  `moments`: the trees are Adam moments of those params: copied the same way, without noise,
+  zero at the re-drawn (drop_ratio) units, the same units as the weights' for the same rng."""
   width = dense_ffn["w_in"]["kernel"].shape[1]
   segments = width // expert_d_ff      # fine-grained: experts per copy of the dense FFN
   if width % expert_d_ff or num_experts % segments:
@@ -90,7 +117,7 @@ def expert_copies(dense_ffn: dict, *, num_experts: int, expert_d_ff: int, glu: b
   params = {name: jnp.moveaxis(w[:, hidden_EF], 1, 0) for name, w in dense_in.items()}  # [E,D,Fe]
   params[out_name] = dense_out[hidden_EF]                                             # [E,Fe,D]
   dense_of = {**dense_in, out_name: dense_out}
-  if options.drop_ratio == 0 and options.expert_noise == 0:
+  if options.drop_ratio == 0 and (options.expert_noise == 0 or moments):
     return params
   rng = jax.random.PRNGKey(options.seed) if rng is None else rng
   drop_rng, noise_rng = jax.random.split(rng)
@@ -100,10 +127,11 @@ def expert_copies(dense_ffn: dict, *, num_experts: int, expert_d_ff: int, glu: b
     hidden_axis = 1 if name == out_name else 2
     dropped = jnp.expand_dims(dropped_EF, 3 - hidden_axis)     # broadcast over D
     init_rng, eps_rng = jax.random.split(jax.random.fold_in(noise_rng, i))
-    if options.expert_noise:
+    if options.expert_noise and not moments:
       w = w * (1 + options.expert_noise * jax.random.normal(eps_rng, w.shape, w.dtype))
     dense = dense_of[name]
-    fresh = dense.mean() + dense.std() * jax.random.normal(init_rng, w.shape, w.dtype)
+    fresh = (jnp.zeros_like(w) if moments else
+             dense.mean() + dense.std() * jax.random.normal(init_rng, w.shape, w.dtype))
     out[name] = jnp.where(dropped, fresh, w).astype(w.dtype)
   return out
 
@@ -117,10 +145,12 @@ def _dropped_units(rng, num_experts: int, width: int, ratio: float):
 
 
 def upcycle_params(dense: dict, target: dict, *, glu: bool,
-                   options: UpcycleOptions = UpcycleOptions(), path: str = "") -> dict:
+                   options: UpcycleOptions = UpcycleOptions(), path: str = "",
+                   moments: bool = False) -> dict:
   """The target model's params (a pure dict, as nnx.State.to_pure_dict gives) with every leaf
   copied from the dense model's, each MoE layer's experts made by `expert_copies` and its
-  router (and shared expert, if any) left as the target has them, or zeroed (`router_init`)."""
+  router (and shared expert, if any) left as the target has them, or zeroed (`router_init`).
+  `moments`: the trees are Adam moments of the params (see `expert_copies`)."""
   if isinstance(target, dict) and "expert_params" in target:   # an MoE layer's FFN
     if not isinstance(dense, dict) or "expert_params" in dense or "w_in" not in dense:
       raise ValueError(f"upcycle: {path} of the source model is not a dense FFN")
@@ -132,7 +162,8 @@ def upcycle_params(dense: dict, target: dict, *, glu: bool,
     # The dense FFN has no biases: expert biases (expert_bias=True) keep the target's zeros.
     out["expert_params"] = {**target["expert_params"],
                             **expert_copies(dense, num_experts=num_experts, expert_d_ff=width,
-                                            glu=glu, options=options, rng=rng)}
+                                            glu=glu, options=options, rng=rng,
+                                            moments=moments)}
     if options.router_init == "zeros":
       out["router_params"] = jax.tree.map(jnp.zeros_like, target["router_params"])
     return out
@@ -146,8 +177,50 @@ def upcycle_params(dense: dict, target: dict, *, glu: bool,
     if not isinstance(dense, dict) or key not in dense:
       raise ValueError(f"upcycle: the dense model has no parameter {path}/{key}")
     out[key] = upcycle_params(dense[key], value, glu=glu, options=options,
-                              path=f"{path}/{key}")
+                              path=f"{path}/{key}", moments=moments)
   return out
+
+
+def upcycle_optimizer(dense_optimizer, optimizer, *, glu: bool,
+                      options: UpcycleOptions = UpcycleOptions(), keep_step: bool) -> None:
+  """The MoE run's optimizer state from the dense run's, in place. `keep_step`: its step and
+  its learning-rate schedule's count are the dense run's (the learning rate continues where
+  the dense run's is), else 0 (the schedule starts over). `options.carry_moments`: Adam's
+  moments and count are the dense run's (the experts' moments copies of their dense FFN's, as
+  `upcycle_params(moments=True)` makes them; the router's zero), else they start at zero."""
+  dense = nnx.to_pure_dict(nnx.state(dense_optimizer))
+  state = nnx.state(optimizer)
+  target = nnx.to_pure_dict(state)
+  new = _optimizer_state(dense, target, glu=glu, options=options, keep_step=keep_step)
+  nnx.replace_by_pure_dict(state, _placed_like(new, target))
+  nnx.update(optimizer, state)
+
+
+def _optimizer_state(dense, target, *, glu, options, keep_step, path=""):
+  if isinstance(target, dict) and {"count", "mu", "nu"} <= set(target):   # Adam's state
+    if not options.carry_moments:
+      return target
+    if not isinstance(dense, dict) or not {"count", "mu", "nu"} <= set(dense):
+      raise ValueError(f"upcycle: the dense run's optimizer state has no Adam moments at {path}")
+    return {**target, "count": dense["count"],
+            **{k: upcycle_params(dense[k], target[k], glu=glu, options=options, moments=True)
+               for k in ("mu", "nu")}}
+  if isinstance(target, dict):
+    if not isinstance(dense, dict) or set(dense) != set(target):
+      raise ValueError(f"upcycle: the dense run's optimizer state differs from the target's "
+                       f"at {path or '/'}: use the same optimizer (config.optim)")
+    return {k: _optimizer_state(dense[k], v, glu=glu, options=options, keep_step=keep_step,
+                                path=f"{path}/{k}") for k, v in target.items()}
+  # A counter outside Adam's state: the optimizer's step, the learning-rate schedule's count.
+  is_counter = (np.ndim(target) == 0 and jnp.issubdtype(jnp.result_type(target), jnp.integer))
+  return dense if keep_step and is_counter else target
+
+
+def _placed_like(new, target):
+  """`new`'s leaves with the dtype and sharding of `target`'s."""
+  return jax.tree.map(
+      lambda v, t: jax.device_put(jnp.asarray(v, t.dtype), t.sharding)
+      if hasattr(t, "sharding") else jnp.asarray(v, t.dtype), new, target)
 
 
 def upcycle_model(dense_model, moe_model, options: UpcycleOptions = UpcycleOptions()) -> None:
@@ -158,10 +231,7 @@ def upcycle_model(dense_model, moe_model, options: UpcycleOptions = UpcycleOptio
   state = nnx.state(moe_model, nnx.Param)
   target = nnx.to_pure_dict(state)
   new = upcycle_params(dense, target, glu=glu, options=options)
-  placed = jax.tree.map(
-      lambda v, t: jax.device_put(jnp.asarray(v, t.dtype), t.sharding)
-      if hasattr(t, "sharding") else jnp.asarray(v, t.dtype), new, target)
-  nnx.replace_by_pure_dict(state, placed)
+  nnx.replace_by_pure_dict(state, _placed_like(new, target))
   nnx.update(moe_model, state)
 
 
@@ -197,9 +267,11 @@ def check_compatible(dense_model_cfg, target_cfg) -> None:
 
 def upcycle(config, workdir, source_workdir, *, overrides=(),
             options: UpcycleOptions = UpcycleOptions(), source_step: int | None = None,
-            keep_step: bool = False, say=print) -> int:
+            keep_step: bool = False, say=print, command: str | None = None) -> int:
   """Writes the first checkpoint of the MoE run of `config` (+ `overrides`) in `workdir`,
-  upcycled from the dense run in `source_workdir`; returns that checkpoint's step."""
+  upcycled from the dense run in `source_workdir`; returns that checkpoint's step.
+  `command`: how to rerun this (the CLI's command line), which `train` names if the upcycle
+  is cut short; a workdir left by a cut-short upcycle is cleared and upcycled again."""
   run = config_lib.validate(config, num_devices=jax.device_count(),
                             num_processes=jax.process_count(), overrides=overrides)
   workdir = pathlib.Path(workdir).expanduser().absolute()
@@ -218,24 +290,43 @@ def upcycle(config, workdir, source_workdir, *, overrides=(),
   mesh = make_mesh(**dataclasses.asdict(run.mesh))
   graphdef, dense_state, dense_step = run_setup.restore_for_eval(source, source_workdir, mesh,
                                                                  source_step)
-  dense_model, _ = nnx.merge(graphdef, dense_state)
+  if keep_step and run.steps <= dense_step:
+    raise ValueError(f"config.steps={run.steps} is not past the dense run's step {dense_step}, "
+                     "which --keep_step continues from: raise config.steps to the step the MoE "
+                     "run should end at")
+  dense_model, dense_optimizer = nnx.merge(graphdef, dense_state)
   model, optimizer = run_setup.build(run, mesh)
   upcycle_model(dense_model, model, options)
+  upcycle_optimizer(dense_optimizer, optimizer, glu=run.model.glu, options=options,
+                    keep_step=keep_step)
+  del dense_model, dense_optimizer, dense_state
   step = dense_step if keep_step else 0
-  with run_setup.hold_workdir(workdir):
-    if workdir_lib.current_config(workdir) is not None or (workdir / "checkpoints").exists():
-      raise workdir_lib.WorkdirError(f"--workdir {workdir} already holds a run; upcycle into "
-                                     "a new directory")
+  # The data from the dense run's workdir (its tokenizer file, which is copied): a tokenizer
+  # or dataset that fails does so before anything is written.
+  tok = run_setup.tokenizer(run, source_workdir, may_train=False)
+  iterator = run_setup.train_iterator(run, tok)
+  same_data = dataclasses.asdict(run.data) == dataclasses.asdict(source.data)
+  if same_data:   # the dense run's data position: the MoE run reads on from there
+    _restore_data_position(source_workdir, source, dense_step, iterator)
+  notes = [] if same_data else [
+      "config.data differs from the dense run's, so the data position starts over"]
+  optim_changed = _optim_changes(source.optim, run.optim)
+  if keep_step and optim_changed:
+    notes.append(f"config.optim differs from the dense run's ({optim_changed}): the learning "
+                 f"rate continues from step {step} on this config's schedule")
+  learning_rate = (f"continues the schedule from step {step}" if keep_step else
+                   "restarts at step 0 (warmup, then the cosine over config.steps)")
+  optimizer_state = ("Adam moments carried from the dense run" if options.carry_moments
+                     else "fresh")
+  command = command or f"the same moe_jax.upcycle.upcycle() call into {workdir}"
+  outputs = (TOKENIZER_FILE, workdir_lib.CONFIG_FILE, workdir_lib.HISTORY_FILE, RECORD_FILE)
+  with run_setup.hold_workdir(workdir), run_setup.seeding_workdir(
+      workdir, verb="upcycle", command=command, outputs=outputs):
+    for note in notes:
+      say(f"note: {note}")
     tokenizer_file = source_workdir / TOKENIZER_FILE
-    if tokenizer_file.exists():
+    if tokenizer_file.exists() and jax.process_index() == 0:
       shutil.copy2(tokenizer_file, workdir / TOKENIZER_FILE)
-    tok = run_setup.tokenizer(run, workdir, may_train=False)
-    iterator = run_setup.train_iterator(run, tok)
-    same_data = dataclasses.asdict(run.data) == dataclasses.asdict(source.data)
-    if same_data:   # the dense run's data position: the MoE run reads on from there
-      _restore_data_position(source_workdir, source, dense_step, iterator)
-    else:
-      say("note: config.data differs from the dense run's, so the data position starts over")
     state = run_setup.place_on_mesh(nnx.state((model, optimizer)), mesh)
     ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep)
     try:
@@ -249,13 +340,22 @@ def upcycle(config, workdir, source_workdir, *, overrides=(),
       workdir_lib.write_atomic(workdir / RECORD_FILE, json.dumps({
           "source_workdir": str(source_workdir), "source_step": dense_step, "step": step,
           "options": dataclasses.asdict(options), "data_position_continued": same_data,
-          "optimizer_state": "fresh"}, indent=2))
+          "optimizer_state": optimizer_state, "learning_rate": learning_rate}, indent=2))
   say(f"upcycled step {dense_step} of the dense run in {source_workdir} into checkpoint "
       f"{step} of {workdir}: {run.model.num_experts} experts per MoE layer, router "
       f"{options.router_init}, expert_noise {options.expert_noise:g}, drop_ratio "
-      f"{options.drop_ratio:g}; the optimizer state starts fresh. Train it with the train "
-      "command and the same --config flags")
+      f"{options.drop_ratio:g}; the optimizer state "
+      + ("carries the dense run's Adam moments" if options.carry_moments else "starts fresh")
+      + f", the learning rate {learning_rate}"
+      + ("" if keep_step else " (--keep_step continues the dense run's)")
+      + ". Train it with the train command and the same --config flags")
   return step
+
+
+def _optim_changes(source, target) -> str:
+  """The config.optim fields (but the length, config.steps) that differ, as 'name: a -> b'."""
+  a, b = dataclasses.asdict(source), dataclasses.asdict(target)
+  return ", ".join(f"{k}: {a[k]} -> {b[k]}" for k in a if k != "total_steps" and a[k] != b[k])
 
 
 def _restore_data_position(source_workdir, source, step, iterator) -> None:
@@ -276,10 +376,12 @@ def main(argv):
   cfg = cli.run_reporting_errors(cli.load_config)
   options = cli.run_reporting_errors(
       UpcycleOptions, expert_noise=flags.expert_noise, drop_ratio=flags.drop_ratio,
-      router_init=flags.router_init, seed=flags.upcycle_seed)
+      router_init=flags.router_init, seed=flags.upcycle_seed, carry_moments=flags.carry_moments)
+  command = shlex.join(["python", "-m", "moe_jax.upcycle", *sys.argv[1:]])
   cli.run_reporting_errors(upcycle, cfg, flags.workdir, flags["from"].value,
                            overrides=cli.config_overrides(), options=options,
-                           source_step=flags.source_step, keep_step=flags.keep_step)
+                           source_step=flags.source_step, keep_step=flags.keep_step,
+                           command=command)
 
 
 def define_flags() -> None:
@@ -294,8 +396,11 @@ def define_flags() -> None:
                      "units re-initialised from the dense weights' statistics.")
   flags.DEFINE_enum("router_init", "fresh", list(ROUTER_INITS), "The router's first weights.")
   flags.DEFINE_integer("upcycle_seed", 0, "Seed of the noise and of the dropped units.")
-  flags.DEFINE_bool("keep_step", False, "Continue the dense run's step count (and its "
-                    "learning-rate schedule) instead of starting at step 0.")
+  flags.DEFINE_bool("keep_step", False, "Continue the dense run's step count and its "
+                    "learning-rate trajectory instead of starting at step 0 with a new "
+                    "schedule (warmup included).")
+  flags.DEFINE_bool("carry_moments", False, "Carry the dense run's Adam moments over: each "
+                    "expert gets copies of its dense FFN's, the router's start at zero.")
 
 
 if __name__ == "__main__":

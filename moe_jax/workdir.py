@@ -13,6 +13,14 @@ it started from, a `restore_step` fallback if one was applied, the fields that c
 ({path: [old, new]}) and the full config. `current_config` is the latest (what `evaluate`
 uses). Nothing is written for a run that is refused, so a refused run cannot damage the
 record of the run in the directory.
+
+Seeding: a command that writes a run's first checkpoint for `train` to continue (upcycle, hf
+import) does it inside `with seeding(workdir, verb=..., command=..., outputs=...)`. `seeding.json`
+(what is seeding it and the command) is written before anything else and removed once the
+seed is complete, so a seed cut short (kill -9, SIGTERM, a full disk) is recognised: the same
+command reruns on such a workdir (clearing what the interrupted one wrote), and `train` calls
+`check_not_unfinished(workdir)`, which refuses it in one line with that command instead of
+training from random init.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import fcntl
 import json
 import os
 import pathlib
+import shutil
 import socket
 import time
 
@@ -156,3 +165,87 @@ def record_start(workdir, tree: dict, *, start_step: int, restored_from: int | N
   with open(workdir / HISTORY_FILE, "a") as f:
     f.write(json.dumps(entry, sort_keys=True) + "\n")
   return changes
+
+
+SEEDING_FILE = "seeding.json"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def _has_complete_checkpoint(workdir: pathlib.Path) -> bool:
+  """Whether checkpoints/ lists a step: Orbax writes `<step>.orbax-checkpoint-tmp-*` and renames
+  it to `<step>` when complete, so only all-digit names are complete checkpoints."""
+  ckpts = workdir / CHECKPOINTS_DIR
+  return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+
+
+def _has_temporary_checkpoint(workdir: pathlib.Path) -> bool:
+  ckpts = workdir / CHECKPOINTS_DIR
+  return ckpts.is_dir() and any(".orbax-checkpoint-tmp" in p.name for p in ckpts.iterdir())
+
+
+def unfinished_seed(workdir) -> str | None:
+  """Why `workdir` must not be trained as it is, or None: a seeding (upcycle, hf import) that
+  did not complete (its `seeding.json` is there), or, from before that file existed, a
+  checkpoints/ with only a temporary (cut-short) checkpoint and no run record."""
+  workdir = pathlib.Path(workdir)
+  marker = workdir / SEEDING_FILE
+  if marker.exists():
+    try:
+      info = json.loads(marker.read_text())
+      verb, command = str(info["verb"]), str(info["command"])
+    except (OSError, ValueError, KeyError, TypeError):
+      verb, command = "seeding", "the command that seeded it"
+    return (f"--workdir {workdir} holds an unfinished {verb} (interrupted before its first "
+            f"checkpoint was complete, see {SEEDING_FILE}); rerun it to finish: {command}")
+  if (current_config(workdir) is None and _has_temporary_checkpoint(workdir)
+      and not _has_complete_checkpoint(workdir)):
+    return (f"--workdir {workdir} holds only an incomplete first checkpoint in "
+            f"{workdir / CHECKPOINTS_DIR} and no run record: the upcycle or hf import that "
+            "wrote it was interrupted; rerun that command to finish it, or move "
+            f"{workdir / CHECKPOINTS_DIR} aside to train from scratch")
+  return None
+
+
+def check_not_unfinished(workdir) -> None:
+  """Raises WorkdirError (one line, with the command that finishes it) for a workdir whose
+  seeding did not complete; `train` calls it before reading or writing anything."""
+  reason = unfinished_seed(workdir)
+  if reason is not None:
+    raise WorkdirError(reason)
+
+
+@contextlib.contextmanager
+def seeding(workdir, *, verb: str, command: str, outputs: tuple[str, ...]):
+  """Around the writes of a command that seeds a new run in `workdir` (the caller holds it).
+
+  Accepted: an empty workdir; one whose seeding by a command like this one did not complete
+  (`seeding.json` there, nothing but `outputs` beside it); or one that holds no run record,
+  no complete checkpoint and nothing but `outputs` (a seed from before seeding.json existed,
+  or the empty checkpoints/ a refused `train` left). What such a workdir holds is cleared,
+  `seeding.json` written, and removed when the block completes; if the block fails (or the
+  process dies) it stays, and `check_not_unfinished` refuses `train` there. Anything else in
+  the workdir refuses the seeding (WorkdirError) before anything is touched. `outputs`: the
+  names the seeding writes (checkpoints/ always among them)."""
+  workdir = pathlib.Path(workdir)
+  allowed = set(outputs) | {CHECKPOINTS_DIR, SEEDING_FILE, LOCK_FILE}
+  with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):   # no or bad marker
+    allowed |= set(json.loads((workdir / SEEDING_FILE).read_text()).get("outputs", ()))
+  allowed |= {f".{name}.tmp" for name in allowed}      # write_atomic's, cut short
+  present = sorted(p.name for p in workdir.iterdir() if p.name != LOCK_FILE)
+  interrupted = (workdir / SEEDING_FILE).exists() or (
+      current_config(workdir) is None and not _has_complete_checkpoint(workdir))
+  other = [name for name in present if name not in allowed]
+  if present and (other or not interrupted):
+    raise WorkdirError(f"--workdir {workdir} already holds a run; {verb} into a new directory "
+                       f"(it holds {(other or present)[0]})")
+  for name in present:   # what an interrupted seeding wrote: none of it is complete
+    path = workdir / name
+    if path.is_dir() and not path.is_symlink():
+      shutil.rmtree(path)
+    elif name != SEEDING_FILE:
+      path.unlink()
+  write_atomic(workdir / SEEDING_FILE, json.dumps(
+      {"verb": verb, "command": command, "outputs": sorted(set(outputs)), "pid": os.getpid(),
+       "host": socket.gethostname(), "since": time.time()}, indent=2))
+  yield workdir
+  (workdir / SEEDING_FILE).unlink()

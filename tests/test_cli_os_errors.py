@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from tests.train_helpers import (assert_one_line_error, cli_command, eval_command, losses,
-                                 run_cli)
+from tests.train_helpers import (REPO, assert_one_line_error, cli_command, eval_command, losses,
+                                 run_cli, subprocess_env)
 
 pytestmark = pytest.mark.xdist_group("subprocess_training")
 
@@ -67,3 +67,27 @@ def test_full_disk_is_one_line_and_the_run_resumes_after_freeing_space(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from checkpoint step {saved[-1]}" in proc.stdout
     assert sorted(losses(workdir)) == list(range(1, 41))
+
+
+def test_a_full_disk_that_tensorboard_hits_first_is_one_line_not_a_hang(tmp_path):
+  """Issue 28, 1: tensorboardX's writer thread died on the full disk and the training loop
+  blocked forever in its queue (SIGTERM did not stop it either). Here only tensorboard/ is on
+  a full (4 KiB) tmpfs, so its events file is the first to hit it, a few steps in. The run
+  stops with one line naming the directory; the checkpoints saved stay intact and resume."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  cmd = cli_command(workdir, "--config.steps=16", cpu_devices=1)
+  with tmpfs(workdir / "tensorboard", "4k"):
+    # Bounded: the old code hung here (at about step 12) until killed.
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=150)
+    assert_one_line_error(proc, rf"^error: could not write TensorBoard events to "
+                                rf"{workdir}/tensorboard \(No space left on device\); the "
+                                r"checkpoints already saved are intact: free space, then "
+                                r"rerun the same command to resume$")
+  saved, logged = _checkpoints(workdir), sorted(losses(workdir))
+  assert saved and logged == list(range(1, logged[-1] + 1)) and saved[-1] <= logged[-1] < 16
+  proc = run_cli(cmd)                                # space freed (the tmpfs is gone)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"resumed from checkpoint step {saved[-1]}" in proc.stdout
+  assert sorted(losses(workdir)) == list(range(1, 17))

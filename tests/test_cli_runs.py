@@ -2,8 +2,10 @@
 `python -m moe_jax.train` in a subprocess, and checked for its one-line message and for what it
 left in the workdir (nothing lost, nothing overwritten, and the run resumes exactly)."""
 import json
+import math
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -14,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from moe_jax import routing
+from moe_jax.evaluate import evaluate
 from moe_jax.train import train
 from tests.train_helpers import (REPO, assert_one_line_error, cli_command, losses, run_cli,
                                  small_config, snapshot, subprocess_env)
@@ -109,6 +112,61 @@ def test_diverged_run_saves_no_nonfinite_state(tmp_path):
   assert not list((fresh / "checkpoints").glob("[0-9]*"))
 
 
+def test_divergence_says_when_the_newest_finite_checkpoint_is_already_dead(reference,
+                                                                            tmp_path):
+  """Issue 28, 11: after a NaN, the finite checkpoint the message pointed to could already be
+  dead. Here the log says so of two (checkpoint 16: cross-entropy ln V; 12: gradient norm 0):
+  the message says why 16 is dead and points to 8, the newest one that is not."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+  for r in records:
+    if r["step"] == STEPS and "ce" in r:
+      r["ce"] = math.log(256)
+    if r["step"] == STEPS - 4:
+      r["grad_norm"] = 0.0
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  cmd = cli_command(workdir, f"--config.steps={STEPS + 8}", "--config.optim.learning_rate=1e6",
+                    "--config.checkpoint.every=100")
+  assert_one_line_error(
+      run_cli(cmd), rf"training diverged at step \d+: .* The newest checkpoint, step {STEPS} "
+      r"in .*checkpoints, is finite but was already dead \(cross-entropy 5\.5452 = ln 256 at "
+      rf"its last logged step, {STEPS}: it predicts the uniform distribution\), so "
+      r"resuming from it will not train: lower config\.optim\.learning_rate \(now 1e\+06\) or "
+      r"raise config\.optim\.warmup_steps, then rerun to fall back to step 8 with "
+      r"--config\.restore_step=8$")
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_a_corrupt_one_named(reference, tmp_path):
+  """Issue 28, 10: one torn line in metrics.jsonl blocked every rerun and `evaluate` with
+  `error: Unterminated string starting at ...`, naming no file. A torn last line (the run
+  died writing it) is left out by readers and moved to metrics.abandoned.jsonl on resume, said
+  once; a corrupt line elsewhere is refused in one line naming the file and the line."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  metrics = workdir / "metrics.jsonl"
+  torn = '{"step": 17, "aux/importance": 0.2, "aux/load_bal'
+  with open(metrics, "a") as f:
+    f.write(torn)
+  assert evaluate(None, workdir)["step"] == STEPS      # its loss curve plot skips it
+  proc = run_cli(cli_command(workdir, f"--config.steps={STEPS + 4}"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (proc.stdout + proc.stderr).count("was cut short") == 1, proc.stderr[-3000:]
+  assert (workdir / "metrics.abandoned.jsonl").read_text().splitlines()[-1] == torn
+  assert sorted(losses(workdir)) == list(range(1, STEPS + 5))
+  assert {s: l for s, l in losses(workdir).items() if s <= STEPS} == losses(reference)
+
+  lines = metrics.read_text().splitlines(keepends=True)
+  lines[2] = lines[2][:lines[2].index('"', 12) + 4] + "\n"     # inside line 3's second key
+  metrics.write_text("".join(lines))
+  before = snapshot(workdir)
+  assert_one_line_error(run_cli(cli_command(workdir, f"--config.steps={STEPS + 8}")),
+                        rf"^error: {metrics}, line 3, is corrupt \(Unterminated string "
+                        r"starting at: column \d+\); remove or repair that "
+                        r"line, then rerun$")
+  assert snapshot(workdir) == before
+
+
 def test_corrupt_checkpoint_error_prints_a_command_that_resumes(reference, tmp_path):
   """The command in the message (the user's own, plus --config.restore_step=N) runs as
   printed and reproduces the uninterrupted run; no TensorStore spec in the message."""
@@ -145,13 +203,17 @@ def test_refused_or_finished_reruns_leave_the_run_record_alone(reference, tmp_pa
   cmd = cli_command(workdir, f"--config.steps={STEPS}")
   assert run_cli(cmd).returncode == 0
   before = snapshot(workdir)
-  # Another model on the same workdir: refused, nothing changes.
-  assert_one_line_error(run_cli(cmd + ["--config.model.d_model=64"]),
-                        r"different model \(d_model: saved 32, now 64\)")
-  # A dataset that is not there: refused before anything is built.
+  # Another model on the same workdir: refused naming each changed field (nested ones by
+  # their path, not the whole ~1,000-character moe dict), nothing changes.
+  line = assert_one_line_error(
+      run_cli(cmd + ["--config.model.d_model=64", "--config.model.num_experts=8"]),
+      r"different model \(d_model: saved 32, now 64; moe\.num_experts: saved 4, now 8\); use "
+      r"the config it was trained with, or another --workdir$")
+  assert len(line) < 300, line
+  # Another dataset on the same run: refused as a data change, before anything is built.
   assert_one_line_error(run_cli(cmd + ["--config.data.corpus=tiny_shakespeare",
                                        f"--config.data.data_dir={tmp_path / 'tfds'}"]),
-                        r"tfds dataset 'tiny_shakespeare' is not prepared")
+                        r"config\.data\.corpus='tiny_shakespeare' but it was 'pydoc_topics'")
   # The finished run rerun with other flags: exits 0, trains nothing, records nothing.
   proc = run_cli(cmd + ["--config.optim.learning_rate=1e-4", "--config.eval_every=4"])
   assert proc.returncode == 0 and "already holds the finished run" in proc.stdout
@@ -258,3 +320,12 @@ def test_kill_during_the_final_validation_is_redone_by_the_rerun(reference, tmp_
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert [r["step"] for r in final_eval()] == [STEPS]
   assert losses(workdir) == losses(reference)
+
+
+def test_a_dataset_that_is_not_prepared_is_refused_before_anything_is_built(tmp_path):
+  workdir = tmp_path / "fresh"
+  assert_one_line_error(run_cli(cli_command(workdir, "--config.data.corpus=tiny_shakespeare",
+                                            f"--config.data.data_dir={tmp_path / 'tfds'}",
+                                            cpu_devices=1)),
+                        r"tfds dataset 'tiny_shakespeare' is not prepared")
+  assert not workdir.exists()

@@ -94,6 +94,25 @@ def test_drop_upcycling_redraws_exactly_r_of_each_experts_units(glu):
   assert abs(fresh.mean() - w.mean()) < 0.5 and 0.5 < fresh.std() / w.std() < 1.5
 
 
+def test_carried_moments_are_copies_zero_where_drop_upcycling_redraws_and_without_noise():
+  """--carry_moments: Adam's moments are copied like the weights (the same hidden units per
+  expert), never noised, and zero at exactly the units the weights re-draw."""
+  moments = {k: {"kernel": jnp.abs(v["kernel"])} for k, v in _dense_ffn(False).items()}
+  options = UpcycleOptions(drop_ratio=0.25, expert_noise=0.1, seed=3)
+  plain = expert_copies(moments, num_experts=8, expert_d_ff=16, glu=False)
+  got = expert_copies(moments, num_experts=8, expert_d_ff=16, glu=False, options=options,
+                      moments=True)
+  weights = expert_copies(moments, num_experts=8, expert_d_ff=16, glu=False,
+                          options=UpcycleOptions(drop_ratio=0.25, seed=3))
+  dropped = _changed_units(weights, plain, False)               # the units the weights re-draw
+  assert dropped.sum(axis=1).tolist() == [4] * 8
+  assert _changed_units(got, plain, False).tolist() == dropped.tolist()
+  assert not np.asarray(got["w_in"]).transpose(0, 2, 1)[dropped].any()
+  assert not np.asarray(got["w_out"])[dropped].any()
+  kept = ~dropped
+  np.testing.assert_array_equal(np.asarray(got["w_out"])[kept], np.asarray(plain["w_out"])[kept])
+
+
 def test_expert_noise_is_relative_and_differs_per_expert():
   ffn = _dense_ffn(False)
   noisy = expert_copies(ffn, num_experts=4, expert_d_ff=16, glu=False,

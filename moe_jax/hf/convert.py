@@ -23,10 +23,12 @@ dim, V vocab.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import ml_dtypes
 import numpy as np
 
+from moe_jax.hf import families
 from moe_jax.hf.families import Family
 
 LAYOUTS = ("hub", "fused")
@@ -104,17 +106,23 @@ def _moe(family: Family, prefix: str, block: tuple, s: dict, layout: str) -> lis
 
 def mappings(family: Family, section: dict, layout: str) -> list[Mapping]:
   """Every param of the model described by `section` (config.model.* keys), with its tensors."""
+  return list(iter_mappings(family, section, layout))
+
+
+def iter_mappings(family: Family, section: dict, layout: str):
+  """`mappings`, one at a time (so a check can stop at the first tensor a checkpoint lacks
+  without listing them all)."""
   s = section
   d, v, heads = s["d_model"], s["vocab_size"], s["num_heads"]
   kv = s["num_kv_heads"] or heads
   k = s["head_dim"] or d // heads
   copy = lambda path, name, shape: Mapping((path,), (name,), (shape,), "copy")
   linear = lambda path, name, shape: Mapping((path,), (name,), (shape,), "linear")
-  table = [copy(("transformer", "embed"), "model.embed_tokens.weight", (v, d))]
+  yield copy(("transformer", "embed"), "model.embed_tokens.weight", (v, d))
   for i in range(s["num_layers"]):
     p, b = f"model.layers.{i}.", ("transformer", "blocks", i)
     a = p + "self_attn."
-    table += [
+    yield from [
         copy(b + ("norm_attn", "scale"), p + "input_layernorm.weight", (d,)),
         copy(b + ("norm_ffn", "scale"), p + "post_attention_layernorm.weight", (d,)),
         Mapping((b + ("attn", "qkv", "kernel"),),
@@ -123,21 +131,90 @@ def mappings(family: Family, section: dict, layout: str) -> list[Mapping]:
         linear(b + ("attn", "out", "kernel"), a + "o_proj.weight", (d, heads * k))]
     if s["qk_norm"] != "none":
       full = s["qk_norm"] == "full"
-      table += [copy(b + ("attn", "q_norm", "scale"), a + "q_norm.weight",
+      yield from [copy(b + ("attn", "q_norm", "scale"), a + "q_norm.weight",
                      (heads * k if full else k,)),
                 copy(b + ("attn", "k_norm", "scale"), a + "k_norm.weight",
                      (kv * k if full else k,))]
     moe = i >= s["first_dense_layers"] and (i - s["first_dense_layers"]) % s["moe_every"] == 0
     if moe:
-      table += _moe(family, p, b, s, layout)
+      yield from _moe(family, p, b, s, layout)
     else:
       f = s["d_ff"]
-      table += [linear(b + ("ffn", "w_in", "kernel"), p + "mlp.gate_proj.weight", (f, d)),
+      yield from [linear(b + ("ffn", "w_in", "kernel"), p + "mlp.gate_proj.weight", (f, d)),
                 linear(b + ("ffn", "w_up", "kernel"), p + "mlp.up_proj.weight", (f, d)),
                 linear(b + ("ffn", "w_out", "kernel"), p + "mlp.down_proj.weight", (d, f))]
-  table += [copy(("transformer", "norm", "scale"), "model.norm.weight", (d,)),
-            linear(("unembed", "kernel"), "lm_head.weight", (v, d))]
-  return table
+  yield from [copy(("transformer", "norm", "scale"), "model.norm.weight", (d,)),
+              linear(("unembed", "kernel"), "lm_head.weight", (v, d))]
+
+
+def expected_count(section: dict, layout: str) -> int:
+  """How many tensors `mappings` lists, in O(1): each layer's norms and attention (+ q/k
+  norms), its MoE (router + experts) or dense FFN, and the embedding, final norm and head."""
+  layers, first, every = section["num_layers"], section["first_dense_layers"], section["moe_every"]
+  moe = len(range(first, layers, every)) if 0 <= first < layers and every >= 1 else 0
+  per_moe = 3 if layout == "fused" else 1 + 3 * section["num_experts"]
+  return (3 + max(layers, 0) * (6 + 2 * (section["qk_norm"] != "none"))
+          + moe * per_moe + (max(layers, 0) - moe) * 3)
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+_ROUTER = re.compile(r"model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.gate\.weight")
+
+
+def _layers_present(names) -> list[int]:
+  return sorted({int(m.group(1)) for n in names if (m := _LAYER.match(n))})
+
+
+def _layers_error(layers: int, present: list[int]) -> ValueError:
+  if present == list(range(len(present))):
+    held = f"layers 0..{len(present) - 1}"
+  else:
+    held = f"layers {', '.join(map(str, present[:8]))}{', ...' if len(present) > 8 else ''}"
+  have, gap = set(present), 0
+  while gap in have:
+    gap += 1
+  tail = (f": tensor 'model.layers.{gap}.input_layernorm.weight' is missing" if gap < layers
+          else f" ({len(present)} layers)")
+  return ValueError(f"config.json: num_hidden_layers={layers}, but the checkpoint's tensors "
+                    f"hold {held if present else 'no layers'}{tail}")
+
+
+def check_sizes(family: Family, hf_config: dict, checkpoint) -> None:
+  """config.json's sizes against the safetensors headers, before anything is built from them
+  (a table, a model, a list per layer): the number of experts against the routers' rows, and
+  num_hidden_layers at most the number of tensors (its exact check is `check_layers`, after
+  the config's own checks)."""
+  names = checkpoint.names()
+  layers = families._get(hf_config, "num_hidden_layers", kind=int)
+  if layers > len(names):
+    raise _layers_error(layers, _layers_present(names))
+  experts = families._num_experts(family, hf_config)
+  field = next(f for f in family.num_experts_fields if f in hf_config)
+  routers = sorted((int(m.group(1)), n) for n in names if (m := _ROUTER.fullmatch(n)))
+  if routers:
+    name = routers[0][1]
+    shape = checkpoint.shape(name)
+    if not shape or shape[0] != experts:
+      raise ValueError(f"config.json: {field}={experts}, but the checkpoint's router {name!r} "
+                       f"has shape {list(shape)} ({shape[0] if shape else 0} experts)")
+
+
+def check_layers(family: Family, section: dict, layout: str, checkpoint, where: str) -> None:
+  """The layers config.json describes are those the tensors hold, and it implies no more
+  tensors than the checkpoint has (so the table `mappings` lists is bounded by the headers);
+  the first tensor it lacks is named."""
+  names = checkpoint.names()
+  present = _layers_present(names)
+  if present != list(range(section["num_layers"])):
+    raise _layers_error(section["num_layers"], present)
+  expected = expected_count(section, layout)
+  if expected > len(names):
+    have = set(names)
+    missing = next(n for m in iter_mappings(family, section, layout) for n in m.tensors
+                   if n not in have)
+    raise ValueError(f"{where}: config.json (num_hidden_layers={section['num_layers']}, "
+                     f"{section['num_experts']} experts) implies {expected} tensors, the "
+                     f"checkpoint holds {len(names)}: tensor {missing!r} is missing")
 
 
 def detect_layout(names) -> str:

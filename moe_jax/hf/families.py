@@ -134,19 +134,23 @@ def _dense_pattern(family: Family, hf_config: dict, num_layers: int) -> tuple[in
     return 0, 1
   step = _get(hf_config, "decoder_sparse_step", 1, kind=int)
   only = hf_config.get("mlp_only_layers") or []
-  if step < 1 or not isinstance(only, list):
+  if step < 1 or not isinstance(only, list) or not all(
+      isinstance(i, int) and not isinstance(i, bool) for i in only):
     raise ValueError(f"config.json: decoder_sparse_step={step!r} / mlp_only_layers={only!r} "
                      "are not valid")
-  want = [i not in only and (i + 1) % step == 0 for i in range(num_layers)]
-  for first in range(num_layers + 1):
-    for every in range(1, num_layers + 1):
-      got = [i >= first and (i - first) % every == 0 for i in range(num_layers)]
-      if got == want:
-        return first, every
+  dense = set(only)
+  want = [i not in dense and (i + 1) % step == 0 for i in range(num_layers)]
+  moe = [i for i, m in enumerate(want) if m]
+  # The only candidate (the smallest, as a search would find): the first MoE layer, and the
+  # gap to the second (a single MoE layer: any gap reaching past the end; none: all dense).
+  first = moe[0] if moe else num_layers
+  every = moe[1] - moe[0] if len(moe) > 1 else max(1, num_layers - first)
+  if want == [i >= first and (i - first) % every == 0 for i in range(num_layers)]:
+    return first, every
   field = "mlp_only_layers" if only else "decoder_sparse_step"
+  shown = str(moe) if len(moe) <= 16 else f"[{', '.join(map(str, moe[:16]))}, ...]"
   raise ValueError(f"config.json: {field}={hf_config.get(field)!r} makes MoE layers "
-                   f"{[i for i, m in enumerate(want) if m]}, which moe_jax's first_dense_layers "
-                   "+ moe_every cannot express")
+                   f"{shown}, which moe_jax's first_dense_layers + moe_every cannot express")
 
 
 def _num_experts(family: Family, hf_config: dict) -> int:

@@ -66,13 +66,36 @@ class HFSource:
     return convert.mappings(self.family, self.section, self.layout)
 
 
-def carried_files(directory) -> list[str]:
-  """The names of the small files beside the weights that an export copies along."""
+def carried_files(directory, skipped: list[str] | None = None) -> list[str]:
+  """The names of the small files beside the weights that an export copies along: plain files
+  only. A symbolic link (it could point anywhere: `vocab.txt -> /etc/passwd`) or a file over
+  64 MiB is left behind; `skipped` gets a note on each."""
   directory = pathlib.Path(directory)
   skip = {CONFIG_FILE, safetensors_io.INDEX_FILE}
-  return sorted(p.name for p in directory.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.name not in skip
-                and p.suffix in _CARRIED_SUFFIXES and p.stat().st_size <= _CARRIED_MAX_BYTES)
+  names = []
+  for p in sorted(directory.iterdir()):
+    if p.name.startswith(".") or p.name in skip or p.suffix not in _CARRIED_SUFFIXES:
+      continue
+    if p.is_symlink():
+      why = "a symbolic link: only plain files inside the checkpoint directory are copied"
+    elif not p.is_file():
+      continue
+    elif p.stat().st_size > _CARRIED_MAX_BYTES:
+      why = f"larger than {_CARRIED_MAX_BYTES // 2**20} MiB"
+    else:
+      names.append(p.name)
+      continue
+    if skipped is not None:
+      skipped.append(f"{p.name} ({why})")
+  return names
+
+
+def copy_plain(src, dst) -> None:
+  """Copies the regular file `src` to `dst`, refusing to follow a symbolic link (should one
+  replace `src` after `carried_files` listed it)."""
+  fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+  with os.fdopen(fd, "rb") as f, open(dst, "wb") as out:
+    shutil.copyfileobj(f, out)
 
 
 def read_config(directory) -> dict:
@@ -96,6 +119,7 @@ def open_source(directory) -> tuple[HFSource, safetensors_io.Checkpoint]:
   hf_config = read_config(directory)
   family = families.family_of(hf_config)
   checkpoint = safetensors_io.open_checkpoint(directory)
+  convert.check_sizes(family, hf_config, checkpoint)    # before any size is used
   names = checkpoint.names()
   counts: dict[str, int] = {}
   for name in names:
@@ -110,6 +134,7 @@ def open_source(directory) -> tuple[HFSource, safetensors_io.Checkpoint]:
                     convert.detect_layout(names), common,
                     {n: str(checkpoint.dtype(n)) for n in names
                      if str(checkpoint.dtype(n)) != common})
+  convert.check_layers(family, source.section, source.layout, checkpoint, str(directory))
   convert.check_tensors(source.table(), checkpoint, str(directory))
   return source, checkpoint
 
@@ -247,7 +272,7 @@ def export(model: DecoderLM, source: HFSource, out_dir, *, dtype: str | None = N
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     carried = carried_files(source.directory)
     for name in carried:
-      shutil.copy2(pathlib.Path(source.directory) / name, tmp / name)
+      copy_plain(pathlib.Path(source.directory) / name, tmp / name)
     if out_dir.exists():
       out_dir.rmdir()
     os.replace(tmp, out_dir)

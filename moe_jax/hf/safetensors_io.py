@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import pathlib
 import struct
 
@@ -127,6 +128,16 @@ def open_checkpoint(directory) -> Checkpoint:
       weight_map = json.loads(index.read_text())["weight_map"]
     except (ValueError, KeyError, TypeError) as e:
       raise ValueError(f"{index}: not a safetensors index (no weight_map: {e})") from e
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index}: weight_map is not a JSON object")
+    first = {}                          # shard -> the first tensor the index puts there
+    for name, shard in weight_map.items():
+      _check_shard_name(index, name, shard)
+      first.setdefault(shard, name)
+    for shard, name in sorted(first.items()):
+      if not (directory / shard).is_file():
+        raise FileNotFoundError(f"{index}: weight_map puts tensor {name!r} in {shard}, which is "
+                                f"not in {directory} (a shard missing from the download?)")
     shards = {f: SafetensorsFile(directory / f) for f in sorted(set(weight_map.values()))}
     files = {}
     for name, shard in weight_map.items():
@@ -145,6 +156,16 @@ def open_checkpoint(directory) -> Checkpoint:
     return Checkpoint({name: f for name in f.entries}, f.metadata)
   raise FileNotFoundError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE} (moe_jax.hf reads "
                           "safetensors checkpoints only, not pytorch_model.bin)")
+
+
+def _check_shard_name(index: pathlib.Path, name, shard) -> None:
+  """A shard is a plain file name beside the index: never a path (`../x`, `/etc/passwd`,
+  `sub/x`), so an index cannot point the reader at files outside its directory."""
+  if (not isinstance(shard, str) or shard in ("", ".", "..") or "/" in shard or "\\" in shard
+      or (os.altsep and os.altsep in shard) or "\0" in shard
+      or pathlib.PurePath(shard).is_absolute()):
+    raise ValueError(f"{index}: weight_map entry {name!r}: {shard!r} is not a shard file name "
+                     "(shards must be plain file names in the index's directory)")
 
 
 def write_file(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):

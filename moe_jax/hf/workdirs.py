@@ -20,6 +20,17 @@ with the imported params and a fresh optimizer state, and
 The rest of the run (data, optimizer, steps, mesh) is --config's, or the schema's defaults.
 Every check of the source, the config and the workdir runs before anything is written.
 
+The workdir appears complete or not at all: everything is written into a scratch directory
+beside it, `.W.hf-import` (locked, and marked as an import's scratch), which is renamed to W
+(absent or empty) at the end. An import killed before that leaves W untouched and the
+scratch directory behind; rerunning the same command clears that scratch and imports again.
+A failed import removes its scratch directory.
+
+Nothing from the checkpoint directory is used as a path or as code: shard names must be plain
+file names (safetensors_io), only plain files are carried (a symbolic link is left behind,
+with a note), and the paths in imported_config.py are written as string literals that read
+back as exactly those paths.
+
 The data pipeline tokenizes with moe_jax's tokenizer (config.data.tokenizer: bytes, or a
 SentencePiece model it trains), not the checkpoint's: byte ids 0-255 are valid ids of all of
 these vocabularies, but not the checkpoint's tokens for those bytes, so evaluation losses of
@@ -27,10 +38,13 @@ an import are those of a model reading an unfamiliar encoding, and fine-tuning t
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import os
 import pathlib
 import pprint
+import shlex
 import shutil
 import textwrap
 
@@ -47,6 +61,7 @@ from moe_jax.train_step import make_optimizer
 RECORD_FILE = "imported_from.json"
 CONFIG_PY = "imported_config.py"
 SOURCE_DIR = "hf_source"
+SCRATCH_MARK = ".hf-import-scratch"     # in the scratch directory, while an import writes it
 # The config.model.* fields an import may set: how the model runs, not what it computes.
 RUN_FIELDS = ("dtype", "param_dtype", "remat", "dispatcher", "capacity_factor", "group_size",
               "exchange", "max_len")
@@ -76,18 +91,45 @@ def run_tree(config, overrides, section: dict) -> dict:
   return tree
 
 
+def _train_command(workdir: pathlib.Path) -> str:
+  return shlex.join(["python", "-m", "moe_jax.train", "--config", str(workdir / CONFIG_PY),
+                     "--workdir", str(workdir)])
+
+
+def _py_string(text: str) -> str:
+  """`text` as a triple-quoted Python string literal that reads back as exactly `text`,
+  whatever it holds (quotes, backslashes, control characters, undecodable bytes of a path),
+  so no path in it can end the string and run as code."""
+  out = []
+  for ch in text:
+    if ch in '\\"':
+      out.append("\\" + ch)
+    elif ch == "\n" or (ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF):
+      out.append(ch)
+    else:
+      out.append(ascii(ch)[1:-1])          # \x1b, \u2028, \udcff, ...
+  return '"""' + "".join(out) + '"""'
+
+
 def _config_file(tree: dict, source: str, workdir: pathlib.Path) -> str:
   """A config file holding `tree`: the model section describes the checkpoint, so the train
-  command takes this file (or a copy with other data or optimizer settings)."""
+  command takes this file (or a copy with other data or optimizer settings). The paths are
+  only ever inside string literals (checked: the file parses to this docstring, one import,
+  CONFIG and get_config)."""
   doc = "\n\n".join([
       f"The run config of the model imported from {source} by `python -m moe_jax.hf import`.",
-      f"    python -m moe_jax.train --config {workdir / CONFIG_PY} --workdir {workdir} "
-      "[--config.steps=N ...]",
+      f"    {_train_command(workdir)} [--config.steps=N ...]",
       textwrap.fill("Keep the model section: it describes the checkpoint. Note: "
-                    f"{TOKENIZER_NOTE}.", width=96)])
-  return (f'"""{doc}\n"""\nimport ml_collections\n\n'
+                    f"{TOKENIZER_NOTE}.", width=96)]) + "\n"
+  text = (f"{_py_string(doc)}\nimport ml_collections\n\n"
           f"CONFIG = {pprint.pformat(tree, indent=1, width=100, sort_dicts=True)}\n\n\n"
           "def get_config():\n  return ml_collections.ConfigDict(CONFIG)\n")
+  module = ast.parse(text)
+  kinds = [type(node).__name__ for node in module.body]
+  if (ast.get_docstring(module, clean=False) != doc
+      or kinds != ["Expr", "Import", "Assign", "FunctionDef"]):
+    raise AssertionError(f"{CONFIG_PY} would not read back as written: {kinds}")
+  return text
 
 
 def import_workdir(hf_dir, workdir, *, config=None, overrides=(), say=print) -> int:
@@ -103,46 +145,113 @@ def import_workdir(hf_dir, workdir, *, config=None, overrides=(), say=print) -> 
     raise ValueError(f"--workdir {workdir} is inside --from {hf_path}: import into a directory "
                      "of its own")
   mesh = make_mesh(**dataclasses.asdict(run.mesh))
-  with run_setup.hold_workdir(workdir):
-    used = sorted(p.name for p in workdir.iterdir() if p.name != workdir_lib.LOCK_FILE)
-    if used:
-      raise workdir_lib.WorkdirError(f"--workdir {workdir} is not empty (it holds {used[0]}); "
-                                     "import into a new directory")
-    model = model_io.fill_model(run.model, source.table(), checkpoint, mesh=mesh, cast=True)
-    optimizer = nnx.Optimizer(model, make_optimizer(run.optim),
-                              wrt=tasks.get(run.task).trainable)
-    tok = run_setup.tokenizer(run, workdir, may_train=True)
-    processes = jax.process_count()
-    iterator = tasks.get(run.task).train_iterator(
-        run, tok, batch_size=run.data.batch_size // processes, seed=run.seed,
-        shard_index=jax.process_index(), shard_count=processes)
-    state = run_setup.place_on_mesh(nnx.state((model, optimizer)), mesh)
-    ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep)
+  _check_target(workdir)
+  scratch = workdir.with_name(f".{workdir.name}.hf-import")
+  skipped: list[str] = []
+  with run_setup.hold_workdir(scratch):
+    lead = jax.process_index() == 0
+    if lead:
+      _clear_scratch(scratch, workdir)
     try:
-      ckpts.save(0, state, iterator, {**run_setup.checkpoint_meta(run), "step": 0,
-                                      "rng": np.asarray(jax.random.PRNGKey(run.seed)).tolist()})
-      ckpts.wait()
-    finally:
-      ckpts.close()
-    if jax.process_index() == 0:
-      _write_records(workdir, run, source)
+      if lead:
+        workdir_lib.write_atomic(scratch / SCRATCH_MARK, json.dumps(
+            {"workdir": str(workdir), "from": str(hf_path), "pid": os.getpid()}))
+      _sync("moe_jax hf import: scratch ready")
+      _write_run(scratch, workdir, run, source, checkpoint, mesh, skipped)
+      _sync("moe_jax hf import: written")
+      if lead:
+        _check_target(workdir)         # again: nothing took it meanwhile
+        (scratch / workdir_lib.LOCK_FILE).unlink()
+        try:
+          os.rename(scratch, workdir)    # W: absent or empty, so this is all-or-nothing
+        except OSError as e:
+          raise workdir_lib.WorkdirError(f"cannot move the import into --workdir {workdir}: "
+                                         f"{e.strerror}") from e
+        (workdir / SCRATCH_MARK).unlink()
+    except BaseException:
+      if lead:
+        shutil.rmtree(scratch, ignore_errors=True)
+      raise
+  for note in skipped:
+    say(f"note: not carried along from {hf_path}: {note}")
   say(f"imported {source.architecture} from {hf_path} ({source.layout} layout, "
       f"{source.dtype}) into checkpoint 0 of {workdir}: {run.model.num_layers} layers, "
       f"{run.model.num_experts} experts, the optimizer state starts fresh. Note: "
-      f"{TOKENIZER_NOTE}. Train it with: python -m moe_jax.train --config "
-      f"{workdir / CONFIG_PY} --workdir {workdir}")
+      f"{TOKENIZER_NOTE}. Train it with: {_train_command(workdir)}")
   return 0
 
 
-def _write_records(workdir: pathlib.Path, run, source: model_io.HFSource) -> None:
-  kept = workdir / SOURCE_DIR
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _check_target(workdir: pathlib.Path) -> None:
+  """The workdir is absent or an empty directory (a lock file left by a dead run aside)."""
+  if workdir.exists() and not workdir.is_dir():
+    raise workdir_lib.WorkdirError(f"--workdir {workdir} is a file, not a directory")
+  if not workdir.is_dir():
+    return
+  used = sorted(p.name for p in workdir.iterdir())
+  if used == [workdir_lib.LOCK_FILE]:
+    with workdir_lib.hold(workdir):    # WorkdirBusy if a live run holds it; else the stale
+      pass                             # lock file goes with the hold
+    used = sorted(p.name for p in workdir.iterdir())
+  if used:
+    raise workdir_lib.WorkdirError(f"--workdir {workdir} is not empty (it holds {used[0]}); "
+                                   "import into a new directory")
+
+
+def _clear_scratch(scratch: pathlib.Path, workdir: pathlib.Path) -> None:
+  """Empties the scratch directory an interrupted import into `workdir` left (it is marked);
+  anything else found there is refused, untouched."""
+  left = sorted(p for p in scratch.iterdir() if p.name != workdir_lib.LOCK_FILE)
+  if left and not (scratch / SCRATCH_MARK).is_file():
+    raise workdir_lib.WorkdirError(
+        f"{scratch}, where an import into --workdir {workdir} is written before it is moved "
+        f"into place, holds {left[0].name} and is not an import's: move it away")
+  for path in left:
+    if path.is_dir() and not path.is_symlink():
+      shutil.rmtree(path)
+    else:
+      path.unlink()
+
+
+def _write_run(scratch: pathlib.Path, workdir: pathlib.Path, run, source: model_io.HFSource,
+               checkpoint, mesh, skipped: list[str]) -> None:
+  """Checkpoint 0 and the records of the run `workdir` will be, written into `scratch`."""
+  model = model_io.fill_model(run.model, source.table(), checkpoint, mesh=mesh, cast=True)
+  optimizer = nnx.Optimizer(model, make_optimizer(run.optim),
+                            wrt=tasks.get(run.task).trainable)
+  tok = run_setup.tokenizer(run, scratch, may_train=True)
+  processes = jax.process_count()
+  iterator = tasks.get(run.task).train_iterator(
+      run, tok, batch_size=run.data.batch_size // processes, seed=run.seed,
+      shard_index=jax.process_index(), shard_count=processes)
+  state = run_setup.place_on_mesh(nnx.state((model, optimizer)), mesh)
+  ckpts = Checkpoints(scratch / "checkpoints", keep=run.checkpoint.keep)
+  try:
+    ckpts.save(0, state, iterator, {**run_setup.checkpoint_meta(run), "step": 0,
+                                    "rng": np.asarray(jax.random.PRNGKey(run.seed)).tolist()})
+    ckpts.wait()
+  finally:
+    ckpts.close()
+  if jax.process_index() == 0:
+    _write_records(scratch, workdir, run, source, skipped)
+
+
+def _write_records(scratch: pathlib.Path, workdir: pathlib.Path, run,
+                   source: model_io.HFSource, skipped: list[str]) -> None:
+  kept = scratch / SOURCE_DIR
   kept.mkdir()
-  carried = model_io.carried_files(source.directory)
+  carried = model_io.carried_files(source.directory, skipped)
   for name in [model_io.CONFIG_FILE, *carried]:
-    shutil.copy2(pathlib.Path(source.directory) / name, kept / name)
-  workdir_lib.write_atomic(workdir / CONFIG_PY, _config_file(run.record, source.directory, workdir))
-  workdir_lib.record_start(workdir, run.record, start_step=0, restored_from=None)
-  workdir_lib.write_atomic(workdir / RECORD_FILE, json.dumps({
+    model_io.copy_plain(pathlib.Path(source.directory) / name, kept / name)
+  workdir_lib.write_atomic(scratch / CONFIG_PY,
+                           _config_file(run.record, source.directory, workdir))
+  workdir_lib.record_start(scratch, run.record, start_step=0, restored_from=None)
+  workdir_lib.write_atomic(scratch / RECORD_FILE, json.dumps({
       "source": source.directory, "architecture": source.architecture,
       "layout": source.layout, "dtype": source.dtype, "tensor_dtypes": source.tensor_dtypes,
       "carried_files": carried, "step": 0, "optimizer_state": "fresh",
