@@ -171,11 +171,11 @@ def run_config(workdir) -> Any:
 
 
 @contextlib.contextmanager
-def hold_workdir(workdir: pathlib.Path):
-  """One run per workdir. Process 0 takes the lock and tells the others whether it got it,
-  so a busy workdir stops every process of a multi-process run, not just the first."""
+def _process_zero_enters(context, errors, failure):
+  """Process 0 enters `context()`; every process learns whether it failed (raising
+  `failure`, or process 0 its own error of type `errors`) before any runs the block."""
   if jax.process_count() == 1:
-    with workdir_lib.hold(workdir):
+    with context():
       yield
     return
   from jax.experimental import multihost_utils
@@ -183,15 +183,25 @@ def hold_workdir(workdir: pathlib.Path):
     error = None
     if jax.process_index() == 0:
       try:
-        stack.enter_context(workdir_lib.hold(workdir))
-      except (workdir_lib.WorkdirBusy, workdir_lib.WorkdirError) as e:
+        stack.enter_context(context())
+      except errors as e:
         error = e
     failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
     if error is not None:
       raise error
     if failed:
-      raise workdir_lib.WorkdirBusy(f"process 0 could not take --workdir {workdir} (see its "
-                                    "output)")
+      raise failure
+    yield
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: pathlib.Path):
+  """One run per workdir. Process 0 takes the lock and tells the others whether it got it,
+  so a busy workdir stops every process of a multi-process run, not just the first."""
+  with _process_zero_enters(
+      lambda: workdir_lib.hold(workdir), (workdir_lib.WorkdirBusy, workdir_lib.WorkdirError),
+      workdir_lib.WorkdirBusy(f"process 0 could not take --workdir {workdir} (see its "
+                              "output)")):
     yield
 
 
@@ -200,26 +210,14 @@ def seeding_workdir(workdir: pathlib.Path, *, verb: str, command: str, outputs: 
   """`workdir_lib.seeding` for every process of a run (inside `hold_workdir`): process 0
   checks, clears and marks the workdir, the others wait for it and stop if it refused; the
   mark is removed once every process has finished the block."""
-  if jax.process_count() == 1:
-    with workdir_lib.seeding(workdir, verb=verb, command=command, outputs=outputs):
-      yield
-    return
-  from jax.experimental import multihost_utils
-  with contextlib.ExitStack() as stack:
-    error = None
-    if jax.process_index() == 0:
-      try:
-        stack.enter_context(workdir_lib.seeding(workdir, verb=verb, command=command,
-                                                outputs=outputs))
-      except workdir_lib.WorkdirError as e:
-        error = e
-    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
-    if error is not None:
-      raise error
-    if failed:
-      raise workdir_lib.WorkdirError(f"process 0 refused --workdir {workdir} (see its output)")
+  with _process_zero_enters(
+      lambda: workdir_lib.seeding(workdir, verb=verb, command=command, outputs=outputs),
+      workdir_lib.WorkdirError,
+      workdir_lib.WorkdirError(f"process 0 refused --workdir {workdir} (see its output)")):
     yield
-    multihost_utils.sync_global_devices("moe_jax seeded")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("moe_jax seeded")
 
 
 def _restore_step(run, ckpts: Checkpoints, workdir, say) -> tuple[int | None, int | None]:
