@@ -39,6 +39,8 @@ RECORD = "record.json"
 # from its run directory (nothing is retrained) the next time its sweep runs.
 RECORD_VERSION = 4
 SWEEP_CONFIG = "sweep_config.json"   # the resolved config the harness started the run with
+TRAIN_LOG = "train.log"              # the run's own output (the sweep's terminal: one line each)
+OWN_FILES = (SWEEP_CONFIG, TRAIN_LOG)   # what the harness writes in a run's workdir
 
 
 class SettingsChanged(ValueError):
@@ -169,7 +171,7 @@ def _run_point(base, workdir: pathlib.Path, p: Point, seed: int, overrides=()) -
   start = time.perf_counter()
   # The run's own output (resume notes, validation lines) goes to its log, so the sweep's
   # terminal keeps one line per point.
-  with open(workdir / "train.log", "a") as log, contextlib.redirect_stdout(log), \
+  with open(workdir / TRAIN_LOG, "a") as log, contextlib.redirect_stdout(log), \
       contextlib.redirect_stderr(log):
     # A setup's extra flags (a teacher's workdir) follow from the checked ones.
     extra = (p.setup(base, workdir, flags, seed) or []) if p.setup is not None else []

@@ -1,16 +1,15 @@
 """Number of experts at fixed active compute (Switch Transformer, Fedus et al. 2021, Fig. 4).
 
-    python -m experiments.run experiments/num_experts.py          # default: 6 x 3 seeds
+    python -m experiments.run experiments/num_experts.py          # default: 4 E x 3 seeds
     python -m experiments.run experiments/num_experts.py --quick  # seconds, for tests
-Measured (2026-12-02, 2 CPU cores, jax 0.10.2): 18 runs (6 E x 3 seeds), 33.4 min summed
-run time, shared with benchmark probes and tests (an earlier, more shared run: 55.6 min); the
-rerun reproduced that run's losses to within 1e-3.
 
-E in {1 = the dense model, 2, 4, 8, 16, 32} experts, top-1, every expert as wide as the dense
-FFN, so every point spends the same FLOPs per token (plus the router's 2*d*E) while total
-parameters grow with E. Paper: at fixed compute the loss falls as experts are added, with
-diminishing returns. Byte-level LM on stdlib_py (experiments/bases.py: d_model 96, 4 layers, MoE in
-layers 1 and 3, 300 steps of 16 x 128 tokens, less than one epoch).
+E in {1 = the dense model, 4, 8, 16} experts, top-1, every expert as wide as the dense FFN, so
+every point spends the same FLOPs per token (plus the router's 2*d*E) while total parameters
+grow with E. Paper: at fixed compute the loss falls as experts are added, with diminishing
+returns. The CPU protocol (experiments/bases.py `lm_protocol`, chosen by experiments/pilot.py):
+a byte-level LM on stdlib_py, d_model 64, 4 layers, MoE in layers 1 and 3, dropless (no token
+dropped, so E is not confounded with capacity), 2,000 steps of 16 x 128 tokens (~20 tokens per
+active non-embedding parameter), evaluated on the whole validation split; 3 seeds paired.
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import numpy as np
 from experiments import bases, report, stats
 from experiments.sweep import Sweep, point
 
-EXPERTS = (1, 2, 4, 8, 16, 32)
+EXPERTS = (1, 4, 8, 16)
 
 
 def _point(e: int):
@@ -64,6 +63,6 @@ def analyze(records, out) -> list[str]:
 
 def get_sweep(quick: bool) -> Sweep:
   experts = (1, 2, 4) if quick else EXPERTS
-  return Sweep(name="num_experts", base=lambda: bases.lm(quick=quick),
+  return Sweep(name="num_experts", base=lambda: bases.lm_protocol(quick=quick),
                points=[_point(e) for e in experts], seeds=2 if quick else 3,
                analyze=analyze, description=__doc__.split("\n\n")[2])

@@ -69,7 +69,8 @@ def _upcycle(base, workdir, flags, seed, *, quick: bool, drop_ratio: float):
     return
   source = _source(base, workdir, flags, quick)
   upcycle(base, workdir, source, overrides=flags, keep_step=True, say=print,
-          options=UpcycleOptions(drop_ratio=drop_ratio, seed=seed))
+          options=UpcycleOptions(drop_ratio=drop_ratio, seed=seed),
+          keep_files=harness.OWN_FILES)
 
 
 def _points(quick: bool) -> list[Point]:

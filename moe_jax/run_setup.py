@@ -206,12 +206,14 @@ def hold_workdir(workdir: pathlib.Path):
 
 
 @contextlib.contextmanager
-def seeding_workdir(workdir: pathlib.Path, *, verb: str, command: str, outputs: tuple[str, ...]):
+def seeding_workdir(workdir: pathlib.Path, *, verb: str, command: str, outputs: tuple[str, ...],
+                    keep: tuple[str, ...] = ()):
   """`workdir_lib.seeding` for every process of a run (inside `hold_workdir`): process 0
   checks, clears and marks the workdir, the others wait for it and stop if it refused; the
   mark is removed once every process has finished the block."""
   with _process_zero_enters(
-      lambda: workdir_lib.seeding(workdir, verb=verb, command=command, outputs=outputs),
+      lambda: workdir_lib.seeding(workdir, verb=verb, command=command, outputs=outputs,
+                                  keep=keep),
       workdir_lib.WorkdirError,
       workdir_lib.WorkdirError(f"process 0 refused --workdir {workdir} (see its output)")):
     yield

@@ -267,11 +267,14 @@ def check_compatible(dense_model_cfg, target_cfg) -> None:
 
 def upcycle(config, workdir, source_workdir, *, overrides=(),
             options: UpcycleOptions = UpcycleOptions(), source_step: int | None = None,
-            keep_step: bool = False, say=print, command: str | None = None) -> int:
+            keep_step: bool = False, say=print, command: str | None = None,
+            keep_files: tuple[str, ...] = ()) -> int:
   """Writes the first checkpoint of the MoE run of `config` (+ `overrides`) in `workdir`,
   upcycled from the dense run in `source_workdir`; returns that checkpoint's step.
   `command`: how to rerun this (the CLI's command line), which `train` names if the upcycle
-  is cut short; a workdir left by a cut-short upcycle is cleared and upcycled again."""
+  is cut short; a workdir left by a cut-short upcycle is cleared and upcycled again.
+  `keep_files`: names in `workdir` that are the caller's (a sweep's settings and log), left as
+  they are."""
   run = config_lib.validate(config, num_devices=jax.device_count(),
                             num_processes=jax.process_count(), overrides=overrides)
   workdir = pathlib.Path(workdir).expanduser().absolute()
@@ -321,7 +324,7 @@ def upcycle(config, workdir, source_workdir, *, overrides=(),
   command = command or f"the same moe_jax.upcycle.upcycle() call into {workdir}"
   outputs = (TOKENIZER_FILE, workdir_lib.CONFIG_FILE, workdir_lib.HISTORY_FILE, RECORD_FILE)
   with run_setup.hold_workdir(workdir), run_setup.seeding_workdir(
-      workdir, verb="upcycle", command=command, outputs=outputs):
+      workdir, verb="upcycle", command=command, outputs=outputs, keep=keep_files):
     for note in notes:
       say(f"note: {note}")
     tokenizer_file = source_workdir / TOKENIZER_FILE

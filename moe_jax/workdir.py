@@ -215,7 +215,8 @@ def check_not_unfinished(workdir) -> None:
 
 
 @contextlib.contextmanager
-def seeding(workdir, *, verb: str, command: str, outputs: tuple[str, ...]):
+def seeding(workdir, *, verb: str, command: str, outputs: tuple[str, ...],
+            keep: tuple[str, ...] = ()):
   """Around the writes of a command that seeds a new run in `workdir` (the caller holds it).
 
   Accepted: an empty workdir; one whose seeding by a command like this one did not complete
@@ -231,7 +232,7 @@ def seeding(workdir, *, verb: str, command: str, outputs: tuple[str, ...]):
   with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):   # no or bad marker
     allowed |= set(json.loads((workdir / SEEDING_FILE).read_text()).get("outputs", ()))
   allowed |= {f".{name}.tmp" for name in allowed}      # write_atomic's, cut short
-  present = sorted(p.name for p in workdir.iterdir() if p.name != LOCK_FILE)
+  present = sorted(p.name for p in workdir.iterdir() if p.name not in {LOCK_FILE, *keep})
   interrupted = (workdir / SEEDING_FILE).exists() or (
       current_config(workdir) is None and not _has_complete_checkpoint(workdir))
   other = [name for name in present if name not in allowed]

@@ -260,7 +260,13 @@ class Transformer(nnx.Module):
                                                                   config.d_model),
                                                   config.param_dtype), ("vocab", "embed"), mesh)
                   if embed_tokens else None)
-    self.blocks = nnx.List([Block(config, i, causal=causal, rngs=rngs, mesh=mesh)
+    # Each block draws its init keys from its own stream (folded from one key), so a block's
+    # values do not depend on how many keys the blocks before it drew: a MoE layer draws
+    # fewer than a dense FFN, and seed-paired sweeps compare dense and MoE models whose shared
+    # parameters (attention, later dense FFNs, head) must start equal.
+    blocks_key = rngs.params()
+    self.blocks = nnx.List([Block(config, i, causal=causal, mesh=mesh,
+                                  rngs=nnx.Rngs(params=jax.random.fold_in(blocks_key, i)))
                             for i in range(config.num_layers)])
     self.norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs,
                             param_dtype=config.param_dtype)
