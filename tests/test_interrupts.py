@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.train_helpers import REPO, subprocess_env
+from tests.train_helpers import REPO, sigint_as_in_a_terminal, subprocess_env
 
 # A second SIGTERM inside a checkpoint save, where file descriptor 2 is silenced. (It lost
 # the message in a CI run: the process exited 143 with nothing said.)
@@ -78,13 +78,12 @@ SIGINT_IN_A_GC_CALLBACK = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("where, message", [
-    pytest.param("sweep", "interrupted; rerun the same command to resume", marks=pytest.mark.xfail(
-        reason="failed once in a fresh-clone run (the dropped SIGINT was not re-raised at the "
-               "sweep's return); under investigation, issue 28 item 9", strict=False)),
+    ("sweep", "interrupted; rerun the same command to resume"),
     ("train", "interrupted during the final validation (SIGINT)")])
 def test_a_sigint_python_drops_in_a_gc_callback_still_stops_the_process(where, message):
   proc = subprocess.run([sys.executable, "-c", SIGINT_IN_A_GC_CALLBACK, where], cwd=REPO,
-                        env=subprocess_env(), capture_output=True, text=True, timeout=120)
+                        env=subprocess_env(), capture_output=True, text=True, timeout=120,
+                        preexec_fn=sigint_as_in_a_terminal)
   assert "went on" in proc.stdout and "Exception ignored" in proc.stderr   # it was dropped
   assert proc.returncode == 130, proc.stdout + proc.stderr
   assert "the next run started" not in proc.stdout
@@ -104,7 +103,8 @@ def test_ctrl_c_stops_a_sweep_at_any_moment_after_a_run(tmp_path):
     cmd = [sys.executable, "-m", "experiments.run", "experiments/num_experts.py", "--quick",
            f"--out={root / 'out'}", f"--workdir={root / 'runs'}", "--only=E1", "--seeds=2"]
     procs.append((subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=sigint_as_in_a_terminal),
                   root / "runs" / "runs" / "E1", delay))
   for proc, runs, delay in procs:
     log = runs / "seed0" / "train.log"

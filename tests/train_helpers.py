@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -61,6 +62,15 @@ def subprocess_env(**extra) -> dict[str, str]:
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
       filter(None, [str(REPO), env.get("PYTHONPATH")])), **extra)
   return env
+
+
+def sigint_as_in_a_terminal() -> None:
+  """Popen's preexec_fn for a child that a test Ctrl-Cs: SIGINT at its default, as a command
+  typed in a terminal has it. A shell without job control starts background jobs with SIGINT
+  ignored, and a Python started that way never installs its KeyboardInterrupt handler, so a
+  test suite run with `&` (CI in the background, say) would otherwise send signals its
+  children ignore by design."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(cmd, **kw) -> subprocess.CompletedProcess:
