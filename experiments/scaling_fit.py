@@ -18,12 +18,12 @@ replacement and refitted; with ``groups`` (one id per point, e.g. one per (N, E)
 groups are resampled instead, so seeds of one config stay together and their shared noise is
 not counted as independent evidence.
 
-``seed_spread`` and ``difference_verdict`` summarise seed-to-seed noise and say whether two
-configs differ by more than it.
+Whether two configs differ is not decided here: experiments/stats.py compares them paired over
+seeds, with a 95 % interval and a verdict class.
 """
 from __future__ import annotations
 
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import optimize
@@ -330,39 +330,3 @@ def fit_granularity(G: Any, L: Any, *, groups: Any = None, bootstrap: int = 1000
   out.update(ci=ci, n_bootstrap=used, at_bound=at_bound, r2=_r2(L, fitted),
              residual_std=_residual_std(L - fitted, 3), n_points=int(G.shape[0]))
   return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Seed noise
-
-
-def _summary(values: Sequence[float]) -> dict[str, float]:
-  v = np.asarray(values, dtype=float).reshape(-1)
-  if v.size == 0:
-    raise ValueError("needs at least 1 value")
-  return {"mean": float(v.mean()),
-          # Sample std (ddof=1); undefined, hence NaN, for a single seed.
-          "std": float(v.std(ddof=1)) if v.size > 1 else float("nan"),
-          "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
-
-
-def seed_spread(values_by_key: Mapping[Hashable, Sequence[float]]) -> dict[Hashable, dict]:
-  """Per key: mean, std (sample, ddof=1; NaN for one seed), min, max and n of its seed values."""
-  return {key: _summary(values) for key, values in values_by_key.items()}
-
-
-def difference_verdict(a: Sequence[float], b: Sequence[float]) -> str:
-  """"lower" / "higher" (mean(a) vs mean(b)) or "within seed noise".
-
-  Rule: the noise is the largest of std(a), std(b) (sample std) and the half-ranges
-  (max - min) / 2 of a and b; a difference of means counts only if it exceeds that noise.
-  This is a deliberately conservative screen, not a significance test. Needs >= 2 seeds each.
-  """
-  if len(a) < 2 or len(b) < 2:
-    raise ValueError("needs at least 2 seeds per point")
-  sa, sb = _summary(a), _summary(b)
-  noise = max(sa["std"], sb["std"], (sa["max"] - sa["min"]) / 2, (sb["max"] - sb["min"]) / 2)
-  diff = sa["mean"] - sb["mean"]
-  if abs(diff) <= noise:
-    return "within seed noise"
-  return "lower" if diff < 0 else "higher"

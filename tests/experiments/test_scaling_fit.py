@@ -252,34 +252,3 @@ def test_granularity_reports_failure_instead_of_raising(monkeypatch):
   G, L, _ = granularity_sweep()
   fit = sf.fit_granularity(G, L, bootstrap=10)
   assert fit == {"ok": False, "reason": "least_squares did not converge: forced failure"}
-
-
-# --- seed noise -------------------------------------------------------------------------------
-
-
-def test_seed_spread():
-  out = sf.seed_spread({"a": [1.0, 2.0, 3.0], ("N", 8): [4.0]})
-  assert out["a"] == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3}
-  assert out[("N", 8)]["n"] == 1 and np.isnan(out[("N", 8)]["std"])
-
-
-@pytest.mark.parametrize("a, b, verdict", [
-    ([2.00, 2.01, 2.02], [2.10, 2.11, 2.12], "lower"),
-    ([2.10, 2.11, 2.12], [2.00, 2.01, 2.02], "higher"),
-    # Means differ by 0.02, but b's seeds span 0.10: within noise.
-    ([2.00, 2.01, 2.02], [1.98, 2.03, 2.08], "within seed noise"),
-    ([2.0, 2.0], [2.0, 2.0], "within seed noise"),
-])
-def test_difference_verdict(a, b, verdict):
-  assert sf.difference_verdict(a, b) == verdict
-
-
-def test_difference_verdict_uses_the_larger_noise():
-  # The gap (0.05) beats a's spread (std 0.005) but not b's half-range (0.06).
-  a, b = [2.000, 2.005, 2.010], [1.895, 1.955, 2.015]
-  assert sf.difference_verdict(a, b) == "within seed noise"
-
-
-def test_difference_verdict_needs_two_seeds():
-  with pytest.raises(ValueError, match="at least 2 seeds per point"):
-    sf.difference_verdict([2.0], [2.1, 2.2])
