@@ -46,6 +46,7 @@ from moe_jax.models import DecoderLM, make_config  # noqa: E402
 from moe_jax.parallel import make_mesh  # noqa: E402
 from moe_jax.parallel.distributed import host_local_to_global  # noqa: E402
 from moe_jax.run_setup import place_on_mesh  # noqa: E402
+from moe_jax.tasks import lm  # noqa: E402
 from moe_jax.train_step import OptimConfig, make_optimizer, make_state_train_step  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -82,7 +83,8 @@ class _Runner:
     graphdef, self.state = nnx.split((model, optimizer))
     if mesh is not None:
       self.state = place_on_mesh(self.state, mesh)
-    self.step = make_state_train_step(graphdef, aux_loss_weights={"load_balancing": 0.01})
+    self.step = make_state_train_step(graphdef, task_loss=lm.loss,
+                                      aux_loss_weights={"load_balancing": 0.01})
     tokens = np.random.default_rng(0).integers(0, 256, (args.batch, args.seq_len + 1),
                                                dtype=np.int32)
     self.batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}

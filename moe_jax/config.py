@@ -25,17 +25,26 @@ import importlib.util
 import json
 import pathlib
 import sys
-from typing import Any, Sequence, get_type_hints
+from typing import Sequence, get_type_hints
 
 import jax.numpy as jnp
 import ml_collections
 
-from moe_jax import dispatch, overrides as overrides_lib, routing
+# Layering (tests/test_layering.py): config sits above the tasks and below run setup. It
+# imports `tasks` because validation checks config.task and the task's data (Task.check_data,
+# Task.causal) against the registered tasks, and `validate` must do that whoever calls it (the
+# CLIs, the sweep harness, tests that import only this module), so the built-in tasks must be
+# loaded by this import. The edge points down: no task imports config or run setup; the
+# distill task validates its teacher's config through the run services that run setup
+# provides (moe_jax/tasks/base.py).
+from moe_jax import dispatch, overrides as overrides_lib, routing, tasks
 from moe_jax.data.sentencepiece_tokenizer import MIN_VOCAB_SIZE
 from moe_jax.models.transformer import TransformerConfig, make_config, validate as validate_model
 from moe_jax.parallel.mesh import resolve_axis_sizes
 from moe_jax.train_step import OptimConfig
 from moe_jax.validation import check_choice, check_float, check_int
+# flat_changes lives with the config record it diffs (workdir.py); re-exported for callers
+from moe_jax.workdir import flat_changes  # noqa: F401
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 TOKENIZERS = ("byte", "sentencepiece")
@@ -370,7 +379,6 @@ def validate(cfg, *, num_devices: int, num_processes: int = 1,
   """The typed, checked run config of `cfg` (a ConfigDict or dict, completed from the schema)
   with `overrides` ('--config.a.b=v' or 'a.b=v') applied; raises ValueError naming the first
   bad field."""
-  from moe_jax import tasks
   tree, explicit = resolve(cfg, overrides)
   notes: list[str] = []
   steps = check_int("steps", tree["steps"], low=1, owner="config")
@@ -437,17 +445,3 @@ def to_json(cfg) -> str:
 
 def from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
-
-
-def flat_changes(old: dict, new: dict, prefix: str = "") -> dict[str, list[Any]]:
-  """{'optim.learning_rate': [old, new], ...}: the leaves where two config trees differ."""
-  out = {}
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key), new.get(key)
-    path = f"{prefix}{key}"
-    if isinstance(a, dict) and isinstance(b, dict) and key not in ("router_options",
-                                                                   "aux_loss_weights"):
-      out.update(flat_changes(a, b, path + "."))
-    elif a != b:
-      out[path] = [a, b]
-  return out

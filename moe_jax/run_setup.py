@@ -326,3 +326,9 @@ def restore_for_eval(run, workdir: pathlib.Path, mesh, step: int | None):
   finally:
     ckpts.close()
   return graphdef, state, step
+
+
+# The tasks sit below run setup and never import it: a task that opens another run (distill's
+# teacher) gets these services instead (moe_jax/tasks/base.py).
+tasks.provide_run_services(tasks.RunServices(
+    run_config=run_config, validate=config_lib.validate, restore_for_eval=restore_for_eval))

@@ -2,11 +2,13 @@
 
     tx = make_optimizer(OptimConfig(learning_rate=3e-3, warmup_steps=20, total_steps=300))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    step = make_train_step(aux_loss_weights={"load_balancing": 0.01, "z_loss": 1e-3})
-    metrics = step(model, optimizer, batch, rng)     # model and optimizer are updated in place
+    graphdef, state = nnx.split((model, optimizer))
+    step = make_state_train_step(graphdef, task_loss=moe_jax.tasks.get("lm").loss,
+                                 aux_loss_weights={"load_balancing": 0.01, "z_loss": 1e-3})
+    state, metrics = step(state, batch, rng)
 
 `task_loss(model, batch, *, train, rngs) -> (loss, metrics, routings)` is a task's `loss`
-(moe_jax.tasks; next-token cross-entropy by default).
+(moe_jax.tasks), passed in: this module sits below the tasks and imports none of them.
 
 Router state (balancing bias, centroids, ...) is not a Param: the MoE modules write the new
 state during the `train=True` forward, and NNX carries that write out of the jitted step, so
@@ -29,7 +31,6 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moe_jax.parallel.mesh import batch_sharding
-
 from moe_jax.validation import check_float, check_int
 
 
@@ -92,11 +93,6 @@ def _add_aux_losses(loss, metrics, routings, aux_loss_weights):
   return loss, metrics
 
 
-def _default_loss():
-  from moe_jax.tasks import lm
-  return lm.loss
-
-
 def all_finite(tree) -> jax.Array:
   """True iff every floating array of `tree` is free of NaN and Inf."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
@@ -104,11 +100,10 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def apply_step(model, optimizer, batch, rng, *, aux_loss_weights, schedule=None,
-               task_loss=None, trainable=nnx.Param):
+def apply_step(model, optimizer, batch, rng, *, aux_loss_weights, task_loss, schedule=None,
+               trainable=nnx.Param):
   """One update of `model` and `optimizer` in place (not jitted); returns the step's metrics.
   `trainable`: the nnx filter of the variables that get gradients (the optimizer's `wrt`)."""
-  task_loss = task_loss or _default_loss()
 
   def loss_fn(model):
     loss, metrics, routings = task_loss(model, batch, train=True, rngs=nnx.Rngs(router=rng))
@@ -125,23 +120,9 @@ def apply_step(model, optimizer, batch, rng, *, aux_loss_weights, schedule=None,
   return metrics
 
 
-def make_train_step(*, aux_loss_weights: dict[str, float] | None = None, schedule=None,
-                    task_loss=None):
-  """A jitted step(model, optimizer, batch, rng) -> metrics that updates both in place."""
-  weights = dict(aux_loss_weights or {})
-
-  @nnx.jit
-  def step(model, optimizer, batch, rng):
-    return apply_step(model, optimizer, batch, rng, aux_loss_weights=weights, schedule=schedule,
-                      task_loss=task_loss)
-
-  return step
-
-
-def make_state_train_step(graphdef, *, aux_loss_weights: dict[str, float] | None = None,
-                          schedule=None, mesh=None, state_sharding=None,
-                          task_loss=None, trainable=nnx.Param):
-  """The same step as a pure jitted function of the (model, optimizer) nnx.State:
+def make_state_train_step(graphdef, *, task_loss, aux_loss_weights: dict[str, float] | None = None,
+                          schedule=None, mesh=None, state_sharding=None, trainable=nnx.Param):
+  """`apply_step` as a pure jitted function of the (model, optimizer) nnx.State:
   step(state, batch, rng) -> (new_state, metrics). The training loop uses this form: the state
   is a plain pytree (what the checkpoint saves), its buffers are donated, and no NNX graph is
   walked on the host per step. With `mesh` and `state_sharding` (the state's shardings) the

@@ -33,8 +33,7 @@ import pathlib
 import shutil
 import socket
 import time
-
-from moe_jax.config import flat_changes
+from typing import Any
 
 LOCK_FILE = "run.lock"
 CONFIG_FILE = "config.json"
@@ -150,6 +149,20 @@ def applied_restores(workdir) -> set[int]:
   """The restore_step fallbacks earlier starts of this run applied."""
   return {h["restored_from"] for h in _history(pathlib.Path(workdir))
           if h.get("restored_from") is not None}
+
+
+def flat_changes(old: dict, new: dict, prefix: str = "") -> dict[str, list[Any]]:
+  """{'optim.learning_rate': [old, new], ...}: the leaves where two config trees differ."""
+  out = {}
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    path = f"{prefix}{key}"
+    if isinstance(a, dict) and isinstance(b, dict) and key not in ("router_options",
+                                                                   "aux_loss_weights"):
+      out.update(flat_changes(a, b, path + "."))
+    elif a != b:
+      out[path] = [a, b]
+  return out
 
 
 def record_start(workdir, tree: dict, *, start_step: int, restored_from: int | None) -> dict:

@@ -6,8 +6,8 @@ from flax import nnx
 from moe_jax.data import load_corpus, make_iterator
 from moe_jax.models import DecoderLM, make_config
 from moe_jax.parallel import make_mesh
-from moe_jax.train_step import OptimConfig, learning_rate_schedule, make_optimizer, \
-    make_train_step
+from moe_jax.train_step import OptimConfig, learning_rate_schedule, make_optimizer
+from tests.train_helpers import make_train_step
 
 CONFIG = dict(vocab_size=256, d_model=32, num_layers=2, num_heads=2, d_ff=64, num_experts=4,
               router="bias_balanced", router_options={"k": 2, "bias_update_rate": 1e-2},

@@ -7,8 +7,11 @@ import signal
 import subprocess
 import sys
 
-from moe_jax import config as config_lib
+from flax import nnx
+
+from moe_jax import config as config_lib, tasks
 from moe_jax.run_log import read_metrics
+from moe_jax.train_step import apply_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "lm_tiny.py"
@@ -27,6 +30,21 @@ def small_config(steps=12, **top):
   cfg.eval.update(sample_tokens=16)
   cfg.update(dict(steps=steps, log_every=1, eval_every=0, **top))
   return cfg
+
+
+def make_train_step(*, aux_loss_weights: dict[str, float] | None = None, schedule=None,
+                    task_loss=None):
+  """A jitted step(model, optimizer, batch, rng) -> metrics that updates both in place (the
+  library's step, moe_jax.train_step.apply_step, on NNX objects; task_loss: lm's by default)."""
+  weights = dict(aux_loss_weights or {})
+  task_loss = task_loss or tasks.get("lm").loss
+
+  @nnx.jit
+  def step(model, optimizer, batch, rng):
+    return apply_step(model, optimizer, batch, rng, aux_loss_weights=weights, schedule=schedule,
+                      task_loss=task_loss)
+
+  return step
 
 
 def losses(workdir) -> dict[int, float]:

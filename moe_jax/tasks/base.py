@@ -60,3 +60,33 @@ class EvalContext(NamedTuple):
   tokenizer: Any
   data: Any            # task.validation_data(run, tokenizer)
   eval_step: Callable  # jitted (state, global batch) -> sums and per-layer routing metrics
+
+
+class RunServices(NamedTuple):
+  """What a task may ask of the run layer above it: opening another run (the distill task's
+  teacher). Tasks sit below config and run setup and import neither (tests/test_layering.py);
+  `moe_jax.run_setup` provides these when it is imported, as a task registers itself into
+  the registry that run setup reads."""
+  # (workdir) -> the ConfigDict the run in `workdir` last started with; FileNotFoundError if
+  # there is none (run_setup.run_config)
+  run_config: Callable[..., Any]
+  # (cfg, *, num_devices, num_processes, overrides) -> the validated RunConfig (config.validate)
+  validate: Callable[..., Any]
+  # (run, workdir, mesh, step) -> (graphdef, state, step) of a checkpoint, for inference
+  # (run_setup.restore_for_eval)
+  restore_for_eval: Callable[..., tuple]
+
+
+_SERVICES: list[RunServices] = []
+
+
+def provide_run_services(services: RunServices) -> None:
+  """Called by moe_jax.run_setup on import; the latest call wins."""
+  _SERVICES[:] = [services]
+
+
+def run_services() -> RunServices:
+  if not _SERVICES:
+    raise RuntimeError("no run services: import moe_jax.run_setup (it provides them) before "
+                       "building or initialising a task that opens another run")
+  return _SERVICES[0]

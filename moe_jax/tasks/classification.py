@@ -15,8 +15,8 @@ from moe_jax.data import datasets
 from moe_jax.data.classification import eval_example_batches
 from moe_jax.models import EncoderClassifier
 from moe_jax.parallel.distributed import host_local_to_global
-from moe_jax.tasks import register
 from moe_jax.tasks.base import Task
+from moe_jax.tasks.registry import register
 from moe_jax.validation import check_choice
 
 

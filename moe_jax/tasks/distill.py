@@ -53,8 +53,9 @@ import optax
 from flax import nnx
 
 from moe_jax.models import DecoderLM
-from moe_jax.tasks import lm, register
-from moe_jax.tasks.base import EvalContext, Task
+from moe_jax.tasks import lm
+from moe_jax.tasks.base import EvalContext, Task, run_services
+from moe_jax.tasks.registry import register
 
 
 class Distillation(nnx.Module):
@@ -67,20 +68,21 @@ class Distillation(nnx.Module):
 
 
 def _teacher_run(run):
-  """The teacher's validated run config; errors name config.distill / the mismatching field."""
-  from moe_jax import config as config_lib, run_setup
+  """The teacher's validated run config; errors name config.distill / the mismatching field.
+  Opening a run is run setup's job, above the tasks: its services do it (tasks/base.py)."""
   if not run.distill.teacher_workdir:
     raise ValueError("config.task='distill' needs config.distill.teacher_workdir: the workdir "
                      "of the trained teacher run")
+  runs = run_services()
   workdir = pathlib.Path(run.distill.teacher_workdir).expanduser().absolute()
   try:
-    tree = run_setup.run_config(workdir)
+    tree = runs.run_config(workdir)
   except FileNotFoundError as e:
     raise ValueError(f"config.distill.teacher_workdir: {e}") from e
-  teacher = config_lib.validate(tree, num_devices=jax.device_count(),
-                                num_processes=jax.process_count(),
-                                overrides=[f"mesh.{k}={v}" for k, v in
-                                           dataclasses.asdict(run.mesh).items()])
+  teacher = runs.validate(tree, num_devices=jax.device_count(),
+                          num_processes=jax.process_count(),
+                          overrides=[f"mesh.{k}={v}" for k, v in
+                                     dataclasses.asdict(run.mesh).items()])
   if teacher.task != "lm":
     raise ValueError(f"config.distill.teacher_workdir: the teacher must be an 'lm' run, got "
                      f"task {teacher.task!r}")
@@ -220,12 +222,11 @@ def initialize(run, model: Distillation, mesh) -> None:
   """A fresh run: the teacher's weights from its checkpoint (on this run's mesh), the step used
   written into the run's config record, and with init_from_teacher the student's non-expert
   weights from the teacher (see the module docstring)."""
-  from moe_jax import run_setup
   from moe_jax.checkpoint import CheckpointError
   teacher_run, workdir = _teacher_run(run)
   step = _teacher_step(run, teacher_run, workdir)
   try:
-    graphdef, state, _ = run_setup.restore_for_eval(teacher_run, workdir, mesh, step)
+    graphdef, state, _ = run_services().restore_for_eval(teacher_run, workdir, mesh, step)
   except CheckpointError as e:
     raise _teacher_checkpoint_error(e, workdir, step,
                                     _teacher_steps(teacher_run, workdir)) from e

@@ -14,8 +14,8 @@ import optax
 
 from moe_jax.data import datasets, eval_batches as window_batches
 from moe_jax.models import DecoderLM
-from moe_jax.tasks import register
 from moe_jax.tasks.base import Task
+from moe_jax.tasks.registry import register
 from moe_jax.validation import check_choice, check_int
 
 
