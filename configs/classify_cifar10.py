@@ -4,7 +4,7 @@ r"""CIFAR-10 (tfds) with an MoE ViT-style classifier on one 8-GPU node (experts 
         --config.data.data_dir=~/tensorflow_datasets
     python -m moe_jax.evaluate --workdir runs/cifar10
 
-Prepare the data once on a machine with internet (README, "Datasets"):
+Prepare the data once on a machine with internet (docs/data.md, "tfds datasets"):
     pip install -e '.[tf]' && tfds build cifar10 --data_dir ~/tensorflow_datasets --file_format array_record
 4x4 patches (64 per image) + a CLS token, 6 layers, d_model 384, 16 experts top-2 in every
 other layer (expert_d_ff 768), bfloat16 compute; mesh data=1 x expert=8: each GPU holds 2

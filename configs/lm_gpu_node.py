@@ -3,7 +3,8 @@ r"""One 8-GPU node (e.g. 8x H100 80 GB): a ~1.9B-parameter (≈0.4B active) MoE 
     python -m moe_jax.train --config configs/lm_gpu_node.py --workdir runs/gpu_node
 
 One process drives the node's 8 GPUs; for several nodes run one process per node with
---coordinator_address=HOST0:1234 --num_processes=N --process_id=I (README, "Multi-host").
+--coordinator_address=HOST0:1234 --num_processes=N --process_id=I (docs/training.md,
+"Multi-host").
 d_model 1024, 16 layers, 64 experts top-2 in every other layer (expert_d_ff 2048), bfloat16
 compute with float32 params, remat per block; mesh data=1 x expert=8: each GPU holds 8 experts
 and tokens are split over all 8. 65,536 tokens per step. Not run on this project's machines (no

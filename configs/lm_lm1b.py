@@ -4,7 +4,7 @@ r"""lm1b (One Billion Word, tfds) with a SentencePiece vocabulary: an MoE LM on 
         --config.data.data_dir=~/tensorflow_datasets
     python -m moe_jax.evaluate --workdir runs/lm1b
 
-Prepare the data once on a machine with internet (README, "Datasets"):
+Prepare the data once on a machine with internet (docs/data.md, "tfds datasets"):
     pip install -e '.[tf]' && tfds build lm1b --data_dir ~/tensorflow_datasets --file_format array_record
 A 32k-piece SentencePiece unigram model is trained on the first 20 MB of the training
 sentences when the run starts (10 MB of stdlib source took 18 s here) and is saved as

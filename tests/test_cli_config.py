@@ -96,7 +96,7 @@ def test_warmup_longer_than_the_run_is_clipped_with_a_note(tmp_path):
 
 
 def test_readme_deepseek_command_weights_its_sequence_loss(tmp_path):
-  """README's flag: the deepseek router with its sequence-wise balance loss weighted."""
+  """docs/routers.md's flag: the deepseek router with its sequence-wise balance loss weighted."""
   from moe_jax.run_log import read_metrics
   workdir = tmp_path / "run"
   proc = run_cli(cli_command(workdir, "--config.steps=2", "--config.model.router=deepseek",

@@ -17,7 +17,7 @@ the files sorted by md5(relative path) are validation iff their rank % 5 == 0 (s
 package has validation files and no file is in both splits). Classes are balanced by taking at
 most 300 train / 60 validation snippets per package, evenly spaced over its windows. The
 sources are those of the running Python, so the exact task differs slightly between Python
-versions (the baselines in the README are for Python 3.11).
+versions (the baselines in docs/classification.md are for Python 3.11).
 
 `baselines(task)` fits the reference points on the train split and scores validation:
 majority class, and logistic regression on pixels (digits) or on byte histograms

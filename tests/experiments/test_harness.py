@@ -49,8 +49,8 @@ def _run(cmd, timeout=600):
 
 
 # ~1 min each on 2 cores: marked slow to keep `make test` under 15 minutes (`make test-all`
-# runs them; README, "Reproducing ablations"). The kill test below runs the harness end to end
-# in the default suite.
+# runs them; docs/experiments.md). The kill test below runs the harness end to end in the
+# default suite.
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SWEEPS)
 def test_every_sweep_runs_end_to_end_quick(name, tmp_path):
@@ -171,8 +171,9 @@ def test_every_point_of_every_sweep_is_a_valid_run(name, quick):
 
 
 def test_a_sweep_runs_on_an_accelerator_config_with_overrides():
-  """The README's example: the num_experts grid on configs/lm_gpu_node.py's model, with every
-  run's mesh set so that each E fits (validated here on an 8-device count, not trained)."""
+  """docs/experiments.md's example: the num_experts grid on configs/lm_gpu_node.py's model,
+  with every run's mesh set so that each E fits (validated here on an 8-device count, not
+  trained)."""
   from experiments.run import load_sweep, parse
   from moe_jax import config as config_lib
   args = parse(["experiments/num_experts.py", "--config", "configs/lm_gpu_node.py",
