@@ -1,7 +1,7 @@
 """Distilling an MoE into a dense model of its active size (Switch Transformer, Fedus et al.
 2021, Section 5: about 30 % of the MoE's quality gain kept at 1/20 of the parameters).
 
-    python -m experiments.run experiments/distillation.py          # default: 3 x 3 seeds
+    python -m experiments.run experiments/distillation.py          # default: 4 x 3 seeds
     python -m experiments.run experiments/distillation.py --quick  # seconds, for tests
 
 Per seed, on the CPU protocol (experiments/bases.py `lm_protocol`: byte-level LM on stdlib_py,
@@ -12,9 +12,12 @@ size) trained from scratch; `distilled`, that dense model initialised from the t
 the two share parameters (embeddings, attention, norms, the dense first layers, the head:
 Switch's recipe) and trained for the same 2,000 steps with task `distill` on
 0.75 CE + 0.25 T^2 KL(teacher || student) at T = 2 (Switch's best mixture: 0.25 teacher), the
-teacher being the same seed's `teacher` run. Reads: the fraction of the teacher's gain over the
-dense model that the distilled student keeps, (dense - distilled) / (dense - teacher) in
-validation loss, per seed, with the student's gain over dense as a paired interval.
+teacher being the same seed's `teacher` run; `teacher_init`, the same student initialised from
+the teacher and trained on the data alone (alpha 0), the control that separates the soft
+targets' effect from the initialisation's (whose shared weights have already trained for the
+teacher's 2,000 steps). Reads: the fraction of the teacher's gain over the dense model that the
+distilled student keeps, (dense - distilled) / (dense - teacher) in validation loss, per seed,
+with the student's gain over dense and over `teacher_init` as paired intervals.
 """
 from __future__ import annotations
 
@@ -36,16 +39,21 @@ DISTILLED = {"model.num_experts": 0, "task": "distill", "distill.alpha": 0.25,
 def _with_teacher(base, workdir, flags, seed):
   """The same seed's teacher run, as the sweep's `teacher` point trains it (here, if the sweep
   has not reached it: --only distilled)."""
-  own = override_flags(Point("distilled", {}, DISTILLED), seed)
+  own = override_flags(Point("distilled", {}, DISTILLED), seed)  # as many flags as TEACHER_INIT
   sweep_wide = flags[:len(flags) - len(own)]
   teacher = _teacher_dir(workdir)
   harness.train_checked(base, teacher, [*sweep_wide, *override_flags(TEACHER, seed)])
   return [f"distill.teacher_workdir={teacher}"]
 
 
+TEACHER_INIT = {**DISTILLED, "distill.alpha": 0.0}
+
+
 def _points() -> list[Point]:
   return [TEACHER, point({"model": "dense"}, {"model.num_experts": 0}, name="dense"),
-          Point("distilled", {"model": "dense, distilled"}, DISTILLED, _with_teacher)]
+          Point("distilled", {"model": "dense, distilled"}, DISTILLED, _with_teacher),
+          Point("teacher_init", {"model": "dense, teacher's init, no soft targets"},
+                TEACHER_INIT, _with_teacher)]
 
 
 def analyze(records, out) -> list[str]:
@@ -87,6 +95,11 @@ def analyze(records, out) -> list[str]:
                     if report.trend(g["distilled"], g["dense"]) == "reproduced"
                     else "The student's own gain over dense is not resolved (see its interval "
                     "above)."))
+  if "teacher_init" in g:
+    lines.append("The student starts from weights that trained for the teacher's steps already, "
+                 "so part of its gain is that head start, not the soft targets: distilled "
+                 f"{report.compared(g['distilled'], g['teacher_init'], 'teacher_init')}; "
+                 f"teacher_init {report.compared(g['teacher_init'], g['dense'], 'dense')}.")
   return lines
 
 

@@ -1,22 +1,22 @@
 """Sparse upcycling and Drop-Upcycling against continuing the dense model and an MoE from scratch
 (Komatsuzaki et al. 2022, *Sparse Upcycling*; Nakamura et al. 2025, *Drop-Upcycling*).
 
-    python -m experiments.run experiments/upcycling.py          # default: 4 x 2 seeds
+    python -m experiments.run experiments/upcycling.py          # default: 4 x 3 seeds
     python -m experiments.run experiments/upcycling.py --quick  # seconds, for tests
-Measured (2026-12-03, 2 CPU cores, jax 0.10.2): 8 runs + 2 dense sources, 39.2 min summed
-run time, the machine shared with test runs.
 
-One dense byte-level LM per seed is trained for 300 steps on stdlib_py (experiments/bases.py's
-model with num_experts=0), then continued for 300 more steps as (a) `dense`: the same dense
-model, its optimizer state kept; (b) `upcycled`: 8 experts per MoE layer (layers 1 and 3), each
-a copy of the layer's dense FFN, a fresh router, top-2 renormalised (Mixtral's order, so the
-upcycled model starts as exactly the dense function, up to capacity drops), fresh Adam state;
+On the CPU protocol (experiments/bases.py `lm_protocol`: byte-level LM on stdlib_py, d_model 64,
+4 layers, MoE FFNs in layers 1 and 3, dropless), one dense LM per seed is trained for 1,500
+steps of 16 x 128 tokens, then continued for 500 more steps as (a) `dense`: the same dense
+model, its optimizer state kept; (b) `upcycled`: 8 experts per MoE layer, each a copy of the
+layer's dense FFN, a fresh router, top-2 renormalised (Mixtral's order, so the upcycled model
+starts as exactly the dense function: dropless, nothing is dropped), fresh Adam state;
 (c) `drop0.5`: the same with half of each expert's hidden units re-drawn (Drop-Upcycling,
-r = 0.5); against (d) `scratch`: the same MoE trained from random init for all 600 steps. Every
-run's learning-rate schedule is the 600-step one (the continuations start at its step 300).
-Papers: the upcycled model beats the continued dense one early in the continuation; Drop-
-Upcycling beats plain upcycling over longer continuations; the scratch MoE needs far more
-compute to catch up.
+r = 0.5); against (d) `scratch`: the same MoE trained from random init for all 2,000 steps.
+Every run's learning-rate schedule is the 2,000-step one, and the continuations start at its
+step 1,500 (upcycle --keep_step), so no arm re-warms. The training loss is logged as the mean of
+every 25-step interval of unseen batches (under one epoch: a held-out estimate). Papers: the
+upcycled model beats the continued dense one early in the continuation; Drop-Upcycling beats
+plain upcycling over longer continuations; the scratch MoE needs more compute to catch up.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import numpy as np
 from experiments import bases, harness, report, scaling_fit, stats
 from experiments.sweep import Point, Sweep
 
-DENSE_STEPS, EXTRA_STEPS = 300, 300
+DENSE_STEPS, EXTRA_STEPS = 1500, 500   # the source 3x the continuation
 QUICK_STEPS = 6            # --quick: dense and extra steps each
 SOURCE = "_dense_source"   # runs/_dense_source/seed<s>: the dense run every point starts from
 
@@ -39,8 +39,10 @@ def _steps(quick: bool) -> tuple[int, int]:
 
 def _base(quick: bool):
   dense, extra = _steps(quick)
-  c = bases.lm(quick=quick)
+  c = bases.lm_protocol(quick=quick)
   c.steps = dense + extra          # (--quick's base would otherwise be 6 steps in all)
+  if not quick:
+    c.log_every = 25               # 20 points of the 500-step continuation
   c.model.router_options = {"k": 2, "order": "topk_softmax"}
   return c
 
@@ -75,12 +77,14 @@ def _upcycle(base, workdir, flags, seed, *, quick: bool, drop_ratio: float):
 
 def _points(quick: bool) -> list[Point]:
   up = functools.partial(_upcycle, quick=quick)
-  return [Point("dense", {"init": "dense"}, {"model.num_experts": 0},
+  dense = {"dense_steps": _steps(quick)[0]}     # where the continuations start
+  return [Point("dense", {"init": "dense", **dense}, {"model.num_experts": 0},
                 functools.partial(_continue_dense, quick=quick)),
-          Point("upcycled", {"init": "upcycled"}, {}, functools.partial(up, drop_ratio=0.0)),
-          Point("drop0.5", {"init": "drop-upcycled r=0.5"}, {},
+          Point("upcycled", {"init": "upcycled", **dense}, {},
+                functools.partial(up, drop_ratio=0.0)),
+          Point("drop0.5", {"init": "drop-upcycled r=0.5", **dense}, {},
                 functools.partial(up, drop_ratio=0.5)),
-          Point("scratch", {"init": "MoE from scratch"}, {})]
+          Point("scratch", {"init": "MoE from scratch", **dense}, {})]
 
 
 def _curves(records, dense_steps: int, dense_flops_per_step: float):
@@ -101,12 +105,12 @@ def _curves(records, dense_steps: int, dense_flops_per_step: float):
   return out
 
 
-def _plot(curves, path) -> None:
+def _plot(curves, path, dense_steps: int) -> None:
   lo = min(loss.mean(0)[len(loss[0]) // 4:].min() for _, loss, _ in curves.values())
   hi = max(loss.mean(0)[x >= 0][0] for x, loss, _ in curves.values() if (x >= 0).any())
   report.draw_curves(
       curves, path, vline=0, ylim=(lo - 0.05, hi + 0.15),
-      step_label="steps after the dense run (scratch: its own steps - 300)",
+      step_label=f"steps after the dense run (scratch: its own steps - {dense_steps})",
       flops_label="total training FLOPs, the dense run's included",
       title="continuing a dense LM: dense, upcycled, drop-upcycled, and an MoE from scratch")
 
@@ -123,13 +127,13 @@ def _early(records, dense_steps: int, extra: int) -> list[float]:
 
 def analyze(records, out) -> list[str]:
   g = report.groups(records)
-  dense_steps = min(r["steps"] for r in records) // 2
-  extra = dense_steps
+  dense_steps = int(records[0].get("dense_steps") or min(r["steps"] for r in records) // 2)
+  extra = min(r["steps"] for r in records) - dense_steps
   if "dense" not in g:
     return ["## Reading", "", "(the dense point is needed to read this sweep)"]
   dense_fps = np.mean([r["train_flops"] / r["steps"] for r in g["dense"]])
   curves = _curves(records, dense_steps, dense_fps)
-  _plot(curves, out / "loss_vs_extra_steps.png")
+  _plot(curves, out / "loss_vs_extra_steps.png", dense_steps)
   lines = ["## Reading", "", "Validation loss at the end (mean ± seed std):"]
   for name, rs in g.items():
     lines.append(f"- {name}: {report.fmt(*report.mean_std(report.values(rs, 'eval_loss')))}")
@@ -151,13 +155,15 @@ def analyze(records, out) -> list[str]:
                  "continuations are billions of tokens; the re-drawn units need long to pay "
                  "back).")
   if "scratch" in g and "upcycled" in g:
-    lines.append(f"MoE from scratch after all {2 * dense_steps} steps (the paper: scratch needs "
-                 f"more compute, so it is higher here): scratch "
+    lines.append(f"MoE from scratch after all {dense_steps + extra} steps (the paper: scratch "
+                 "needs more compute, so it is higher here): scratch "
                  f"{report.compared(g['scratch'], g['upcycled'], 'upcycled', expected=+1)}; the "
-                 "upcycled model spent its first half as the dense model (fewer FLOPs).")
+                 f"upcycled model spent its first {dense_steps} steps as the dense model "
+                 "(fewer FLOPs).")
   return lines
 
 
 def get_sweep(quick: bool) -> Sweep:
-  return Sweep(name="upcycling", base=lambda: _base(quick), points=_points(quick), seeds=2,
+  return Sweep(name="upcycling", base=lambda: _base(quick), points=_points(quick),
+               seeds=2 if quick else 3,
                analyze=analyze, description=__doc__.split("\n\n")[2])
