@@ -1,20 +1,25 @@
 """top-k and router type at the same active compute: every registered router, one sweep.
 
-    python -m experiments.run experiments/routers.py
-    python -m experiments.run experiments/routers.py --quick
-Measured (2026-12-02, 2 CPU cores, jax 0.10.2): 22 runs (11 points x 2 seeds), 53.7 min summed
-run time, the first 30 min shared with a full test run (later runs: 71-84 s each).
+    python -m experiments.run experiments/routers.py          # 9 points x 3 seeds
+    python -m experiments.run experiments/routers.py --quick  # seconds, for tests
 
 Top-k routing with k in {1, 2, 4} (Shazeer et al. 2017; Switch: k=1; GShard / Mixtral: k=2),
-then every router in moe_jax's registry with its default options and, where it takes one,
-k=1 (the experiments/bases.py LM: 8 experts in layers 1 and 3). A router added with
-`routing.register` joins this sweep without an edit. Routers that are not causal-safe (expert
-choice, soft MoE, Sinkhorn: a token's routing depends on later tokens of its group) are run
-as flagged ablations: in a decoder they leak the future, so their loss is not comparable and
-is marked as such. Reported: loss, balance (MaxVio), experts per token as measured, step time,
-and the expert loads of every router. Papers: k=2 beats k=1 at some extra compute (Shazeer;
-GShard); learned balanced routers (bias / Sinkhorn / expert choice) balance load better than
-top-k with an aux loss; hash routing is a strong baseline with no learned router (Roller 2021).
+then every causal-safe router in moe_jax's registry at its default options (bias_balanced and
+deepseek at k=2, as DeepSeek-V3 routes more than one expert; relu with its L1 penalty active
+and its target of 2 experts per token; hash and cluster at k=1), each compared, paired over
+seeds, with the top-k point of its own k. The CPU protocol (experiments/bases.py
+`lm_protocol`: byte-level LM on stdlib_py, d_model 64, 8 experts in layers 1 and 3, dropless,
+2,000 steps), 3 seeds. A router added with `routing.register` joins this sweep without an
+edit. Routers that are not causal-safe (expert choice, soft MoE, Sinkhorn: a token's routing
+depends on later tokens of its group) leak the future in a decoder, so their loss here would
+not be comparable: the full grid leaves them to experiments/classification.py (an encoder,
+where they are valid); --quick keeps expert choice as a flagged ablation so that path stays
+tested. Reported: loss, balance (MaxVio), experts per token as measured, step time, and the
+expert loads of every router. Papers: k=2 beats k=1 at some extra compute (Shazeer; GShard);
+learned balanced routers (bias / DeepSeek's aux-loss-free) balance load better than top-k with
+an aux loss at no loss cost (DeepSeek-V3); ReMoE matches or beats top-k at the same active
+count (Wang et al. 2024); hash routing is a strong baseline with no learned router (Roller
+2021).
 """
 from __future__ import annotations
 
@@ -27,32 +32,29 @@ from moe_jax import routing
 KS = (1, 2, 4)
 
 
-def _refused(name: str, **options) -> bool:
-  try:
-    routing.get(name, num_experts=8, **options)
-    return False
-  except ValueError:
-    return True
-
-
-def router_points(names=None):
-  """One point per registered router (k=1 where it takes k); non-causal ones flagged."""
+def router_points(names=None, *, non_causal: bool = True):
+  """One point per registered router at its default options; non-causal ones flagged (or
+  left out with non_causal=False)."""
   points = []
   for name in names or routing.names():
     router = routing.get(name, num_experts=8)
+    if not router.causal_safe and not non_causal:
+      continue
     overrides = {"model.router": name}
     if not router.causal_safe:
       overrides["model.allow_non_causal_router"] = True
     if router.soft:
       overrides["model.dispatcher"] = "einsum"   # the only dispatcher taking soft weights
-    if name == "hash":
-      overrides["model.router_options"] = {}      # hashes token ids: nothing to set
-    elif "renormalize" in routing.options(name) and _refused(name, k=1):
-      # k=1 with renormalised weights is a constant gate (refused): the raw score weighs.
-      overrides["model.router_options"] = {"k": 1, "renormalize": False}
     points.append(point({"router": name, "k": router.options.get("k"),
                          "causal_safe": router.causal_safe}, overrides, name=name))
   return points
+
+
+def _same_k_topk(groups: dict, records: list[dict]):
+  """The top-k point to compare a router with: the one of its k, else top-1."""
+  k = records[0].get("k")
+  name = f"topk-k{k}" if f"topk-k{k}" in groups else "topk-k1"
+  return name, groups.get(name)
 
 
 def analyze(records, out) -> list[str]:
@@ -73,14 +75,16 @@ def analyze(records, out) -> list[str]:
         f"{n} {report.fmt(*report.mean_std(report.values(g[n], 'eval_loss')))}" for n in topk))
     lines.append(f"k={topk[-1][6:]} (the papers: lower loss, at k times the expert compute): "
                  f"{report.compared(g[topk[-1]], g[topk[0]], 'k=' + topk[0][6:])}.")
-  base = g.get("topk-k1") or g.get("topk")
   for name, rs in g.items():
     if name in topk or name == "topk":
       continue
     flag = " [not causal-safe: leaks the future, loss not comparable]" if name in leaky else ""
+    ref_name, ref = _same_k_topk(g, rs)
     lines.append(f"- {name}: loss {report.fmt(*report.mean_std(report.values(rs, 'eval_loss')))}"
-                 f" ({report.compared(rs, base, 'top-1', bound=0.01) if base else '-'}), MaxVio "
-                 f"{np.mean(report.values(rs, 'max_vio')):.3f}, experts/token "
+                 f" ({report.compared(rs, ref, ref_name, bound=0.01) if ref else '-'}), MaxVio "
+                 f"{np.mean(report.values(rs, 'max_vio')):.3f} ({ref_name} "
+                 f"{np.mean(report.values(ref, 'max_vio')) if ref else np.nan:.3f}), "
+                 f"experts/token "
                  f"{np.mean(report.values(rs, 'experts_per_token') or [np.nan]):.2f}{flag}")
   return lines
 
@@ -93,6 +97,6 @@ def get_sweep(quick: bool) -> Sweep:
   names = [n for n in routing.names() if n != "topk"]
   if quick:   # one causal and one flagged router keep the quick sweep short
     names = [n for n in names if n in ("hash", "expert_choice")]
-  points += router_points(names)
-  return Sweep(name="routers", base=lambda: bases.lm(quick=quick), points=points,
-               seeds=2, analyze=analyze, description=__doc__.split("\n\n")[2])
+  points += router_points(names, non_causal=quick)
+  return Sweep(name="routers", base=lambda: bases.lm_protocol(quick=quick), points=points,
+               seeds=2 if quick else 3, analyze=analyze, description=__doc__.split("\n\n")[2])
