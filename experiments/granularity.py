@@ -1,16 +1,18 @@
 """Granularity and shared experts (Krajewski et al. 2024, "Scaling Laws for Fine-Grained
 Mixture of Experts"; Dai et al. 2024, DeepSeekMoE).
 
-    python -m experiments.run experiments/granularity.py
-    python -m experiments.run experiments/granularity.py --quick
-Measured (2026-12-02, 2 CPU cores, jax 0.10.2): 21 runs (7 points x 3 seeds), 65.7 min summed
-run time on a shared machine with a 17-min pause.
+    python -m experiments.run experiments/granularity.py --only 'G[18]'  # first: G1 vs G8
+    python -m experiments.run experiments/granularity.py          # the grid: 7 points x 3 seeds
+    python -m experiments.run experiments/granularity.py --quick  # seconds, for tests
 
 Granularity G in {1, 2, 4, 8}: 4G experts of width 256/G with top-G routing, so total and
-active parameters stay those of 4 experts of width 256, top-1 (the experiments/bases.py LM,
-MoE in layers 1 and 3). With a shared expert (G >= 2): one of the 4G experts becomes an
-always-on shared expert of the same width, the router picks G - 1 of the other 4G - 1
-(DeepSeekMoE's fine-grained + shared isolation at equal parameters and compute). The fit
+active parameters stay those of 4 experts of width 256, top-1, on the CPU protocol
+(experiments/bases.py `lm_protocol`: byte-level LM on stdlib_py, d_model 64, MoE in layers 1
+and 3, dropless, 2,000 steps), 3 paired seeds. With a shared expert (G >= 2): one of the 4G
+experts becomes an always-on shared expert of the same width, the router picks G - 1 of the
+other 4G - 1 (DeepSeekMoE's fine-grained + shared isolation at equal parameters and compute).
+Staged, because the whole grid costs about 100 min here: G1 against G8 first (6 runs), and the
+rest of the grid only where that difference resolves. The fit
 L(G) = c + g / G^gamma over the routed-only points. Papers: finer granularity lowers the loss
 (Krajewski: gamma ~ 0.58 at their scale); a shared expert helps fine-grained MoE.
 """
@@ -79,5 +81,5 @@ def analyze(records, out) -> list[str]:
 def get_sweep(quick: bool) -> Sweep:
   gs = (1, 2, 4) if quick else GS
   points = [_point(g, False) for g in gs] + [_point(g, True) for g in gs if g >= 2]
-  return Sweep(name="granularity", base=lambda: bases.lm(quick=quick), points=points,
+  return Sweep(name="granularity", base=lambda: bases.lm_protocol(quick=quick), points=points,
                seeds=2 if quick else 3, analyze=analyze, description=__doc__.split("\n\n")[2])
