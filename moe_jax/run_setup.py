@@ -120,6 +120,19 @@ def check_same_data(run, workdir: pathlib.Path, meta: dict, step: int) -> None:
                    "new data in a new --workdir")
 
 
+def keep_choices_made_at_start(run, task, workdir: pathlib.Path) -> None:
+  """On resume, a field the task chose at the first start (`Task.chosen_at_start`) and the
+  command leaves None keeps its recorded value, so the record does not list it as changed."""
+  recorded = workdir_lib.current_config(workdir) or {}
+  for path in task.chosen_at_start:
+    *parents, leaf = path.split(".")
+    now, before = run.record, recorded
+    for key in parents:
+      now, before = (now or {}).get(key), (before or {}).get(key)
+    if isinstance(now, dict) and now.get(leaf) is None and (before or {}).get(leaf) is not None:
+      now[leaf] = before[leaf]
+
+
 def check_tokenizer_kept(run, workdir: pathlib.Path, step: int) -> None:
   """Refuses resuming a SentencePiece run whose tokenizer file is gone: training a new one
   would silently change what every token id means (it can come out different)."""
@@ -276,6 +289,7 @@ def open_training(run, workdir: pathlib.Path, say) -> Session:
     if step is not None:        # a resume: on the data and tokenizer it was trained with
       check_same_data(run, workdir, ckpts.read_meta(step), step)
       check_tokenizer_kept(run, workdir, step)
+      keep_choices_made_at_start(run, task, workdir)
     # The data first: a missing dataset or a bad tokenizer fails before anything compiles.
     tok = tokenizer(run, workdir, may_train=step is None)
     iterator = train_iterator(run, tok)

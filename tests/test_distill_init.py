@@ -180,3 +180,23 @@ def test_a_teacher_still_training_is_refused_unless_its_step_is_pinned(teacher, 
     assert snapshot(copy) == before
   recorded = json.loads((student / "config.json").read_text())["distill"]
   assert recorded["teacher_step"] == TEACHER_STEPS // 2
+
+
+def test_a_resume_without_teacher_step_keeps_the_recorded_step_and_reports_no_change(teacher,
+                                                                                     tmp_path):
+  """The first start records the teacher step it chose; resuming with the flag still unset
+  does not list it as changed (only the steps this resume extends)."""
+  student = tmp_path / "student"
+  flags = ["--config.model.num_experts=0", "--config.task=distill",
+           f"--config.distill.teacher_workdir={teacher}", "--config.checkpoint.every=2"]
+  first = run_cli(cli_command(student, *flags, "--config.steps=2"))
+  assert first.returncode == 0, first.stderr[-3000:]
+  resumed = run_cli(cli_command(student, *flags, "--config.steps=4"))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from checkpoint step 2" in resumed.stdout
+  assert "config changed since the last start: steps (recorded" in resumed.stdout
+  history = [json.loads(line) for line in
+             (student / workdir_lib.HISTORY_FILE).read_text().splitlines()]
+  assert [h["changes"] for h in history] == [{"steps": [2, 4]}]
+  assert json.loads((student / "config.json").read_text())["distill"]["teacher_step"] == \
+      TEACHER_STEPS

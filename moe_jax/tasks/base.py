@@ -49,6 +49,9 @@ class Task(NamedTuple):
   # (run, model, mesh) -> None: fills a freshly built model before a run's first step (a
   # distilled student's frozen teacher); not called when a checkpoint is restored
   initialize: Callable[..., None] = lambda run, model, mesh: None
+  # config paths (dotted) that `initialize` chooses when the config leaves them None (the
+  # teacher step distilled from); a resume that leaves them None keeps the recorded choice
+  chosen_at_start: tuple[str, ...] = ()
 
 
 class EvalContext(NamedTuple):

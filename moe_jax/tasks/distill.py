@@ -22,9 +22,9 @@ its KL to the teacher (T = 1) on validation.
 At the student's first start (step 0; never on resume):
 - The teacher's checkpoint is `teacher_step`, or its newest. The step used is written into the
   student's config record (`config.json`: `distill.teacher_step`), so the record names the
-  teacher it was distilled from. (A resume that leaves teacher_step unset is then listed in
-  config_history.jsonl as changing it; the teacher's weights come from the student's own
-  checkpoint on resume, whatever it says.)
+  teacher it was distilled from. A resume that leaves teacher_step unset keeps the recorded
+  step (`Task.chosen_at_start`); the teacher's weights come from the student's own checkpoint
+  on resume, whatever the flag says.
 - A teacher whose workdir is held by a live process (moe_jax/workdir.py's lock: it is still
   being trained) is refused in one line when `teacher_step` is unset, since its newest
   checkpoint is a moving target; with `teacher_step` set, that (complete) checkpoint is used.
@@ -312,4 +312,4 @@ TASK = register(Task(
     eval_sums=eval_sums, summarize=summarize, headline=headline,
     evaluate_extras=evaluate_extras, report=report, plots=lm.plots,
     trainable=nnx.All(nnx.Param, nnx.Not(nnx.PathContains("teacher"))),
-    initialize=initialize))
+    initialize=initialize, chosen_at_start=("distill.teacher_step",)))
