@@ -198,6 +198,54 @@ def test_cli_import_and_export_leave_symbolic_links_behind(tmp_path):
   assert _tensors(tmp_path / "out") == _tensors(FIXTURES / "olmoe")
 
 
+def _hub_snapshot(tmp_path, name):
+  """`name`'s fixture laid out as a Hugging Face hub cache: every file of
+  models--test--NAME/snapshots/REV/ is a relative link to a content-named file in ../../blobs/."""
+  repo = tmp_path / "hub" / f"models--test--{name}"
+  snapshot_dir, blobs = repo / "snapshots" / "0123abcd", repo / "blobs"
+  snapshot_dir.mkdir(parents=True)
+  blobs.mkdir()
+  for i, f in enumerate(sorted((FIXTURES / name).iterdir())):
+    shutil.copy(f, blobs / f"blob{i:02d}")
+    (snapshot_dir / f.name).symlink_to(f"../../blobs/blob{i:02d}")
+  (blobs / "tok").write_text('{"model_max_length": 64}')
+  (snapshot_dir / "tokenizer_config.json").symlink_to("../../blobs/tok")
+  return snapshot_dir
+
+
+def test_cli_imports_a_hub_cache_snapshot_whose_files_link_into_its_blobs(tmp_path):
+  """The hub cache's own layout: links that stay inside models--ORG--NAME/ are followed, for
+  the weights and for the files carried along (copied as files, not links)."""
+  source = _hub_snapshot(tmp_path, "olmoe")
+  workdir = tmp_path / "run"
+  proc = run_cli(_import_cmd(source, workdir))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "not carried along" not in proc.stdout
+  kept = workdir / workdirs.SOURCE_DIR
+  assert sorted(os.listdir(kept)) == ["config.json", "generation_config.json",
+                                      "tokenizer_config.json"]
+  assert not any(p.is_symlink() for p in kept.iterdir())
+  assert json.loads((kept / "tokenizer_config.json").read_text()) == {"model_max_length": 64}
+  proc = _hf_cli("export", f"--workdir={workdir}", f"--to={tmp_path / 'out'}", "--cpu_devices=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _tensors(tmp_path / "out") == _tensors(FIXTURES / "olmoe")
+
+
+@pytest.mark.parametrize("layout", ["plain", "hub"])
+def test_cli_refuses_a_shard_linked_out_of_the_checkpoint(tmp_path, layout):
+  """A shard that is a link to another model's weights (outside the directory, or outside the
+  hub cache's repository folder) is not read."""
+  shutil.copytree(FIXTURES / "mixtral", tmp_path / "other")
+  # mixtral's shards 1 and 3 stay links into blobs/ in the hub layout: those are followed
+  source = _copy(tmp_path, "mixtral") if layout == "plain" else _hub_snapshot(tmp_path, "mixtral")
+  shard = source / "model-00002-of-00003.safetensors"
+  shard.unlink()
+  shard.symlink_to(tmp_path / "other" / shard.name)
+  _refused(tmp_path, source, rf"^error: {re.escape(str(shard))} is a symbolic link to "
+                             rf"{re.escape(str(tmp_path / 'other' / shard.name))}, outside the "
+                             r"checkpoint directory")
+
+
 def test_cli_a_checkpoint_path_cannot_inject_code(tmp_path):
   """Before: --from was pasted into imported_config.py's docstring, so this directory name
   ran print('INJECTED') when `train` loaded the config (and then failed)."""

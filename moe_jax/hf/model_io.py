@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moe_jax.config import DTYPES
-from moe_jax.hf import convert, families, safetensors_io
+from moe_jax.hf import convert, families, links, safetensors_io
 from moe_jax.models.transformer import DecoderLM, TransformerConfig, make_config
 
 CONFIG_FILE = "config.json"
@@ -67,32 +67,38 @@ class HFSource:
 
 
 def carried_files(directory, skipped: list[str] | None = None) -> list[str]:
-  """The names of the small files beside the weights that an export copies along: plain files
-  only. A symbolic link (it could point anywhere: `vocab.txt -> /etc/passwd`) or a file over
-  64 MiB is left behind; `skipped` gets a note on each."""
+  """The names of the small files beside the weights that an export copies along: plain files,
+  and links that stay inside the checkpoint (moe_jax.hf.links: a Hugging Face cache snapshot's
+  links into its blobs/). Any other link (it could point anywhere: `vocab.txt -> /etc/passwd`)
+  or a file over 64 MiB is left behind; `skipped` gets a note on each."""
   directory = pathlib.Path(directory)
   skip = {CONFIG_FILE, safetensors_io.INDEX_FILE}
   names = []
   for p in sorted(directory.iterdir()):
     if p.name.startswith(".") or p.name in skip or p.suffix not in _CARRIED_SUFFIXES:
       continue
-    if p.is_symlink():
-      why = "a symbolic link: only plain files inside the checkpoint directory are copied"
-    elif not p.is_file():
-      continue
-    elif p.stat().st_size > _CARRIED_MAX_BYTES:
-      why = f"larger than {_CARRIED_MAX_BYTES // 2**20} MiB"
+    try:
+      target = links.resolve_member(p, directory)
+    except ValueError:
+      why = "a symbolic link out of the checkpoint directory: only its own files are copied"
     else:
-      names.append(p.name)
-      continue
+      if not target.is_file():
+        continue
+      if target.stat().st_size <= _CARRIED_MAX_BYTES:
+        names.append(p.name)
+        continue
+      why = f"larger than {_CARRIED_MAX_BYTES // 2**20} MiB"
     if skipped is not None:
       skipped.append(f"{p.name} ({why})")
   return names
 
 
-def copy_plain(src, dst) -> None:
-  """Copies the regular file `src` to `dst`, refusing to follow a symbolic link (should one
-  replace `src` after `carried_files` listed it)."""
+def copy_plain(src, dst, directory=None) -> None:
+  """Copies the file `src` to `dst`. A link is followed only where `carried_files` allows it
+  (inside the checkpoint `directory`); the file opened is never itself a link, should one
+  replace it after it was listed."""
+  if directory is not None:
+    src = links.resolve_member(src, directory)
   fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
   with os.fdopen(fd, "rb") as f, open(dst, "wb") as out:
     shutil.copyfileobj(f, out)
@@ -103,8 +109,9 @@ def read_config(directory) -> dict:
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: is {directory} a transformers checkpoint "
                             "directory?")
+  text = links.resolve_member(path, directory).read_text()
   try:
-    config = json.loads(path.read_text())
+    config = json.loads(text)
   except ValueError as e:
     raise ValueError(f"{path}: not JSON ({e})") from e
   if not isinstance(config, dict):

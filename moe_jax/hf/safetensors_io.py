@@ -23,6 +23,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from moe_jax.hf.links import resolve_member
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _HEADER_LIMIT = 100 * 2**20      # the reference implementation refuses larger headers too
@@ -124,8 +126,9 @@ def open_checkpoint(directory) -> Checkpoint:
   directory = pathlib.Path(directory)
   index = directory / INDEX_FILE
   if index.is_file():
+    text = resolve_member(index, directory).read_text()
     try:
-      weight_map = json.loads(index.read_text())["weight_map"]
+      weight_map = json.loads(text)["weight_map"]
     except (ValueError, KeyError, TypeError) as e:
       raise ValueError(f"{index}: not a safetensors index (no weight_map: {e})") from e
     if not isinstance(weight_map, dict):
@@ -138,7 +141,8 @@ def open_checkpoint(directory) -> Checkpoint:
       if not (directory / shard).is_file():
         raise FileNotFoundError(f"{index}: weight_map puts tensor {name!r} in {shard}, which is "
                                 f"not in {directory} (a shard missing from the download?)")
-    shards = {f: SafetensorsFile(directory / f) for f in sorted(set(weight_map.values()))}
+    shards = {f: SafetensorsFile(resolve_member(directory / f, directory))
+              for f in sorted(set(weight_map.values()))}
     files = {}
     for name, shard in weight_map.items():
       if name not in shards[shard].entries:
@@ -152,7 +156,7 @@ def open_checkpoint(directory) -> Checkpoint:
     return Checkpoint(files, {})
   single = directory / SINGLE_FILE
   if single.is_file():
-    f = SafetensorsFile(single)
+    f = SafetensorsFile(resolve_member(single, directory))
     return Checkpoint({name: f for name in f.entries}, f.metadata)
   raise FileNotFoundError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE} (moe_jax.hf reads "
                           "safetensors checkpoints only, not pytorch_model.bin)")

@@ -247,7 +247,7 @@ def _write_records(scratch: pathlib.Path, workdir: pathlib.Path, run,
   kept.mkdir()
   carried = model_io.carried_files(source.directory, skipped)
   for name in [model_io.CONFIG_FILE, *carried]:
-    model_io.copy_plain(pathlib.Path(source.directory) / name, kept / name)
+    model_io.copy_plain(pathlib.Path(source.directory) / name, kept / name, source.directory)
   workdir_lib.write_atomic(scratch / CONFIG_PY,
                            _config_file(run.record, source.directory, workdir))
   workdir_lib.record_start(scratch, run.record, start_step=0, restored_from=None)
