@@ -40,7 +40,8 @@ def router_points(names=None, *, non_causal: bool = True):
     router = routing.get(name, num_experts=8)
     if not router.causal_safe and not non_causal:
       continue
-    overrides = {"model.router": name}
+    # {}: the router's own defaults, not the base's router_options (k=1 for top-k)
+    overrides = {"model.router": name, "model.router_options": {}}
     if not router.causal_safe:
       overrides["model.allow_non_causal_router"] = True
     if router.soft:
