@@ -85,6 +85,7 @@ def test_every_field_of_every_config_can_be_overridden(path):
   assert run.record["model"]["dtype"] == "bfloat16"
 
 
+@pytest.mark.slow   # make test's 15-minute budget: make test-all runs it
 def test_warmup_longer_than_the_run_is_clipped_with_a_note(tmp_path):
   """lm_tiny warms up for 50 steps; `--config.steps=4` alone trains."""
   proc = run_cli(cli_command(tmp_path / "run", "--config.steps=4",
@@ -95,6 +96,7 @@ def test_warmup_longer_than_the_run_is_clipped_with_a_note(tmp_path):
   assert sorted(losses(tmp_path / "run")) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow   # make test's 15-minute budget: make test-all runs it
 def test_readme_deepseek_command_weights_its_sequence_loss(tmp_path):
   """docs/routers.md's flag: the deepseek router with its sequence-wise balance loss weighted."""
   from moe_jax.run_log import read_metrics

@@ -34,6 +34,7 @@ def _checkpoints(workdir):
   return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow   # make test's 15-minute budget: make test-all runs it
 def test_read_only_file_system(tmp_path):
   with tmpfs(tmp_path / "fs", "64m") as fs:
     workdir = fs / "run"

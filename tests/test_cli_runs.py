@@ -53,6 +53,7 @@ def _checkpoint_steps(workdir) -> list[int]:
   return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow   # make test's 15-minute budget: make test-all runs it
 def test_every_registered_router_trains_from_the_cli(tmp_path):
   """One override selects any router: options of the config file's top-k router that the
   chosen one does not take (k) are dropped with a note, not an error."""
@@ -279,6 +280,7 @@ def test_sigterm_and_sigint_save_and_resume_exactly(reference, tmp_path):
   assert not (workdir / "run.lock").exists()
 
 
+@pytest.mark.slow   # make test's 15-minute budget: make test-all runs it
 def test_second_signal_exits_at_once_without_a_partial_checkpoint(tmp_path):
   """The first SIGTERM lands in a long step (one with a long validation), the
   second while it is still running: the process exits at once, and every checkpoint it lists

@@ -34,6 +34,7 @@ def test_alpha_zero_is_plain_training_bit_for_bit(teacher, tmp_path):
   assert losses(tmp_path / "student") == losses(tmp_path / "plain")
 
 
+@pytest.mark.slow   # make test's 15-minute budget: make test-all runs it
 def test_the_student_moves_towards_the_teacher(teacher, tmp_path):
   workdir = tmp_path / "student"
   train(_student(teacher, 16, alpha=0.8, temperature=2.0), workdir, progress=False)

@@ -189,9 +189,9 @@ def test_a_resume_without_teacher_step_keeps_the_recorded_step_and_reports_no_ch
   student = tmp_path / "student"
   flags = ["--config.model.num_experts=0", "--config.task=distill",
            f"--config.distill.teacher_workdir={teacher}", "--config.checkpoint.every=2"]
-  first = run_cli(cli_command(student, *flags, "--config.steps=2"))
+  first = run_cli(cli_command(student, *flags, "--config.steps=2", cpu_devices=1))
   assert first.returncode == 0, first.stderr[-3000:]
-  resumed = run_cli(cli_command(student, *flags, "--config.steps=4"))
+  resumed = run_cli(cli_command(student, *flags, "--config.steps=4", cpu_devices=1))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from checkpoint step 2" in resumed.stdout
   assert "config changed since the last start: steps (recorded" in resumed.stdout

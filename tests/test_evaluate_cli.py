@@ -47,6 +47,7 @@ def test_an_override_that_changes_the_model_is_refused_and_writes_nothing(traine
   assert snapshot(workdir) == before
 
 
+@pytest.mark.slow   # make test's 15-minute budget: make test-all runs it
 def test_the_mesh_errors_flags_also_train(tmp_path):
   """The same error from `train` (2 devices for lm_tiny's 8-device mesh): its flags, added
   as printed, train the run."""

@@ -336,6 +336,7 @@ def test_bad_options_name_their_field(fields, message):
     MoEConfig(**{"num_experts": 4, "expert_d_ff": 8, **fields})
 
 
+@pytest.mark.slow   # make test's 15-minute budget: make test-all runs it
 def test_a_run_with_every_new_layer_option_trains_resumes_and_evaluates(tmp_path):
   """Through the public train / evaluate on the data=2 x expert=4 mesh: null experts (their
   params checkpointed and restored), a gated shared expert, global balancing, expert biases."""

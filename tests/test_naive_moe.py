@@ -10,7 +10,9 @@ from moe_jax.layer import MoEConfig, init_moe_layer, moe_layer
 
 
 # k=2 with some drops, and k=1 with most assignments dropped (capacity 4 of 8 per expert).
-@pytest.mark.parametrize("num_experts, k, capacity_factor", [(4, 2, 1.0), (8, 1, 0.5)])
+@pytest.mark.parametrize("num_experts, k, capacity_factor", [
+    pytest.param(4, 2, 1.0, marks=pytest.mark.slow),        # make test's budget: test-all
+    (8, 1, 0.5)])
 def test_naive_layer_equals_moe_layer_forward_and_gradients(num_experts, k, capacity_factor):
   config = MoEConfig(num_experts=num_experts, expert_d_ff=16, router_options={"k": k},
                      dispatcher="sort", capacity_factor=capacity_factor, group_size=64)

@@ -37,6 +37,7 @@ def test_mock_mnist_moe_classifier_trains_and_evaluates(mock_tfds, tmp_path):
   assert (tmp_path / "run" / "confusion.png").exists()
 
 
+@pytest.mark.slow   # make test's 15-minute budget: make test-all runs it
 def test_mock_imdb_text_classifier_trains_on_padded_texts(mock_tfds, tmp_path):
   cfg = config_lib.load_file(REPO / "configs" / "classify_text.py")
   cfg.update(dict(steps=3, log_every=1))

@@ -32,7 +32,9 @@ def _classifier(config, rngs):
 # The GLU variants are marked slow to keep `make test` within its budget (`make test-all`).
 # The classifier's experts have biases (expert_bias): the copies keep them at zero.
 @pytest.mark.parametrize("glu", [False, pytest.param(True, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("build,expert_bias", [(_lm, False), (_classifier, True)],
+@pytest.mark.parametrize("build,expert_bias", [
+    (_lm, False),
+    pytest.param(_classifier, True, marks=pytest.mark.slow)],   # make test's budget: test-all
                          ids=["lm", "classifier+expert_bias"])
 def test_identical_copies_and_a_uniform_router_reproduce_the_dense_model(build, expert_bias,
                                                                          glu):
