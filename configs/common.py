@@ -2,8 +2,9 @@
 and sets only what it changes. Loaded by `import common` (moe_jax.config.load_file makes a
 config's own directory importable while it loads).
 
-Fields no config sets keep the defaults of the schema in moe_jax/config.py, and every field,
-set here or not, can be overridden on the command line: --config.model.dtype=bfloat16. Aux-loss
+Fields no config sets keep the defaults of the schema in moe_jax/config.py (tests/test_config.py
+checks that nothing here restates one), and every field, set here or not, can be overridden on
+the command line: --config.model.dtype=bfloat16. Aux-loss
 weights are not set here: each router declares the weights of the losses it owns (topk: Switch's
 load balancing 1e-2 and ST-MoE's z-loss 1e-3; relu: its L1 at 1; ...), and
 --config.aux_loss_weights.NAME=w overrides one.
@@ -14,13 +15,11 @@ import ml_collections
 def base(*, steps: int) -> ml_collections.ConfigDict:
   """Training loop, optimizer and checkpoint settings every run shares."""
   c = ml_collections.ConfigDict()
-  c.seed = 0
   c.steps = steps
-  c.model = dict(vocab_size=256, activation="gelu", router="topk", router_options={"k": 2},
-                 dispatcher="sort", capacity_factor=1.25, tie_embeddings=True)
-  c.optim = dict(weight_decay=0.1, clip_norm=1.0)
-  c.checkpoint = dict(every=100, keep=3)
-  c.mesh = dict(data=2, expert=4, model=1)   # 8 (simulated) devices, 2 experts' worth each
+  c.model = dict(router_options={"k": 2})   # top-2 (GShard, Mixtral); the router is topk
+  c.optim = dict()
+  c.checkpoint = dict()
+  c.mesh = dict(data=2, expert=4)            # 8 (simulated) devices, 2 experts' worth each
   return c
 
 
@@ -28,8 +27,8 @@ def byte_lm(*, steps: int, corpus: str) -> ml_collections.ConfigDict:
   """A byte-level MoE language model on `corpus`."""
   c = base(steps=steps)
   c.task = "lm"
-  c.data = dict(corpus=corpus, tokenizer="byte", vocab_size=0)
-  c.eval = dict(prompt="The ", sample_tokens=200, temperature=0.8, top_k=40)
+  c.data = dict(corpus=corpus)               # byte-level: the schema's tokenizer
+  c.eval = dict()
   return c
 
 
@@ -38,7 +37,7 @@ def accelerator_lm(*, steps: int, corpus: str) -> ml_collections.ConfigDict:
   dense first layer, bfloat16 compute over float32 params, remat per block, async saves."""
   c = byte_lm(steps=steps, corpus=corpus)
   c.model.update(activation="silu", glu=True, moe_every=2, first_dense_layers=1,
-                 tie_embeddings=False, dtype="bfloat16", param_dtype="float32", remat=True)
+                 tie_embeddings=False, dtype="bfloat16", remat=True)   # params stay float32
   c.checkpoint.update(async_save=True)
   c.eval.update(prompt="def ", sample_tokens=500)
   return c
@@ -48,6 +47,6 @@ def classifier(*, steps: int, dataset: str) -> ml_collections.ConfigDict:
   """An MoE encoder classifier on `dataset`."""
   c = base(steps=steps)
   c.task = "classification"
-  c.data = dict(dataset=dataset, eval_max_batches=0)
+  c.data = dict(dataset=dataset)
   c.optim.update(weight_decay=0.05)
   return c

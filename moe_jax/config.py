@@ -40,6 +40,7 @@ import ml_collections
 from moe_jax import dispatch, overrides as overrides_lib, routing, tasks
 from moe_jax.data.sentencepiece_tokenizer import MIN_VOCAB_SIZE
 from moe_jax.models.transformer import TransformerConfig, make_config, validate as validate_model
+from moe_jax.moe_config import MoEConfig
 from moe_jax.parallel.mesh import resolve_axis_sizes
 from moe_jax.train_step import OptimConfig
 from moe_jax.validation import check_choice, check_float, check_int
@@ -51,45 +52,40 @@ TOKENIZERS = ("byte", "sentencepiece")
 BYTE_VOCAB = 256
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSection:
-  """The `config.model.*` keys: the transformer's fields and the MoE options, one flat list."""
-  vocab_size: int = 256
-  d_model: int = 128
-  num_layers: int = 4
-  num_heads: int = 4
-  max_len: int = 1024
-  d_ff: int | None = None             # dense FFN hidden size (default 4 * d_model)
-  activation: str = "gelu"
-  glu: bool = False
-  num_experts: int = 0                # 0: a dense model
-  router: str = "topk"
-  router_options: dict = dataclasses.field(default_factory=dict)
-  expert_d_ff: int | None = None      # default d_ff
-  expert_bias: bool = False           # biases on the expert projections (zeros at init)
-  moe_every: int = 1
-  first_dense_layers: int = 0
-  dispatcher: str = "sort"
-  capacity_factor: float = 1.25
-  group_size: int | None = None       # default: one sequence
-  shared_d_ff: int | None = None      # an always-on shared expert (DeepSeekMoE), or none
-  shared_gate: bool = False           # Qwen2-MoE's sigmoid gate on the shared expert
-  exchange: str = "auto"              # expert-parallel dropless all-to-all: auto, padded, ragged
-  zero_experts: int = 0               # MoE++ null experts, routed beside the FFN experts
-  copy_experts: int = 0
-  constant_experts: int = 0
-  balance_scope: str = "group"        # load_balancing over each group or the global batch
-  drop_renormalize: bool = False      # NLLB-MoE: renormalise kept weights after capacity drops
-  tie_embeddings: bool = True
-  allow_non_causal_router: bool = False   # for ablations only: leaks future tokens in a decoder
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-  num_kv_heads: int | None = None     # grouped-query attention; None: num_heads
-  head_dim: int | None = None         # None: d_model // num_heads
-  rope_theta: float = 10000.0         # the RoPE base
-  norm_eps: float = 1e-6              # the RMSNorms' epsilon
-  qk_norm: str = "none"               # RMSNorm on q, k: 'none', 'head' (Qwen3), 'full' (OLMoE)
+# The `config.model.*` keys: TransformerConfig's fields with its MoEConfig's flattened in, the
+# one flat list `make_config` takes. The fields, their defaults and their comments are written
+# once, in those two dataclasses; the section differs only where a config needs it to: a
+# default for what the model dataclasses require (sizes, num_experts 0 = dense, expert_d_ff
+# None = d_ff), and names (strings) where they take objects (dtypes, router, dispatcher).
+_SECTION_DEFAULTS = {"vocab_size": 256, "d_model": 128, "num_layers": 4, "num_heads": 4,
+                     "num_experts": 0, "expert_d_ff": None, "dtype": "float32",
+                     "param_dtype": "float32", "router": "topk", "dispatcher": dispatch.DEFAULT}
+_SECTION_TYPES = {"expert_d_ff": int | None, "dtype": str, "param_dtype": str, "router": str,
+                  "router_options": dict, "dispatcher": str}
+
+
+def _model_section():
+  fields, seen = [], set()
+  for cls in (TransformerConfig, MoEConfig):
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+      if f.name == "moe" or f.name in seen:
+        continue
+      seen.add(f.name)
+      if f.name in _SECTION_DEFAULTS:
+        spec = dataclasses.field(default=_SECTION_DEFAULTS[f.name])
+      elif f.default_factory is not dataclasses.MISSING:
+        spec = dataclasses.field(default_factory=f.default_factory)
+      else:
+        spec = dataclasses.field(default=f.default)
+      fields.append((f.name, _SECTION_TYPES.get(f.name, hints[f.name]), spec))
+  section = dataclasses.make_dataclass("ModelSection", fields, frozen=True)
+  section.__module__ = __name__      # (make_dataclass takes module= only from Python 3.12)
+  section.__doc__ = "The `config.model.*` keys: the transformer's fields and the MoE options."
+  return section
+
+
+ModelSection = _model_section()
 
 
 @dataclasses.dataclass(frozen=True)

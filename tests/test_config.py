@@ -9,6 +9,7 @@ from jax.sharding import AbstractMesh, AxisType
 
 from moe_jax import config as config_lib
 from moe_jax.run_setup import build
+from tests.train_helpers import REPO
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 # The device count each shipped config's mesh is sized for.
@@ -134,3 +135,56 @@ def test_json_round_trip_gives_the_same_run():
 def test_missing_config_file():
   with pytest.raises(FileNotFoundError, match="no_such.py"):
     config_lib.load_file(CONFIGS / "no_such.py")
+
+
+def test_the_model_section_is_the_model_dataclasses_fields_written_once():
+  """config.model.* is TransformerConfig's fields with MoEConfig's flattened in, at their
+  defaults except where a config needs its own (required sizes, names for objects)."""
+  import dataclasses
+  from moe_jax.models.transformer import TransformerConfig, make_config
+  from moe_jax.moe_config import MoEConfig
+
+  def default(f):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+  section = {f.name: default(f) for f in dataclasses.fields(config_lib.ModelSection)}
+  model = {f.name: f for f in dataclasses.fields(TransformerConfig) if f.name != "moe"}
+  moe = {f.name: f for f in dataclasses.fields(MoEConfig)}
+  assert set(section) == set(model) | set(moe)
+  own = {"vocab_size": 256, "d_model": 128, "num_layers": 4, "num_heads": 4, "num_experts": 0,
+         "expert_d_ff": None, "dtype": "float32", "param_dtype": "float32", "router": "topk",
+         "dispatcher": "sort"}
+  for name, value in section.items():
+    if name in own:
+      assert value == own[name], name
+    else:
+      assert value == default(model.get(name) or moe[name]), name
+  # the defaults build a model, dense and MoE
+  dtypes = {"dtype": jax.numpy.float32, "param_dtype": jax.numpy.float32}
+  built = make_config(**{**section, **dtypes})
+  assert built.moe is None and built.d_model == 128
+  built = make_config(**{**section, **dtypes, "num_experts": 4})
+  assert built.moe.num_experts == 4 and built.moe.capacity_factor == 1.25
+
+
+def test_the_shared_configs_set_only_what_differs_from_the_schema():
+  """configs/common.py restates no schema default (one place for each default); `task`
+  names what a builder builds and may equal the default."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("common", REPO / "configs" / "common.py")
+  common = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(common)
+  defaults = config_lib.defaults().to_dict()
+  built = {"base": common.base(steps=1), "byte_lm": common.byte_lm(steps=1, corpus="x"),
+           "accelerator_lm": common.accelerator_lm(steps=1, corpus="x"),
+           "classifier": common.classifier(steps=1, dataset="x")}
+  for name, cfg in built.items():
+    restated = []
+    for section, value in cfg.to_dict().items():
+      if section == "task":
+        continue
+      if isinstance(value, dict):
+        restated += [f"{section}.{k}" for k, v in value.items() if defaults[section][k] == v]
+      elif defaults[section] == value:
+        restated.append(section)
+    assert not restated, f"common.{name} restates schema defaults: {restated}"
