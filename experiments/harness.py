@@ -115,8 +115,8 @@ def _interval_ce(line: dict) -> float:
 
 def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> dict:
   """One run's row: what the sweep varied, the final validation and the accounting."""
-  run = config_lib.validate(run_setup.run_config(workdir), num_devices=1,
-                            overrides=["mesh.data=1", "mesh.expert=1", "mesh.model=1"])
+  run = run_setup.open_run(workdir, ["mesh.data=1", "mesh.expert=1", "mesh.model=1"],
+                           num_devices=1)
   result = json.loads((workdir / "eval.json").read_text())
   layers = result.get("layers", {})
   per_token = {int(k): float(m["experts_per_token"]) for k, m in layers.items()

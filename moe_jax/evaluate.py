@@ -34,10 +34,9 @@ def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool =
   `write`, writes eval.json (and the plots) there."""
   interrupts.raise_if_pending()     # a Ctrl-C Python dropped (moe_jax/interrupts.py)
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  if config is None:
-    config = run_setup.run_config(workdir)
-  run = config_lib.validate(config, num_devices=jax.device_count(),
-                            num_processes=jax.process_count(), overrides=overrides)
+  run = (run_setup.open_run(workdir, overrides) if config is None else
+         config_lib.validate(config, num_devices=jax.device_count(),
+                             num_processes=jax.process_count(), overrides=overrides))
   task = tasks.get(run.task)
   mesh = make_mesh(**dataclasses.asdict(run.mesh))
   graphdef, state, step = run_setup.restore_for_eval(run, workdir, mesh, step)

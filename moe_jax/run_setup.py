@@ -183,6 +183,17 @@ def run_config(workdir) -> Any:
   return config_lib.from_json(json.dumps(tree))
 
 
+def open_run(workdir, overrides=(), *, num_devices: int | None = None) -> Any:
+  """The validated RunConfig of the run in `workdir` (its latest accepted config), on this
+  machine's devices and processes unless `num_devices` says otherwise; `overrides` ('a.b=v')
+  apply on top. The one way a command opens an existing run (evaluate, upcycle's source, hf
+  export, the distill task's teacher, the sweep harness's records)."""
+  return config_lib.validate(run_config(workdir),
+                             num_devices=jax.device_count() if num_devices is None
+                             else num_devices,
+                             num_processes=jax.process_count(), overrides=overrides)
+
+
 @contextlib.contextmanager
 def _process_zero_enters(context, errors, failure):
   """Process 0 enters `context()`; every process learns whether it failed (raising
@@ -344,5 +355,5 @@ def restore_for_eval(run, workdir: pathlib.Path, mesh, step: int | None):
 
 # The tasks sit below run setup and never import it: a task that opens another run (distill's
 # teacher) gets these services instead (moe_jax/tasks/base.py).
-tasks.provide_run_services(tasks.RunServices(
-    run_config=run_config, validate=config_lib.validate, restore_for_eval=restore_for_eval))
+tasks.provide_run_services(tasks.RunServices(open_run=open_run,
+                                             restore_for_eval=restore_for_eval))

@@ -281,9 +281,7 @@ def upcycle(config, workdir, source_workdir, *, overrides=(),
   source_workdir = pathlib.Path(source_workdir).expanduser().absolute()
   if workdir == source_workdir:
     raise ValueError("--workdir must differ from --from: the dense run is never modified")
-  source = config_lib.validate(run_setup.run_config(source_workdir),
-                               num_devices=jax.device_count(),
-                               num_processes=jax.process_count())
+  source = run_setup.open_run(source_workdir)
   if source.task != run.task:
     raise ValueError(f"config.task={run.task!r} but the dense run's is {source.task!r}")
   check_compatible(source.model, run.model)

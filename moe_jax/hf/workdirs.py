@@ -277,8 +277,7 @@ def export_workdir(workdir, out_dir, *, step: int | None = None, dtype: str | No
   workdir = pathlib.Path(workdir).expanduser().absolute()
   out_dir = model_io.check_out_dir(out_dir)
   source = workdir_source(workdir)
-  run = config_lib.validate(run_setup.run_config(workdir), num_devices=jax.device_count(),
-                            num_processes=jax.process_count())
+  run = run_setup.open_run(workdir)
   model_io.check_exportable(run.model, source)
   mesh = make_mesh(**dataclasses.asdict(run.mesh))
   graphdef, state, step = run_setup.restore_for_eval(run, workdir, mesh, step)

@@ -70,11 +70,9 @@ class RunServices(NamedTuple):
   teacher). Tasks sit below config and run setup and import neither (tests/test_layering.py);
   `moe_jax.run_setup` provides these when it is imported, as a task registers itself into
   the registry that run setup reads."""
-  # (workdir) -> the ConfigDict the run in `workdir` last started with; FileNotFoundError if
-  # there is none (run_setup.run_config)
-  run_config: Callable[..., Any]
-  # (cfg, *, num_devices, num_processes, overrides) -> the validated RunConfig (config.validate)
-  validate: Callable[..., Any]
+  # (workdir, overrides) -> the validated RunConfig of the run in `workdir` on this machine;
+  # FileNotFoundError if there is none (run_setup.open_run)
+  open_run: Callable[..., Any]
   # (run, workdir, mesh, step) -> (graphdef, state, step) of a checkpoint, for inference
   # (run_setup.restore_for_eval)
   restore_for_eval: Callable[..., tuple]

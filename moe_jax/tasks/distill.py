@@ -73,16 +73,12 @@ def _teacher_run(run):
   if not run.distill.teacher_workdir:
     raise ValueError("config.task='distill' needs config.distill.teacher_workdir: the workdir "
                      "of the trained teacher run")
-  runs = run_services()
   workdir = pathlib.Path(run.distill.teacher_workdir).expanduser().absolute()
   try:
-    tree = runs.run_config(workdir)
+    teacher = run_services().open_run(workdir, [f"mesh.{k}={v}" for k, v in
+                                                dataclasses.asdict(run.mesh).items()])
   except FileNotFoundError as e:
     raise ValueError(f"config.distill.teacher_workdir: {e}") from e
-  teacher = runs.validate(tree, num_devices=jax.device_count(),
-                          num_processes=jax.process_count(),
-                          overrides=[f"mesh.{k}={v}" for k, v in
-                                     dataclasses.asdict(run.mesh).items()])
   if teacher.task != "lm":
     raise ValueError(f"config.distill.teacher_workdir: the teacher must be an 'lm' run, got "
                      f"task {teacher.task!r}")
