@@ -103,25 +103,6 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
-  pool: str = "mean"                   # 'mean' or 'cls'
-  patch_size: int = 2                  # image datasets: p x p patches
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillConfig:
-  """Task 'distill': the frozen teacher and the loss (1 - alpha) CE + alpha T^2 KL."""
-  teacher_workdir: str = ""            # a trained run's workdir (an MoE LM, say)
-  teacher_step: int | None = None      # its checkpoint (None: the newest)
-  alpha: float = 0.5                   # weight of the KL term; 0: plain training
-  temperature: float = 2.0             # T: both distributions softened by it
-  # At the student's first start: its params outside MoE layers (embeddings, attention, norms,
-  # the teacher's dense FFNs, the head) copied from the teacher where path and shape match
-  # (Switch Transformer, Sec. 5); the rest keeps the student's init (moe_jax/tasks/distill.py)
-  init_from_teacher: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
 class MeshConfig:
   data: int = -1
   expert: int = 1
@@ -165,8 +146,8 @@ class RunConfig:
   eval: EvalConfig
   steps: int
   task: str = "lm"
-  classifier: ClassifierConfig = ClassifierConfig()
-  distill: DistillConfig = DistillConfig()
+  # every registered task's section (config.classifier, config.distill, ...), checked
+  options: dict = dataclasses.field(default_factory=dict)
   seed: int = 0
   log_every: int = 10
   eval_every: int = 0
@@ -194,23 +175,29 @@ def _schema_of(cls, exclude=()) -> dict[str, overrides_lib.Field]:
   return out
 
 
+# The run layer's sections; the registered tasks add theirs (moe_jax/tasks/base.py Section).
 SECTIONS = {"model": ModelSection, "optim": OptimConfig, "data": DataConfig,
-            "classifier": ClassifierConfig, "distill": DistillConfig, "mesh": MeshConfig,
-            "checkpoint": CheckpointConfig, "eval": EvalConfig}
-SCHEMA: dict = {**_schema_of(TopLevel),
-                **{name: _schema_of(cls, exclude=("total_steps",))
-                   for name, cls in SECTIONS.items()}}
+            "mesh": MeshConfig, "checkpoint": CheckpointConfig, "eval": EvalConfig}
+
+
+def schema() -> dict:
+  """Every known field (overrides_lib.Field) by section: built on each call, so a task
+  registered after this module was imported has its section in it."""
+  sections = {**{n: s.schema for n, s in tasks.sections().items()}, **SECTIONS}
+  return {**_schema_of(TopLevel),
+          **{name: _schema_of(cls, exclude=("total_steps",)) for name, cls in sections.items()}}
 
 
 def defaults() -> ml_collections.ConfigDict:
   """Every known field at its default: what a config file's fields are laid over."""
-  return ml_collections.ConfigDict(overrides_lib.defaults(SCHEMA))
+  return ml_collections.ConfigDict(overrides_lib.defaults(schema()))
 
 
 def resolve(cfg, overrides: Sequence[str] = ()) -> tuple[dict, frozenset[str]]:
   """(the complete config tree with `overrides` applied, the paths the overrides set)."""
-  tree = overrides_lib.complete(cfg, SCHEMA)
-  return overrides_lib.apply(tree, overrides, SCHEMA)
+  fields = schema()
+  tree = overrides_lib.complete(cfg, fields)
+  return overrides_lib.apply(tree, overrides, fields)
 
 
 def _dtype(value, field: str):
@@ -276,8 +263,6 @@ def _model(section: dict, mesh: MeshConfig, *, causal: bool) -> TransformerConfi
   for field in ("dtype", "param_dtype"):
     section[field] = _dtype(section[field], field)
   check_choice("dispatcher", section["dispatcher"], dispatch.names(), owner=owner)
-  check_float("capacity_factor", section["capacity_factor"], low=0.0, low_inclusive=False,
-              owner=owner)
   num_experts = check_int("num_experts", section["num_experts"], low=0, owner=owner)
   if num_experts:
     _router(section)
@@ -305,7 +290,7 @@ def build_model_config(section: dict) -> TransformerConfig:
 
 
 def _data(section: dict, model: TransformerConfig, mesh: MeshConfig, num_processes: int, task,
-          classifier: ClassifierConfig) -> DataConfig:
+          options: dict) -> DataConfig:
   data = DataConfig(**section)
   owner = "config.data"
   check_choice("tokenizer", data.tokenizer, TOKENIZERS, owner=owner)
@@ -322,7 +307,7 @@ def _data(section: dict, model: TransformerConfig, mesh: MeshConfig, num_process
                       high=model.vocab_size, owner=owner)
     check_int("tokenizer_train_bytes", data.tokenizer_train_bytes, low=1, owner=owner)
     data = dataclasses.replace(data, vocab_size=vocab)
-  length = task.check_data(data, model, classifier)   # positions of one example
+  length = task.check_data(data, model, options)   # positions of one example
   shards = mesh.data * mesh.expert   # the batch is split over both
   for name in ("batch_size", "eval_batch_size"):
     value = check_int(name, getattr(data, name), low=1, owner=owner)
@@ -336,19 +321,6 @@ def _data(section: dict, model: TransformerConfig, mesh: MeshConfig, num_process
     raise ValueError(f"config.model.group_size={group} does not divide the {per_device_tokens} "
                      "tokens each device routes per step")
   return data, length
-
-
-def _distill(section: dict) -> DistillConfig:
-  distill = DistillConfig(**section)
-  owner = "config.distill"
-  check_float("alpha", distill.alpha, low=0.0, high=1.0, owner=owner)
-  check_float("temperature", distill.temperature, low=0.0, low_inclusive=False, owner=owner)
-  if distill.teacher_step is not None:
-    check_int("teacher_step", distill.teacher_step, low=0, owner=owner)
-  if not isinstance(distill.init_from_teacher, bool):
-    raise ValueError(f"{owner}.init_from_teacher must be True or False, got "
-                     f"{distill.init_from_teacher!r}")
-  return distill
 
 
 def _optim(section: dict, steps: int, notes: list) -> OptimConfig:
@@ -379,10 +351,8 @@ def validate(cfg, *, num_devices: int, num_processes: int = 1,
   notes: list[str] = []
   steps = check_int("steps", tree["steps"], low=1, owner="config")
   task = tasks.get(check_choice("task", tree["task"], tasks.names(), owner="config"))
-  classifier = ClassifierConfig(**tree["classifier"])
-  check_choice("pool", classifier.pool, ("mean", "cls"), owner="config.classifier")
-  check_int("patch_size", classifier.patch_size, low=1, owner="config.classifier")
-  distill = _distill(tree["distill"])
+  options = {name: section.check(section.schema(**tree[name]))
+             for name, section in tasks.sections().items()}
   try:
     mesh = MeshConfig(**resolve_axis_sizes(tree["mesh"], num_devices))
   except ValueError as e:
@@ -404,11 +374,11 @@ def validate(cfg, *, num_devices: int, num_processes: int = 1,
     check_int("restore_step", restore_step, low=0, owner="config")
   # config.json records the weights the run trains with, the router's defaults included.
   weights = tree["aux_loss_weights"] = _aux_loss_weights(tree)
-  data, positions = _data(tree["data"], model, mesh, num_processes, task, classifier)
+  data, positions = _data(tree["data"], model, mesh, num_processes, task, options)
   return RunConfig(
       model=model, optim=optim, data=data, positions=positions,
       mesh=mesh, checkpoint=checkpoint, eval=evaluation, steps=steps, task=task.name,
-      classifier=classifier, distill=distill,
+      options=options,
       seed=check_int("seed", tree["seed"], low=0, high=2**31 - 1, owner="config"),
       log_every=check_int("log_every", tree["log_every"], low=1, owner="config"),
       eval_every=check_int("eval_every", tree["eval_every"], low=0, owner="config"),

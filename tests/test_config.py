@@ -188,3 +188,40 @@ def test_the_shared_configs_set_only_what_differs_from_the_schema():
       elif defaults[section] == value:
         restated.append(section)
     assert not restated, f"common.{name} restates schema defaults: {restated}"
+
+
+def test_a_task_owns_its_config_section():
+  """A registered task's Section joins the schema (defaults, overrides, typo hints) and its
+  check runs in validate; the task reads it as run.options[name]. No edit of config.py."""
+  import dataclasses
+  from moe_jax import tasks
+  from moe_jax.tasks import registry
+
+  @dataclasses.dataclass(frozen=True)
+  class Probe:
+    depth: int = 3
+
+  def check(probe):
+    if probe.depth < 1:
+      raise ValueError(f"config.probe.depth={probe.depth} must be >= 1")
+    return probe
+
+  lm = tasks.get("lm")
+  task = lm._replace(name="probe_task", sections=(tasks.Section("probe", Probe, check),))
+  tasks.register(task)
+  try:
+    cfg = config_lib.load_file(REPO / "configs/lm_tiny.py")
+    assert config_lib.defaults().probe.depth == 3
+    run = config_lib.validate(cfg, num_devices=8, overrides=["--config.probe.depth=5"])
+    assert run.options["probe"] == Probe(depth=5)
+    assert run.record["probe"] == {"depth": 5}            # config.json records it
+    with pytest.raises(ValueError, match=r"config\.probe\.depth=0 must be >= 1"):
+      config_lib.validate(cfg, num_devices=8, overrides=["probe.depth=0"])
+    with pytest.raises(ValueError, match=r"did you mean --config\.probe\.depth\?"):
+      config_lib.validate(cfg, num_devices=8, overrides=["probe.dept=2"])
+    clash = lm._replace(name="clash", sections=(tasks.Section("probe", dict),))
+    with pytest.raises(ValueError, match="config section 'probe' is already declared"):
+      tasks.register(clash)
+  finally:
+    registry._TASKS.pop("probe_task", None)
+  assert "probe" not in config_lib.defaults()

@@ -14,11 +14,23 @@ from typing import Any, Callable, NamedTuple
 from flax import nnx
 
 
+class Section(NamedTuple):
+  """A config section a task owns, `config.<name>.*`: the task's options. The config schema
+  is the run layer's sections plus every registered task's (moe_jax/config.py), so a task with
+  options is one new module and no edit of the central schema."""
+  name: str
+  # a frozen dataclass: the fields, their types and defaults (the schema, written once)
+  schema: type
+  # (the section's dataclass instance) -> it, checked; errors name config.<name>.<field>
+  check: Callable[[Any], Any] = lambda options: options
+
+
 class Task(NamedTuple):
   name: str
   causal: bool
-  # (data: DataConfig, model: TransformerConfig, classifier) -> positions of one example.
-  # The task's checks of config.data; errors name the field.
+  # (data: DataConfig, model: TransformerConfig, options) -> positions of one example, where
+  # options maps every task section's name to its checked dataclass. The task's checks of
+  # config.data; errors name the field.
   check_data: Callable[..., int]
   # (data) -> the dataset whose training text a SentencePiece tokenizer is trained on
   text_source: Callable[..., str]
@@ -52,6 +64,8 @@ class Task(NamedTuple):
   # config paths (dotted) that `initialize` chooses when the config leaves them None (the
   # teacher step distilled from); a resume that leaves them None keeps the recorded choice
   chosen_at_start: tuple[str, ...] = ()
+  # the config sections this task owns (its options); a run reads them as run.options[name]
+  sections: tuple[Section, ...] = ()
 
 
 class EvalContext(NamedTuple):

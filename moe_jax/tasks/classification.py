@@ -6,6 +6,8 @@ texts, which attention and pooling respect.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,12 +17,29 @@ from moe_jax.data import datasets
 from moe_jax.data.classification import eval_example_batches
 from moe_jax.models import EncoderClassifier
 from moe_jax.parallel.distributed import host_local_to_global
-from moe_jax.tasks.base import Task
+from moe_jax.tasks.base import Section, Task
 from moe_jax.tasks.registry import register
-from moe_jax.validation import check_choice
+from moe_jax.validation import check_choice, check_int
 
 
-def check_data(data, model, classifier) -> int:
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+  """`config.classifier.*`: how the encoder reads an example and pools it."""
+  pool: str = "mean"                   # 'mean' or 'cls'
+  patch_size: int = 2                  # image datasets: p x p patches
+
+
+def check_options(classifier: ClassifierConfig) -> ClassifierConfig:
+  check_choice("pool", classifier.pool, ("mean", "cls"), owner="config.classifier")
+  check_int("patch_size", classifier.patch_size, low=1, owner="config.classifier")
+  return classifier
+
+
+SECTION = Section("classifier", ClassifierConfig, check_options)
+
+
+def check_data(data, model, options) -> int:
+  classifier = options["classifier"]
   check_choice("dataset", data.dataset, datasets.classification_names(), owner="config.data")
   if data.dataset == "stdlib_package" and data.tokenizer != "byte":
     raise ValueError("config.data.tokenizer: the 'stdlib_package' snippets are byte tokens; "
@@ -40,9 +59,10 @@ def check_data(data, model, classifier) -> int:
 
 def build_model(run, mesh, rngs):
   kind, num_classes, shape = datasets.classification_info(run.data)
-  images = (dict(patch_size=run.classifier.patch_size, image_shape=shape)
+  classifier = run.options["classifier"]
+  images = (dict(patch_size=classifier.patch_size, image_shape=shape)
             if kind == "image" else {})
-  return EncoderClassifier(run.model, num_classes=num_classes, pool=run.classifier.pool,
+  return EncoderClassifier(run.model, num_classes=num_classes, pool=classifier.pool,
                            rngs=rngs, mesh=mesh, **images)
 
 
@@ -161,4 +181,4 @@ TASK = register(Task(
     text_source=lambda data: data.dataset, build_model=build_model,
     train_iterator=train_iterator, validation_data=validation_data, eval_batches=eval_batches,
     loss=loss, eval_sums=eval_sums, summarize=summarize, headline=headline,
-    evaluate_extras=evaluate_extras, report=report, plots=plots))
+    evaluate_extras=evaluate_extras, report=report, plots=plots, sections=(SECTION,)))

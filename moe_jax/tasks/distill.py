@@ -54,8 +54,34 @@ from flax import nnx
 
 from moe_jax.models import DecoderLM
 from moe_jax.tasks import lm
-from moe_jax.tasks.base import EvalContext, Task, run_services
+from moe_jax.tasks.base import EvalContext, Section, Task, run_services
 from moe_jax.tasks.registry import register
+from moe_jax.validation import check_float, check_int
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """`config.distill.*`: the frozen teacher and the loss (1 - alpha) CE + alpha T^2 KL."""
+  teacher_workdir: str = ""            # a trained run's workdir (an MoE LM, say)
+  teacher_step: int | None = None      # its checkpoint (None: the newest)
+  alpha: float = 0.5                   # weight of the KL term; 0: plain training
+  temperature: float = 2.0             # T: both distributions softened by it
+  # At the student's first start: its params outside MoE layers (embeddings, attention, norms,
+  # the teacher's dense FFNs, the head) copied from the teacher where path and shape match
+  # (Switch Transformer, Sec. 5); the rest keeps the student's init (see above)
+  init_from_teacher: bool = False
+
+
+def check_options(distill: DistillConfig) -> DistillConfig:
+  owner = "config.distill"
+  check_float("alpha", distill.alpha, low=0.0, high=1.0, owner=owner)
+  check_float("temperature", distill.temperature, low=0.0, low_inclusive=False, owner=owner)
+  if distill.teacher_step is not None:
+    check_int("teacher_step", distill.teacher_step, low=0, owner=owner)
+  if not isinstance(distill.init_from_teacher, bool):
+    raise ValueError(f"{owner}.init_from_teacher must be True or False, got "
+                     f"{distill.init_from_teacher!r}")
+  return distill
 
 
 class Distillation(nnx.Module):
@@ -70,10 +96,10 @@ class Distillation(nnx.Module):
 def _teacher_run(run):
   """The teacher's validated run config; errors name config.distill / the mismatching field.
   Opening a run is run setup's job, above the tasks: its services do it (tasks/base.py)."""
-  if not run.distill.teacher_workdir:
+  if not run.options['distill'].teacher_workdir:
     raise ValueError("config.task='distill' needs config.distill.teacher_workdir: the workdir "
                      "of the trained teacher run")
-  workdir = pathlib.Path(run.distill.teacher_workdir).expanduser().absolute()
+  workdir = pathlib.Path(run.options['distill'].teacher_workdir).expanduser().absolute()
   try:
     teacher = run_services().open_run(workdir, [f"mesh.{k}={v}" for k, v in
                                                 dataclasses.asdict(run.mesh).items()])
@@ -168,7 +194,7 @@ def _teacher_step(run, teacher_run, workdir: pathlib.Path) -> int:
   """The teacher checkpoint to distill from: config.distill.teacher_step or the newest; refuses
   a missing one, and a teacher still being trained when the step is not pinned."""
   steps = _teacher_steps(teacher_run, workdir)
-  step = run.distill.teacher_step
+  step = run.options['distill'].teacher_step
   if step is not None and step not in steps:
     raise ValueError(f"config.distill.teacher_step={step}: no such checkpoint in "
                      f"{workdir / 'checkpoints'}; available: {steps or 'none'}")
@@ -210,8 +236,8 @@ def build_model(run, mesh, rngs):
   teacher_run, _ = _teacher_run(run)
   student = DecoderLM(run.model, rngs=rngs, mesh=mesh)
   teacher = DecoderLM(teacher_run.model, rngs=nnx.Rngs(0), mesh=mesh)
-  return Distillation(student, teacher, alpha=run.distill.alpha,
-                      temperature=run.distill.temperature)
+  return Distillation(student, teacher, alpha=run.options['distill'].alpha,
+                      temperature=run.options['distill'].temperature)
 
 
 def initialize(run, model: Distillation, mesh) -> None:
@@ -230,7 +256,7 @@ def initialize(run, model: Distillation, mesh) -> None:
   nnx.update(model.teacher, nnx.state(restored))
   if run.record.get("distill") is not None:     # config.json names the teacher step used
     run.record["distill"]["teacher_step"] = step
-  if not run.distill.init_from_teacher:
+  if not run.options['distill'].init_from_teacher:
     return
   copied, kept = copy_from_teacher(model.student, model.teacher, run.model, teacher_run.model)
   if not copied:
@@ -308,4 +334,5 @@ TASK = register(Task(
     eval_sums=eval_sums, summarize=summarize, headline=headline,
     evaluate_extras=evaluate_extras, report=report, plots=lm.plots,
     trainable=nnx.All(nnx.Param, nnx.Not(nnx.PathContains("teacher"))),
-    initialize=initialize, chosen_at_start=("distill.teacher_step",)))
+    initialize=initialize, chosen_at_start=("distill.teacher_step",),
+    sections=(Section("distill", DistillConfig, check_options),)))

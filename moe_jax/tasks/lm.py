@@ -19,8 +19,8 @@ from moe_jax.tasks.registry import register
 from moe_jax.validation import check_choice, check_int
 
 
-def check_data(data, model, classifier) -> int:
-  del classifier
+def check_data(data, model, options) -> int:
+  del options
   check_choice("corpus", data.corpus, datasets.lm_names(), owner="config.data")
   return check_int("seq_len", data.seq_len, low=1, high=model.max_len, owner="config.data")
 
