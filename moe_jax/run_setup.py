@@ -34,9 +34,34 @@ from moe_jax.train_step import make_optimizer
 def build(run: config_lib.RunConfig, mesh):
   """(model, optimizer), params placed on `mesh` (or a jax.sharding.AbstractMesh under
   nnx.eval_shape, which builds shapes and shardings without allocating)."""
-  task = tasks.get(run.task)
-  model = task.build_model(run, mesh, nnx.Rngs(run.seed))
-  return model, nnx.Optimizer(model, make_optimizer(run.optim), wrt=task.trainable)
+  model = tasks.get(run.task).build_model(run, mesh, nnx.Rngs(run.seed))
+  return model, optimizer_for(run, model)
+
+
+def optimizer_for(run: config_lib.RunConfig, model) -> nnx.Optimizer:
+  """The run's optimizer (config.optim) over what its task trains."""
+  return nnx.Optimizer(model, make_optimizer(run.optim), wrt=tasks.get(run.task).trainable)
+
+
+def step_meta(run: config_lib.RunConfig, step: int, key) -> dict:
+  """What a checkpoint of `run` records beside its state: the run's meta, the step and the
+  base PRNG key the steps fold their step number into."""
+  return {**checkpoint_meta(run), "step": step, "rng": np.asarray(key).tolist()}
+
+
+def seed_checkpoint(run: config_lib.RunConfig, workdir: pathlib.Path, step: int, model,
+                    optimizer, iterator, mesh) -> None:
+  """The first checkpoint of a run that does not start from random init (an upcycled MoE,
+  an imported checkpoint): `model` and `optimizer` placed on `mesh`, saved at `step` with
+  the data position of `iterator`, written before this returns. `train` then resumes it as
+  any run."""
+  state = place_on_mesh(nnx.state((model, optimizer)), mesh)
+  ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep)
+  try:
+    ckpts.save(step, state, iterator, step_meta(run, step, jax.random.PRNGKey(run.seed)))
+    ckpts.wait()
+  finally:
+    ckpts.close()
 
 
 def place_on_mesh(state, mesh):

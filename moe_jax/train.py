@@ -216,8 +216,7 @@ class _Loop:
     if step == self.saved:
       return
     self.s.ckpts.save(step, self.state, self.s.iterator,
-                      {**run_setup.checkpoint_meta(self.run), "step": step,
-                       "rng": np.asarray(self.base_key).tolist()})
+                      run_setup.step_meta(self.run, step, self.base_key))
     self.saved = step
 
   def validate(self) -> dict:

@@ -328,14 +328,7 @@ def upcycle(config, workdir, source_workdir, *, overrides=(),
     tokenizer_file = source_workdir / TOKENIZER_FILE
     if tokenizer_file.exists() and jax.process_index() == 0:
       shutil.copy2(tokenizer_file, workdir / TOKENIZER_FILE)
-    state = run_setup.place_on_mesh(nnx.state((model, optimizer)), mesh)
-    ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep)
-    try:
-      ckpts.save(step, state, iterator, {**run_setup.checkpoint_meta(run), "step": step,
-                                         "rng": np.asarray(jax.random.PRNGKey(run.seed)).tolist()})
-      ckpts.wait()
-    finally:
-      ckpts.close()
+    run_setup.seed_checkpoint(run, workdir, step, model, optimizer, iterator, mesh)
     if jax.process_index() == 0:
       workdir_lib.record_start(workdir, run.record, start_step=step, restored_from=None)
       workdir_lib.write_atomic(workdir / RECORD_FILE, json.dumps({

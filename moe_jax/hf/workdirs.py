@@ -49,14 +49,11 @@ import shutil
 import textwrap
 
 import jax
-import numpy as np
 from flax import nnx
 
-from moe_jax import config as config_lib, run_setup, tasks, workdir as workdir_lib
-from moe_jax.checkpoint import Checkpoints
+from moe_jax import config as config_lib, run_setup, workdir as workdir_lib
 from moe_jax.hf import model_io
 from moe_jax.parallel.mesh import make_mesh
-from moe_jax.train_step import make_optimizer
 
 RECORD_FILE = "imported_from.json"
 CONFIG_PY = "imported_config.py"
@@ -222,21 +219,10 @@ def _write_run(scratch: pathlib.Path, workdir: pathlib.Path, run, source: model_
                checkpoint, mesh, skipped: list[str]) -> None:
   """Checkpoint 0 and the records of the run `workdir` will be, written into `scratch`."""
   model = model_io.fill_model(run.model, source.table(), checkpoint, mesh=mesh, cast=True)
-  optimizer = nnx.Optimizer(model, make_optimizer(run.optim),
-                            wrt=tasks.get(run.task).trainable)
+  optimizer = run_setup.optimizer_for(run, model)
   tok = run_setup.tokenizer(run, scratch, may_train=True)
-  processes = jax.process_count()
-  iterator = tasks.get(run.task).train_iterator(
-      run, tok, batch_size=run.data.batch_size // processes, seed=run.seed,
-      shard_index=jax.process_index(), shard_count=processes)
-  state = run_setup.place_on_mesh(nnx.state((model, optimizer)), mesh)
-  ckpts = Checkpoints(scratch / "checkpoints", keep=run.checkpoint.keep)
-  try:
-    ckpts.save(0, state, iterator, {**run_setup.checkpoint_meta(run), "step": 0,
-                                    "rng": np.asarray(jax.random.PRNGKey(run.seed)).tolist()})
-    ckpts.wait()
-  finally:
-    ckpts.close()
+  iterator = run_setup.train_iterator(run, tok)
+  run_setup.seed_checkpoint(run, scratch, 0, model, optimizer, iterator, mesh)
   if jax.process_index() == 0:
     _write_records(scratch, workdir, run, source, skipped)
 
