@@ -25,7 +25,7 @@ if __name__ == "__main__":   # run as a script: the repository root, for `benchm
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks.timing import round_robin_ms  # noqa: E402
+from benchmarks.timing import round_robin_ms, settings  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -68,7 +68,7 @@ def main(argv=None):
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({"backend": jax.default_backend(), "jax": jax.__version__,
-                             "args": vars(args), "rows": rows}, indent=1))
+                             "args": settings(args), "rows": rows}, indent=1))
   print(f"wrote {out}")
   return rows
 

@@ -43,7 +43,7 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.naive_moe import naive_moe  # noqa: E402
-from benchmarks.timing import round_robin_ms  # noqa: E402
+from benchmarks.timing import round_robin_ms, settings  # noqa: E402
 from moe_jax import dispatch  # noqa: E402
 from moe_jax.dispatch import sort  # noqa: E402
 from moe_jax.experts import make_experts  # noqa: E402
@@ -258,7 +258,7 @@ def main(argv=None):
     print(f"{label} (E={num_experts}): {value:.2f} FFN experts per token (k={args.k})")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"config": vars(args), "jax": jax.__version__, "backend": jax.default_backend(),
+    json.dump({"config": settings(args), "jax": jax.__version__, "backend": jax.default_backend(),
                "devices": jax.device_count(), "cpu_count": os.cpu_count(), "rows": rows},
               f, indent=1)
   print(f"wrote {args.out}")

@@ -24,3 +24,9 @@ def round_robin_ms(calls: Sequence[Callable[[], object]], rounds: int,
     if say is not None:
       say(f"  round {r + 1}/{rounds}", end="\r" if r + 1 < rounds else "\n", flush=True)
   return times
+
+
+def settings(args) -> dict:
+  """The benchmark's settings as recorded beside its rows: the parsed flags without the output
+  path (a machine's absolute path says nothing about the measurement)."""
+  return {k: v for k, v in vars(args).items() if k != "out"}

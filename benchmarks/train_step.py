@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks import step_profile  # noqa: E402
+from benchmarks.timing import settings  # noqa: E402
 from moe_jax.models import DecoderLM, make_config  # noqa: E402
 from moe_jax.parallel import make_mesh  # noqa: E402
 from moe_jax.parallel.distributed import host_local_to_global  # noqa: E402
@@ -181,7 +182,7 @@ def main(argv=None):
     _profile(runners, rows, args.steps_per_round)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  result = {"backend": jax.default_backend(), "jax": jax.__version__, "args": vars(args),
+  result = {"backend": jax.default_backend(), "jax": jax.__version__, "args": settings(args),
             "rows": rows}
   out.write_text(json.dumps(result, indent=1))
   print(f"wrote {out}")

@@ -14,9 +14,7 @@ import numpy as np
 from flax import nnx
 
 from moe_jax.parallel.distributed import host_local_to_global
-
-LAYER_METRICS = ("expert_load", "max_vio", "dropped_fraction", "experts_per_token",
-                 "router_logit_abs", "null_fraction")
+from moe_jax.routing.base import LAYER_METRICS
 
 
 def make_eval_step(graphdef, task):

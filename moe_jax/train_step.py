@@ -31,6 +31,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moe_jax.parallel.mesh import batch_sharding
+from moe_jax.routing.base import LAYER_METRICS
 from moe_jax.validation import check_float, check_int
 
 
@@ -86,9 +87,8 @@ def _add_aux_losses(loss, metrics, routings, aux_loss_weights):
       loss = loss + aux_loss_weights.get(name, 0.0) * value
     for i, r in enumerate(routings):
       if r is not None:
-        for name in ("max_vio", "dropped_fraction", "expert_load", "router_logit_abs"):
-          if name in r.metrics:
-            metrics[f"layer{i}/{name}"] = r.metrics[name]
+        metrics.update({f"layer{i}/{k}": r.metrics[k] for k in LAYER_METRICS
+                        if k in r.metrics})
   metrics["loss"] = loss
   return loss, metrics
 

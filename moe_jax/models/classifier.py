@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from moe_jax.models.moe import sharded_param
+from moe_jax.parallel.mesh import sharded_param
 from moe_jax.models.transformer import Linear, Transformer, TransformerConfig
 from moe_jax.validation import check_choice, check_int
 

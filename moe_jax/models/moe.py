@@ -19,29 +19,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from moe_jax.layer import MoEConfig, check_mesh, init_moe_layer, moe_layer
-from moe_jax.parallel.mesh import LOGICAL_RULES
+from moe_jax.parallel.mesh import sharded_param
 from moe_jax.validation import check_int
 
 # The rng stream a call draws the router's key from (Switch jitter, noisy gating). nnx.Rngs falls
 # back to its 'default' stream when it has no 'router' stream.
 RNG_STREAM = "router"
-
-# Expert params carry logical axis names as NNX's `out_sharding` metadata (its name since flax
-# 0.12.4; 0.12.0-0.12.3 called it `sharding_names`, which 0.12.4+ still accept with a
-# DeprecationWarning). With `sharding_rules` alongside, nnx.get_partition_spec maps the names to
-# mesh axes by our one rules table, as the layer's shard_map does.
-_SHARDING_RULES = tuple(LOGICAL_RULES.items())
-
-
-def sharded_param(value, logical_axes, mesh: Mesh | None) -> nnx.Param:
-  """An nnx.Param annotated with logical axis names (mapped to mesh axes by LOGICAL_RULES).
-
-  Eager sharding (flax's default) needs a mesh to place the value: without one, creating an
-  annotated Variable raises, so the annotation is then metadata only.
-  """
-  return nnx.Param(value, out_sharding=tuple(logical_axes), sharding_rules=_SHARDING_RULES,
-                   eager_sharding=mesh is not None, **({} if mesh is None else {"mesh": mesh}))
-
 
 class RouterState(nnx.Variable):
   """Router state updated by the forward pass, not by gradients (not an nnx.Param)."""

@@ -34,7 +34,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from moe_jax.experts import ACTIVATIONS
-from moe_jax.models.moe import MoE, MoEConfig, sharded_param
+from moe_jax.models.moe import MoE, MoEConfig
+from moe_jax.parallel.mesh import sharded_param
 from moe_jax.parallel.mesh import BATCH_AXES
 from moe_jax.validation import check_choice, check_float, check_int
 

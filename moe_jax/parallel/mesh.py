@@ -16,6 +16,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "expert", "model")
@@ -94,3 +95,20 @@ def logical_to_spec(logical_axes: Sequence[str | None]) -> P:
                        f"{', '.join(sorted(LOGICAL_RULES))}")
     out.append(None if name is None else LOGICAL_RULES[name])
   return P(*out)
+
+
+# Params carry logical axis names as NNX's `out_sharding` metadata (its name since flax
+# 0.12.4; 0.12.0-0.12.3 called it `sharding_names`, which 0.12.4+ still accept with a
+# DeprecationWarning). With `sharding_rules` alongside, nnx.get_partition_spec maps the names to
+# mesh axes by our one rules table, as the layer's shard_map does.
+_SHARDING_RULES = tuple(LOGICAL_RULES.items())
+
+
+def sharded_param(value, logical_axes, mesh: Mesh | None) -> nnx.Param:
+  """An nnx.Param annotated with logical axis names (mapped to mesh axes by LOGICAL_RULES).
+
+  Eager sharding (flax's default) needs a mesh to place the value: without one, creating an
+  annotated Variable raises, so the annotation is then metadata only.
+  """
+  return nnx.Param(value, out_sharding=tuple(logical_axes), sharding_rules=_SHARDING_RULES,
+                   eager_sharding=mesh is not None, **({} if mesh is None else {"mesh": mesh}))

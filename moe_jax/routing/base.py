@@ -24,6 +24,12 @@ Array = jax.Array
 PyTree = Any
 
 
+# The per-layer routing metrics a run logs, in training (metrics.jsonl) and evaluation alike, as
+# layer<i>/<name> where a router reports them (see `assignment_metrics`, `logit_metrics`).
+LAYER_METRICS = ("expert_load", "max_vio", "dropped_fraction", "experts_per_token",
+                 "router_logit_abs", "null_fraction")
+
+
 @struct.dataclass
 class Routing:
   """Assignment of T tokens to E experts plus the router's telemetry. A pytree."""
