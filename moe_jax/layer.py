@@ -22,7 +22,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from moe_jax import null_experts
 from moe_jax.dispatch import expert_parallel
-from moe_jax.dispatch.base import dropped_fraction, expert_capacity, position_in_expert
+from moe_jax.dispatch.slots import dropped_fraction, kept_assignments
 from moe_jax.experts import Experts
 from moe_jax.moe_config import MoEConfig
 from moe_jax.routing.base import Routing
@@ -71,10 +71,10 @@ def check_mesh(config: MoEConfig, mesh: Mesh | None) -> None:
     if config.built_router.soft:
       raise ValueError(f"moe: router {config.built_router.name!r} has no expert-parallel form "
                        "(its slots mix every token); use a mesh with expert=1")
-    if config.built_dispatcher.expert_parallel is None:
+    if not expert_parallel.is_available(config.built_dispatcher):
       raise ValueError(f"moe: dispatcher {config.built_dispatcher.name!r} has no "
-                       "expert-parallel version (its expert_parallel capability is None); use "
-                       "a mesh with expert=1 or a dispatcher that has one")
+                       "expert-parallel version (no pack/unpack halves and no expert_parallel "
+                       "factory); use a mesh with expert=1 or a dispatcher that has one")
     expert_parallel.resolve_exchange(config.exchange, backend=_platform(mesh))
 
 
@@ -186,9 +186,7 @@ def renormalize_after_drops(routing: Routing, *, capacity_factor: float):
   weights to sum to 1 (a token with every assignment dropped keeps none). The dropped
   assignments become invalid, so the dispatcher (same capacity, same priority order) drops
   nothing more; `dropped_fraction` is reported from here."""
-  capacity = expert_capacity(routing.num_assignments, routing.num_experts, capacity_factor)
-  kept_N = routing.valid & (position_in_expert(routing.expert, routing.valid,
-                                               routing.num_experts) < capacity)
+  kept_N = kept_assignments(routing, capacity_factor)
   w_N = jnp.where(kept_N, routing.weight, 0)
   total_T = jnp.zeros((routing.num_tokens,), w_N.dtype).at[routing.token].add(w_N)
   total_N = total_T[routing.token]

@@ -8,9 +8,10 @@ from moe_jax import routing
 from moe_jax.experts import loop_reference
 from moe_jax.layer import MoEConfig, check_mesh, init_moe_layer, moe_layer
 from moe_jax.parallel import make_mesh
+from tests import dispatchers
 
 
-@pytest.mark.parametrize("dispatcher", ["sort", "dropless"])
+@pytest.mark.parametrize("dispatcher", dispatchers.every())
 @pytest.mark.parametrize("shared", [False, True])
 def test_layer_equals_loop_over_experts_per_group(dispatcher, shared):
   config = MoEConfig(num_experts=4, expert_d_ff=12, router_options={"k": 2},

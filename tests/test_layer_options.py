@@ -16,6 +16,7 @@ import pytest
 from moe_jax.experts import loop_reference
 from moe_jax.layer import MoEConfig, init_moe_layer, moe_layer
 from moe_jax.parallel import make_mesh
+from tests import dispatchers
 
 D = 8
 
@@ -68,7 +69,7 @@ def _null_reference(config):
   return reference
 
 
-@pytest.mark.parametrize("dispatcher", ["sort", "dropless"])
+@pytest.mark.parametrize("dispatcher", dispatchers.every())
 def test_null_experts_equal_their_formula_forward_and_gradients(dispatcher):
   config = MoEConfig(num_experts=4, expert_d_ff=12, router_options={"k": 2},
                      dispatcher=dispatcher, capacity_factor=8.0, group_size=4, zero_experts=1,
@@ -209,7 +210,7 @@ def _capacity_reference(config, *, by_score: bool, renormalize: bool):
   return reference
 
 
-@pytest.mark.parametrize("dispatcher", ["sort", "einsum"])
+@pytest.mark.parametrize("dispatcher", dispatchers.dropping())
 @pytest.mark.parametrize("by_score,renormalize", [(True, False), (False, True), (True, True)])
 def test_capacity_options_equal_their_reference(dispatcher, by_score, renormalize):
   config = MoEConfig(num_experts=4, expert_d_ff=8, capacity_factor=0.5, dispatcher=dispatcher,
@@ -287,9 +288,8 @@ def _biased_config(dispatcher, glu=False, **fields):
                    activation="silu" if glu else "gelu", **fields)
 
 
-@pytest.mark.parametrize("dispatcher,glu", [("sort", False), ("einsum", False),
-                                            ("dropless", False), ("sort", True),
-                                            ("dropless", True)])
+@pytest.mark.parametrize("dispatcher,glu", [(d, glu) for d in dispatchers.every()
+                                            for glu in (False, True)])
 def test_expert_biases_equal_their_formula_forward_and_gradients(dispatcher, glu):
   config = _biased_config(dispatcher, glu, shared_d_ff=8)
   variables = _with_random_biases(init_moe_layer(jax.random.PRNGKey(0), D, config))
@@ -304,7 +304,7 @@ def test_expert_biases_equal_their_formula_forward_and_gradients(dispatcher, glu
                       rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("dispatcher", ["sort", "dropless"])
+@pytest.mark.parametrize("dispatcher", dispatchers.parallel())
 def test_expert_biases_sharded_with_tensor_parallelism_equal_unsharded(dispatcher):
   """data=2 x expert=2 x model=2: the output bias is added once, not once per model shard."""
   config = _biased_config(dispatcher)

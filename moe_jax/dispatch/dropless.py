@@ -25,8 +25,10 @@ import jax
 from absl import flags
 import jax.numpy as jnp
 
-from moe_jax.dispatch import sort
-from moe_jax.dispatch.base import Dispatcher, expert_capacity, position_in_expert
+from moe_jax.dispatch import slots
+from moe_jax.dispatch.base import Dispatcher
+from moe_jax.dispatch.slots import expert_capacity, position_in_expert
+from moe_jax.routing.base import Routing
 from moe_jax.dispatch.spill_ffn import capacity_and_spill_ffn
 from moe_jax.dispatch.grouped_matmul import blocked_matmul
 
@@ -119,8 +121,8 @@ def _spill_run(routing, x_TD, expert_params, experts):
   which a loop of small per-block products does not on CPU (benchmarks/README.md)."""
   num_experts = routing.num_experts
   capacity = expert_capacity(routing.num_assignments, num_experts, MAIN_CAPACITY_FACTOR)
-  main = sort.plan(routing.expert, routing.valid, num_experts, capacity)
-  x_ECD = sort.pack(routing, x_TD, main).reshape(num_experts, capacity, -1)
+  main = slots.plan(routing.expert, routing.valid, num_experts, capacity)
+  x_ECD = slots.pack_slots(routing, x_TD, main).reshape(num_experts, capacity, -1)
   spill = routing.replace(valid=routing.valid & ~main.kept_N)
   row_N, block_expert, num_rows, used_blocks = _layout(spill, SPILL_BLOCK)
   token_R = jnp.full((num_rows + 1,), routing.num_tokens, jnp.int32).at[row_N].set(
@@ -129,7 +131,8 @@ def _spill_run(routing, x_TD, expert_params, experts):
       jnp.where(spill.valid, routing.weight, 0))[:num_rows]
   y_ECD, y_spill = capacity_and_spill_ffn(experts.apply, expert_params, x_ECD, x_TD, token_R,
                                           weight_R, block_expert, used_blocks, SPILL_BLOCK)
-  y_TD = sort.unpack(routing, y_ECD.reshape(num_experts * capacity, -1), main, x_TD.dtype)
+  y_TD = slots.unpack_slots(routing, y_ECD.reshape(num_experts * capacity, -1), main,
+                            x_TD.dtype)
   return y_TD + y_spill.astype(y_TD.dtype)
 
 
@@ -153,8 +156,7 @@ def run(routing, x_TD, expert_params, experts, *, capacity_factor: float | None 
   """sparse_rows: most assignments are invalid (padding), so the blocked matmul should loop
   only over the blocks in use (see blocked_matmul's num_blocks)."""
   del capacity_factor, num_groups  # dropless: no capacity, so groups change nothing
-  if routing.is_soft:
-    raise ValueError("dispatcher 'dropless' cannot run soft MoE routings; use 'einsum'")
+  slots.check_sparse(routing, "dropless")
   if impl == "auto":
     impl = default_impl()
   if impl == "spill" and not sparse_rows:
@@ -185,6 +187,18 @@ def _rows_run(routing, x_TD, expert_params, experts, row_N, num_rows: int, matmu
   y_pad = jnp.concatenate([y_R, jnp.zeros((1, y_R.shape[1]), y_R.dtype)])
   weight_N = jnp.where(routing.valid, routing.weight, 0).astype(y_pad.dtype)
   return jnp.zeros_like(x_TD).at[routing.token].add(y_pad[row_N] * weight_N[:, None])
+
+
+def run_rows(x_RD, expert_R, expert_params, experts, *, num_experts: int, impl: str = "auto"):
+  """Rows already gathered (the expert-parallel receive buffer): row r through expert
+  expert_R[r], or nothing where expert_R[r] < 0 (padding); -> [R, D]. Most rows are padding
+  there, so the layout loops only over the blocks in use (`sparse_rows`)."""
+  valid_R = expert_R >= 0
+  rows = Routing(num_tokens=x_RD.shape[0], num_experts=num_experts,
+                 token=jnp.arange(x_RD.shape[0], dtype=jnp.int32),
+                 expert=jnp.maximum(expert_R, 0).astype(jnp.int32),
+                 weight=valid_R.astype(x_RD.dtype), valid=valid_R)
+  return run(rows, x_RD, expert_params, experts, impl=impl, sparse_rows=True)[0]
 
 
 def _no_drops():   # a function: an array made at import would start the backend too early

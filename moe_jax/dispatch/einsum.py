@@ -2,8 +2,9 @@
 
 Simplest and obviously correct; memory and time grow with T*E*C, so it is for tests, small
 models and soft MoE (whose dense weights are already [T,E,S]). Every other path is tested
-against it. Its priority rule is a cumulative count in list order, written independently of the
-sort dispatcher's stable sort.
+against it. Its priority rule is a cumulative count in list order, written independently of
+moe_jax.dispatch.slots' stable sort (which every other path uses), so that the two check each
+other.
 
 Axis letters: T tokens, D model dim, E experts, C capacity (S slots for soft MoE), N assignments.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moe_jax.dispatch.base import Dispatcher, dropped_fraction, expert_capacity
+from moe_jax.dispatch.base import Dispatcher
+from moe_jax.dispatch.slots import dropped_fraction, expert_capacity
 
 
 def dense_weights(routing, capacity_factor: float):
@@ -32,12 +34,18 @@ def dense_weights(routing, capacity_factor: float):
   return dispatch_TEC, combine_TEC, {"dropped_fraction": dropped_fraction(routing.valid, kept_N)}
 
 
-def run(routing, x_TD, expert_params, experts, *, capacity_factor: float = 1.25):
+def pack(routing, x_TD, *, capacity_factor: float = 1.25):
   dispatch_TEC, combine_TEC, metrics = dense_weights(routing, capacity_factor)
   x_ECD = jnp.einsum("tec,td->ecd", dispatch_TEC.astype(x_TD.dtype), x_TD)
-  y_ECD = experts.apply(expert_params, x_ECD)
+  return x_ECD, (combine_TEC, metrics)
+
+
+def unpack(routing, y_ECD, carry, out_dtype):
+  del routing
+  combine_TEC, metrics = carry
   y_TD = jnp.einsum("tec,ecd->td", combine_TEC.astype(y_ECD.dtype), y_ECD)
-  return y_TD, metrics
+  return y_TD.astype(out_dtype), metrics
 
 
-DISPATCHER = Dispatcher("einsum", run, supports_soft=True, drops_tokens=True)
+DISPATCHER = Dispatcher.from_halves("einsum", pack, unpack, supports_soft=True, drops_tokens=True)
+run = DISPATCHER.run

@@ -5,9 +5,10 @@ an all-to-all over 'expert', runs its local experts, and sends the outputs back 
 all-to-all. The expert hidden dim may also be split over 'model' (tensor parallel): then each
 device computes a partial output and a psum over 'model' completes it.
 
-- capacity (`sort`, `einsum`): the sort dispatcher's [E,G*C,D] buffer (every routing group
-  at once, capacity per group), cut into one [E/ep,G*C,D] piece per device: one exchange for
-  all of a device's groups. Same capacity and drop rule as unsharded: identical results.
+- any dispatcher with halves (`sort`, `einsum`, a user's made `Dispatcher.from_halves`): its
+  `pack` gives the [E, C, D] buffer (sort: every routing group at once, capacity per group),
+  cut into one [E/ep, C, D] piece per device: one exchange between `pack` and `unpack`, one
+  code path for all of them. Same capacity and drop rule as unsharded: identical results.
 - dropless, `padded`: a buffer per destination device with room for *all* N assignments (the
   worst case: every token picked an expert on that device), exchanged with a plain all-to-all;
   the receiver runs its experts with the single-device dropless grouped matmul. Works on every
@@ -25,9 +26,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from moe_jax.dispatch import dropless, sort
-from moe_jax.dispatch.base import Dispatcher, dropped_fraction, expert_capacity
-from moe_jax.routing.base import Routing
+from moe_jax.dispatch import dropless, slots
+from moe_jax.dispatch.base import Dispatcher
 
 EXCHANGES = ("auto", "padded", "ragged")
 
@@ -40,56 +40,46 @@ def _all_to_all(x, axis):
 def _run_local_experts(x_RD, local_expert_R, expert_params, experts, num_local: int,
                        model_axis: str, impl: str):
   """Received rows through this device's experts, dropless (rows with expert -1 are padding)."""
-  valid_R = local_expert_R >= 0
-  rows = Routing(num_tokens=x_RD.shape[0], num_experts=num_local,
-                 token=jnp.arange(x_RD.shape[0], dtype=jnp.int32),
-                 expert=jnp.maximum(local_expert_R, 0).astype(jnp.int32),
-                 weight=valid_R.astype(x_RD.dtype), valid=valid_R)
-  # The receive buffer holds room for every peer's tokens; mostly padding, hence sparse_rows.
-  y_RD, _ = dropless.run(rows, x_RD, expert_params, experts, impl=impl, sparse_rows=True)
+  y_RD = dropless.run_rows(x_RD, local_expert_R, expert_params, experts, num_experts=num_local,
+                           impl=impl)
   return jax.lax.psum(y_RD, model_axis)
 
 
-def _capacity_run(routing, x_TD, expert_params, experts, *, capacity_factor, ep, expert_axis,
-                  model_axis, num_groups: int = 1):
-  sort.check_sparse(routing, "expert-parallel")
-  num_experts, d_model = routing.num_experts, x_TD.shape[1]
+def _halves_run(routing, x_TD, expert_params, experts, *, pack, unpack, ep, expert_axis,
+                model_axis, **options):
+  x_ECD, carry = pack(routing, x_TD, **options)
+  num_experts, rows, d_model = x_ECD.shape
   num_local = num_experts // ep
-  grouped = sort.grouped_plan(routing, num_groups, capacity_factor)
-  rows = num_groups * grouped.capacity       # each expert's rows: its capacity in every group
-  x_send = sort.pack(routing, x_TD, grouped.plan).reshape(ep, num_local, rows, d_model)
+  x_send = x_ECD.reshape(ep, num_local, rows, d_model)
   x_recv = _all_to_all(x_send, expert_axis)                       # [source, E_local, rows, D]
-  x_ECD = x_recv.transpose(1, 0, 2, 3).reshape(num_local, ep * rows, d_model)
-  y_ECD = jax.lax.psum(experts.apply(expert_params, x_ECD), model_axis)
-  y_back = y_ECD.reshape(num_local, ep, rows, d_model).transpose(1, 0, 2, 3)
-  y_slots = _all_to_all(y_back, expert_axis).reshape(num_experts * rows, d_model)
-  y_TD = sort.unpack(routing, y_slots, grouped.plan, x_TD.dtype)
-  dropped = (dropped_fraction(routing.valid, grouped.plan.kept_N) if num_groups == 1 else
-             sort.grouped_dropped_fraction(routing, grouped, num_groups))
-  return y_TD, {"dropped_fraction": dropped}
+  x_local = x_recv.transpose(1, 0, 2, 3).reshape(num_local, ep * rows, d_model)
+  y_local = jax.lax.psum(experts.apply(expert_params, x_local), model_axis)
+  y_back = y_local.reshape(num_local, ep, rows, d_model).transpose(1, 0, 2, 3)
+  y_ECD = _all_to_all(y_back, expert_axis).reshape(num_experts, rows, d_model)
+  return unpack(routing, y_ECD, carry, x_TD.dtype)
 
 
 def _padded_run(routing, x_TD, expert_params, experts, *, ep, expert_axis, model_axis,
                 local_impl, capacity_factor=None, num_groups=1):
   del capacity_factor, num_groups  # dropless: no capacity, groups change nothing
-  sort.check_sparse(routing, "expert-parallel dropless")
+  slots.check_sparse(routing, "expert-parallel dropless")
   num, num_local, d_model = routing.num_assignments, routing.num_experts // ep, x_TD.shape[1]
-  plan = sort.plan(routing.expert // num_local, routing.valid, ep, num)   # capacity N: no drops
-  x_send = sort.pack(routing, x_TD, plan).reshape(ep, num, d_model)
+  plan = slots.plan(routing.expert // num_local, routing.valid, ep, num)   # capacity N: no drops
+  x_send = slots.pack_slots(routing, x_TD, plan).reshape(ep, num, d_model)
   local_expert_N = jnp.where(routing.valid, routing.expert % num_local, -1)
-  e_send = sort.gather_slots(local_expert_N, plan, -1).reshape(ep, num)
+  e_send = slots.gather_slots(local_expert_N, plan, -1).reshape(ep, num)
   x_recv, e_recv = _all_to_all(x_send, expert_axis), _all_to_all(e_send, expert_axis)
   y_recv = _run_local_experts(x_recv.reshape(ep * num, d_model), e_recv.reshape(-1),
                               expert_params, experts, num_local, model_axis, local_impl)
   y_slots = _all_to_all(y_recv.reshape(ep, num, d_model), expert_axis)
-  y_TD = sort.unpack(routing, y_slots.reshape(ep * num, d_model), plan, x_TD.dtype)
+  y_TD = slots.unpack_slots(routing, y_slots.reshape(ep * num, d_model), plan, x_TD.dtype)
   return y_TD, {"dropped_fraction": jnp.zeros((), jnp.float32)}
 
 
 def _ragged_run(routing, x_TD, expert_params, experts, *, ep, expert_axis, model_axis,
                 local_impl, capacity_factor=None, num_groups=1):
   del capacity_factor, num_groups  # dropless: no capacity, groups change nothing
-  sort.check_sparse(routing, "expert-parallel dropless")
+  slots.check_sparse(routing, "expert-parallel dropless")
   num, num_local, d_model = routing.num_assignments, routing.num_experts // ep, x_TD.shape[1]
   order_N = jnp.argsort(jnp.where(routing.valid, routing.expert, routing.num_experts),
                         stable=True)                        # by expert, hence by destination
@@ -132,15 +122,18 @@ def resolve_exchange(exchange: str, backend: str | None = None) -> str:
   return exchange
 
 
-def capacity_exchange(name: str):
-  """The expert-parallel factory of a capacity dispatcher (sort, einsum: one capacity rule):
-  the sort dispatcher's [E,C,D] buffer cut into one piece per device."""
-  def factory(*, ep, expert_axis, model_axis, exchange):
-    del exchange   # only dropless has a choice of exchange
-    return Dispatcher(f"{name}[ep={ep}]", partial(_capacity_run, ep=ep, expert_axis=expert_axis,
-                                                  model_axis=model_axis),
-                      supports_soft=False, drops_tokens=True, merge_groups=True)
-  return factory
+def halves_exchange(dispatcher: Dispatcher, *, ep, expert_axis, model_axis) -> Dispatcher:
+  """The expert-parallel version of a dispatcher with halves: its own pack and unpack, the
+  all-to-all of the [E, C, D] buffer between them."""
+  return dispatcher._replace(
+      name=f"{dispatcher.name}[ep={ep}]", expert_parallel=None,
+      run=partial(_halves_run, pack=dispatcher.pack, unpack=dispatcher.unpack, ep=ep,
+                  expert_axis=expert_axis, model_axis=model_axis))
+
+
+def is_available(dispatcher: Dispatcher) -> bool:
+  """Whether `dispatcher` has an expert-parallel version: its own factory or its halves."""
+  return dispatcher.expert_parallel is not None or dispatcher.pack is not None
 
 
 def dropless_exchange(*, ep, expert_axis, model_axis, exchange):
@@ -155,7 +148,7 @@ def dropless_exchange(*, ep, expert_axis, model_axis, exchange):
 def make(dispatcher: Dispatcher, *, ep: int, expert_axis: str = "expert",
          model_axis: str = "model", exchange: str = "auto") -> Dispatcher:
   """The expert-parallel version of a single-device dispatcher, for use inside shard_map:
-  what its `expert_parallel` capability builds.
+  what its `expert_parallel` factory builds, else the exchange between its halves.
 
   With nothing to exchange (ep == 1) it is the dispatcher itself followed by the 'model' psum,
   so every dispatcher and router, soft MoE included, runs data- and tensor-parallel.
@@ -165,9 +158,11 @@ def make(dispatcher: Dispatcher, *, ep: int, expert_axis: str = "expert",
       y_TD, metrics = dispatcher.run(*args, **kwargs)
       return jax.lax.psum(y_TD, model_axis), metrics
     return dispatcher._replace(run=run_local)
-  if dispatcher.expert_parallel is None:
+  if dispatcher.expert_parallel is not None:
+    return dispatcher.expert_parallel(ep=ep, expert_axis=expert_axis, model_axis=model_axis,
+                                      exchange=exchange)
+  if dispatcher.pack is None:
     raise ValueError(f"moe: dispatcher {dispatcher.name!r} has no expert-parallel version "
-                     "(its expert_parallel capability is None); use a mesh with expert=1 or a "
-                     "dispatcher that has one ('sort', 'einsum', 'dropless')")
-  return dispatcher.expert_parallel(ep=ep, expert_axis=expert_axis, model_axis=model_axis,
-                                    exchange=exchange)
+                     "(no pack/unpack halves and no expert_parallel factory); use a mesh with "
+                     "expert=1 or a dispatcher that has one (e.g. 'sort', 'einsum', 'dropless')")
+  return halves_exchange(dispatcher, ep=ep, expert_axis=expert_axis, model_axis=model_axis)

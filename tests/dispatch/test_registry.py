@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moe_jax import dispatch, routing
-from moe_jax.dispatch import sort
+from moe_jax.dispatch import expert_parallel, sort
 from moe_jax.dispatch.base import Dispatcher
 from moe_jax.layer import MoEConfig, init_moe_layer, moe_layer
 from moe_jax.parallel import make_mesh
@@ -19,11 +19,14 @@ def registry(monkeypatch):
 
 
 def test_builtin_capabilities():
-  assert dispatch.names() == ["dropless", "einsum", "sort"]
+  assert {"dropless", "einsum", "sort"} <= set(dispatch.names())
   assert dispatch.get("sort").drops_tokens and dispatch.get("einsum").drops_tokens
   assert not dispatch.get("dropless").drops_tokens
   assert dispatch.get("einsum").supports_soft and not dispatch.get("sort").supports_soft
-  assert all(dispatch.get(n).expert_parallel is not None for n in dispatch.names())
+  assert all(expert_parallel.is_available(dispatch.get(n)) for n in ("dropless", "einsum", "sort"))
+  # sort and einsum are halves (one exchange serves both); dropless brings its own exchange
+  assert dispatch.get("sort").pack and dispatch.get("einsum").pack
+  assert dispatch.get("dropless").pack is None and dispatch.get("dropless").expert_parallel
 
 
 def test_router_capabilities():
@@ -67,3 +70,23 @@ def test_a_new_dispatcher_without_expert_parallel_runs_unsharded_and_is_refused_
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
   with pytest.raises(ValueError, match="dispatcher 'my_sort' has no expert-parallel version"):
     _layer(mine, make_mesh(data=2, expert=4))
+
+
+def test_a_new_dispatcher_made_of_halves_is_expert_parallel_with_no_more_code(registry):
+  """pack/unpack are all a dispatcher needs for expert parallelism: the one exchange runs its
+  own halves (here einsum's, which the former per-name factory replaced by sort's algorithm).
+  Its results equal the unsharded layer's, drops included."""
+  einsum = dispatch.get("einsum")
+  dispatch.register(Dispatcher.from_halves("my_einsum", einsum.pack, einsum.unpack,
+                                           supports_soft=False, drops_tokens=True))
+  seen = []
+  pack = lambda *a, **k: (seen.append("pack"), einsum.pack(*a, **k))[1]
+  dispatch.register(Dispatcher.from_halves("spy", pack, einsum.unpack, supports_soft=False,
+                                           drops_tokens=True))
+  base = dict(num_experts=8, expert_d_ff=32, router_options={"k": 2}, capacity_factor=1.0)
+  reference = _layer(MoEConfig(dispatcher="einsum", **base))
+  for name in ("my_einsum", "spy"):
+    got = _layer(MoEConfig(dispatcher=name, **base), make_mesh(data=2, expert=4))
+    for g, w in zip(got, reference):
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g, w)
+  assert seen   # the sharded layer called the dispatcher's own pack

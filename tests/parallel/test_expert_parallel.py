@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_jax import routing
+from moe_jax import dispatch, routing
 from moe_jax.layer import MoEConfig, init_moe_layer, moe_layer
 from moe_jax.parallel import make_mesh
+from tests import dispatchers
 
 D_MODEL, D_FF, NUM_EXPERTS = 16, 32, 8
 
@@ -59,14 +60,27 @@ MESHES = [dict(data=2, expert=4), dict(expert=8), dict(data=8, expert=1),
           dict(data=2, expert=2, model=2)]
 
 
-@pytest.mark.parametrize("dispatcher", ["sort", "dropless"])
-@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "-".join(f"{k}{v}" for k, v in m.items()))
+def _mesh_params():
+  """Every expert-parallel dispatcher on every mesh; `make test` runs the default and dropless
+  on all of them and every other dispatcher on the mesh that splits all three axes (each case
+  compiles on 8 devices), `make test-all` the rest too."""
+  params = []
+  for dispatcher in dispatchers.parallel():
+    for mesh in MESHES:
+      full = dispatcher in (dispatch.DEFAULT, "dropless") or mesh == MESHES[-1]
+      params.append(pytest.param(dispatcher, mesh, marks=[] if full else [pytest.mark.slow],
+                                 id=dispatcher + "-" + "-".join(f"{k}{v}"
+                                                               for k, v in mesh.items())))
+  return params
+
+
+@pytest.mark.parametrize("dispatcher, mesh", _mesh_params())
 def test_sharded_equals_unsharded(dispatcher, mesh):
   router = routing.get("topk", num_experts=NUM_EXPERTS, k=2)
   unsharded = _run(router, dispatcher, None)
   sharded = _run(router, dispatcher, make_mesh(**mesh))
   _assert_same(sharded, unsharded)
-  if dispatcher == "sort":   # capacity factor 1.0 drops tokens: the same ones on both
+  if dispatch.get(dispatcher).drops_tokens:   # capacity factor 1.0 drops: the same on both
     assert float(unsharded[0][1][1].metrics["dropped_fraction"]) > 0.05
 
 
@@ -81,13 +95,14 @@ ROUTER_CASES = [
 
 
 def _router_params():
-  """Every router with both dispatchers; `make test` runs one dispatcher per router (they
-  alternate, so each dispatcher meets half the routers), `make test-all` the other half too:
-  each case compiles on 8 devices, ~10 s of the 15-minute budget."""
+  """Every router with every expert-parallel dispatcher; `make test` runs one dispatcher per
+  router (they take turns, so each dispatcher meets some of the routers), `make test-all` all
+  pairs: each case compiles on 8 devices, ~10 s of the 15-minute budget."""
   params = []
+  names = dispatchers.parallel()
   for i, (name, options, extra) in enumerate(ROUTER_CASES):
-    for j, dispatcher in enumerate(("sort", "dropless")):
-      marks = [] if (i + j) % 2 == 0 else [pytest.mark.slow]
+    for j, dispatcher in enumerate(names):
+      marks = [] if (i + j) % len(names) == 0 else [pytest.mark.slow]
       params.append(pytest.param(name, options, extra, dispatcher, marks=marks,
                                  id=f"{name}-{dispatcher}"))
   return params
