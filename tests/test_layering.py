@@ -47,7 +47,7 @@ RANKS = {
     # a run's validated config: it checks config.task and the task's data against the
     # registered tasks, so it sits above them (a task gets a teacher's config through the
     # run services that run setup provides, moe_jax/tasks/base.py)
-    "moe_jax.config": 6, "moe_jax.overrides": 6,
+    "moe_jax.config": 6, "moe_jax.model_section": 6, "moe_jax.overrides": 6,
     # opening a run: model and optimizer on the mesh, tokenizer, which checkpoint to restore
     "moe_jax.run_setup": 7,
     # the commands

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from moe_jax.config import DTYPES
+from moe_jax.model_section import DTYPES
 from moe_jax.hf import convert, families, links, safetensors_io
 from moe_jax.models.transformer import DecoderLM, TransformerConfig, make_config
 
