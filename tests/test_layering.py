@@ -31,7 +31,8 @@ ROOTS = ("moe_jax", "experiments")
 # module must have one, so a new top-level module or package has to be placed here.
 RANKS = {
     # leaf utilities: they import no moe_jax module outside their own rank
-    "moe_jax": 0, "moe_jax.validation": 0, "moe_jax.parallel": 0, "moe_jax.workdir": 0,
+    "moe_jax": 0, "moe_jax.validation": 0, "moe_jax.registry": 0, "moe_jax.parallel": 0,
+    "moe_jax.workdir": 0,
     "moe_jax.checkpoint": 0, "moe_jax.run_log": 0, "moe_jax.interrupts": 0,
     "moe_jax.plots": 0,
     # the parts of one MoE layer, then the layer

@@ -14,8 +14,9 @@ from __future__ import annotations
 from moe_jax.dispatch import dropless, einsum, expert_parallel, sort
 from moe_jax.dispatch.base import Dispatcher
 from moe_jax.dispatch.slots import expert_capacity, position_in_expert
+from moe_jax.registry import Registry
 
-_DISPATCHERS: dict[str, Dispatcher] = {}
+_DISPATCHERS: Registry[Dispatcher] = Registry("dispatcher")
 DEFAULT = "sort"
 
 
@@ -23,21 +24,15 @@ def register(dispatcher: Dispatcher) -> Dispatcher:
   """Registers `dispatcher` under its name; another one under a taken name is an error."""
   if not isinstance(dispatcher, Dispatcher):
     raise ValueError(f"register() takes a Dispatcher, got {dispatcher!r}")
-  taken = _DISPATCHERS.get(dispatcher.name)
-  if taken is not None and taken is not dispatcher:
-    raise ValueError(f"dispatcher {dispatcher.name!r} is already registered")
-  _DISPATCHERS[dispatcher.name] = dispatcher
-  return dispatcher
+  return _DISPATCHERS.add(dispatcher.name, dispatcher)
 
 
 def names() -> list[str]:
-  return sorted(_DISPATCHERS)
+  return _DISPATCHERS.names()
 
 
 def get(name: str) -> Dispatcher:
-  if name not in _DISPATCHERS:
-    raise ValueError(f"unknown dispatcher {name!r}; allowed: {', '.join(names())}")
-  return _DISPATCHERS[name]
+  return _DISPATCHERS.get(name)
 
 
 # The built-in ones. sort and einsum are halves, so their expert-parallel version is the one

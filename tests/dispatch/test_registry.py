@@ -15,7 +15,7 @@ from moe_jax.parallel import make_mesh
 @pytest.fixture
 def registry(monkeypatch):
   """A private copy of the registry, so a test's dispatchers do not outlive it."""
-  monkeypatch.setattr(dispatch, "_DISPATCHERS", dict(dispatch._DISPATCHERS))
+  monkeypatch.setattr(dispatch._DISPATCHERS, "_items", dict(dispatch._DISPATCHERS._items))
 
 
 def test_builtin_capabilities():

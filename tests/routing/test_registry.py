@@ -74,4 +74,4 @@ def test_register_a_new_router_and_get_it_by_name():
       routing.register("test_first_expert")(lambda **kw: None)
   finally:
     from moe_jax.routing import registry
-    registry._FACTORIES.pop("test_first_expert")
+    registry._FACTORIES.remove("test_first_expert")
