@@ -10,10 +10,12 @@ from moe_jax.routing import losses
 from moe_jax.routing.base import (Router, Routing, assignment_metrics, soft_metrics,
                                   sparse_routing, token_choice_routing)
 from moe_jax.routing.registry import get, names, options, register
+from moe_jax.routing.wrappers import with_input_jitter
 
 # Built-in routers register themselves on import.
 from moe_jax.routing import (cluster, deepseek, dense, expert_choice, hashing, relu,  # noqa: E402,F401
                              sinkhorn, soft, topk)
 
 __all__ = ["Router", "Routing", "assignment_metrics", "get", "losses", "names", "options",
-           "register", "soft_metrics", "sparse_routing", "token_choice_routing"]
+           "register", "soft_metrics", "sparse_routing", "token_choice_routing",
+           "with_input_jitter"]

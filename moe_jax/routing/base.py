@@ -76,7 +76,9 @@ class Router(NamedTuple):
   name: str
   num_experts: int
   causal_safe: bool        # True iff a token's routing depends only on it and earlier tokens
-  options: dict[str, Any]  # the resolved options, for logs and configs
+  # the resolved options, for logs and configs (a registered factory's: filled in from its
+  # signature by routing.register)
+  options: dict[str, Any] | None = None
   needs_token_ids: bool = False   # routes by token id: route() needs token_ids (hash)
   soft: bool = False       # returns dense dispatch/combine weights (soft MoE), not assignments
   # The default training weight of every aux loss route() returns (0.0: reported, not trained

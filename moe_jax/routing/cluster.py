@@ -81,4 +81,4 @@ def cluster(*, num_experts: int, k: int = 1, update_rate: float = 0.1) -> Router
                                            "initialized": initialized})
 
   return Router(init, route, "cluster", num_experts, causal_safe=True,
-                options=dict(k=k, update_rate=update_rate), loss_weights={})
+                loss_weights={})

@@ -147,9 +147,5 @@ def deepseek(*, num_experts: int, k: int = 2, score: str = "sigmoid", num_groups
 
   return Router(partial(init_biased, num_experts=num_experts, init_scale=init_scale), route,
                 "deepseek", num_experts, causal_safe=True,
-                options=dict(k=k, score=score, num_groups=num_groups, top_groups=top_groups,
-                             renormalize=renormalize,
-                             routed_scaling_factor=routed_scaling_factor,
-                             bias_update_rate=bias_update_rate, init_scale=init_scale),
                 # V3: no Switch loss (reported only); its sequence-wise loss at alpha = 1e-4
                 loss_weights={"load_balancing": 0.0, "sequence_balance": SEQUENCE_BALANCE})

@@ -38,5 +38,4 @@ def dense(*, num_experts: int, init_scale: float = 1.0) -> Router:
     return routing
 
   return Router(init, route, "dense", num_experts, causal_safe=True,
-                options=dict(init_scale=init_scale),
                 loss_weights={"z_loss": ST_MOE_Z_LOSS, "importance": 0.0})

@@ -51,5 +51,4 @@ def expert_choice(*, num_experts: int, capacity_factor: float = 2.0,
         new_state=variables.get("state", {}))
 
   return Router(init, route, "expert_choice", num_experts, causal_safe=False,
-                options=dict(capacity_factor=capacity_factor, init_scale=init_scale),
                 loss_weights={"z_loss": ST_MOE_Z_LOSS})

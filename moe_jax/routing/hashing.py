@@ -48,4 +48,4 @@ def hash_router(*, num_experts: int, k: int = 1, seed: int = 0) -> Router:
                                 new_state=variables.get("state", {}))
 
   return Router(init, route, "hash", num_experts, causal_safe=True,
-                options=dict(k=k, seed=seed), needs_token_ids=True, loss_weights={})
+                needs_token_ids=True, loss_weights={})

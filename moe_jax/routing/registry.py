@@ -1,6 +1,7 @@
 """Routers by name: `register(name)` decorates a factory, `get(name, **options)` builds one."""
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable
 
@@ -11,8 +12,22 @@ _FACTORIES: Registry[Callable[..., Router]] = Registry("router")
 
 
 def register(name: str):
-  """Decorator: registers `factory(*, num_experts, **options) -> Router` under `name`."""
-  return lambda factory: _FACTORIES.add(name, factory)
+  """Decorator: registers `factory(*, num_experts, **options) -> Router` under `name`. The
+  Router it returns carries its resolved options (every keyword of the factory's signature
+  but num_experts, at the value given or its default) unless it sets them itself, so a
+  factory does not write its options twice."""
+  def decorate(factory):
+    @functools.wraps(factory)
+    def build(**kwargs):
+      router = factory(**kwargs)
+      if router.options is None:
+        params = inspect.signature(factory).parameters.values()
+        router = router._replace(options={
+            p.name: kwargs.get(p.name, p.default) for p in params
+            if p.kind == p.KEYWORD_ONLY and p.name != "num_experts"})
+      return router
+    return _FACTORIES.add(name, build)
+  return decorate
 
 
 def names() -> list[str]:

@@ -77,8 +77,5 @@ def relu(*, num_experts: int, k: int = 2, max_active: int | None = None,
     return routing
 
   return Router(init, route, "relu", num_experts, causal_safe=True,
-                options=dict(k=k, max_active=max_active, l1_init=l1_init,
-                             l1_update_rate=l1_update_rate, balanced_l1=balanced_l1,
-                             init_scale=init_scale),
                 # lambda adapts in the router state; the loss enters the training loss at 1
                 loss_weights={"l1_sparsity": 1.0})

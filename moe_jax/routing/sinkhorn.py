@@ -64,6 +64,4 @@ def sinkhorn(*, num_experts: int, k: int = 1, num_iters: int = 20, temperature: 
                                 new_state=variables.get("state", {}))
 
   return Router(init, route, "sinkhorn", num_experts, causal_safe=False,
-                options=dict(k=k, num_iters=num_iters, temperature=temperature,
-                             renormalize=renormalize, init_scale=init_scale),
                 loss_weights={"z_loss": ST_MOE_Z_LOSS})

@@ -58,5 +58,4 @@ def soft(*, num_experts: int, slots_per_expert: int = 1, normalize: bool = True,
                    new_state=variables.get("state", {}))
 
   return Router(init, route, "soft", num_experts, causal_safe=False,
-                options=dict(slots_per_expert=slots_per_expert, normalize=normalize,
-                             init_scale=init_scale), soft=True, loss_weights={})
+                soft=True, loss_weights={})

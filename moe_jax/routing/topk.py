@@ -16,6 +16,7 @@ from moe_jax.routing.base import (ST_MOE_Z_LOSS, SWITCH_BALANCE, Router, compute
 from moe_jax.routing.linear import (check_common, check_weight_learns, init_linear,
                                     linear_logits, require_rng)
 from moe_jax.routing.registry import register
+from moe_jax.routing.wrappers import with_input_jitter
 from moe_jax.validation import check_choice, check_float
 
 ORDERS = ("softmax_topk", "topk_softmax")
@@ -31,7 +32,8 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
   order: 'softmax_topk' takes the k largest softmax probabilities as weights (Switch, GShard;
     `renormalize` rescales them to sum to 1); 'topk_softmax' takes the softmax over the k largest
     logits (Mixtral; equal to softmax_topk with renormalisation).
-  jitter_eps: Switch's multiplicative jitter, x * U(1-eps, 1+eps), in training only.
+  jitter_eps: Switch's multiplicative jitter, x * U(1-eps, 1+eps), in training only (the
+    `with_input_jitter` wrapper, which composes with any router).
   noisy_gating: Shazeer's noisy top-k, logits + N(0,1) * softplus(x @ w_noise), in training only.
   batch_prioritized: V-MoE's batch-prioritised routing (Riquelme et al. 2021): under a capacity,
     the tokens with the highest top-1 probability keep their slots first (at every rank k)
@@ -42,7 +44,7 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
   check_common(owner, num_experts, k, init_scale)
   check_choice("order", order, ORDERS, owner=owner)
   check_weight_learns(owner, k, renormalize, order=order)
-  check_float("jitter_eps", jitter_eps, low=0.0, high=1.0, owner=owner)
+  check_float("jitter_eps", jitter_eps, low=0.0, high=1.0, owner=owner)   # before tracing
 
   def init(rng, d_model):
     params = {"w": init_linear(rng, d_model, num_experts, init_scale)}
@@ -55,19 +57,15 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
   def route(variables, x_TD, *, token_ids=None, rng=None, train=False):
     del token_ids
     params = variables["params"]
-    if train and (jitter_eps > 0 or noisy_gating):
-      require_rng("topk", rng, "jitter_eps > 0 or noisy_gating is set")
-      jitter_rng, noise_rng = jax.random.split(rng)
+    if train and noisy_gating:
+      require_rng("topk", rng, "noisy_gating is set")
     x_TD = x_TD.astype(compute_dtype(x_TD))
-    if train and jitter_eps > 0:
-      x_TD = x_TD * jax.random.uniform(jitter_rng, x_TD.shape, x_TD.dtype,
-                                       1.0 - jitter_eps, 1.0 + jitter_eps)
     logits_TE = linear_logits(params["w"], x_TD)
     if bias:
       logits_TE = logits_TE + params["b"]
     if train and noisy_gating:
       noise_std_TE = jax.nn.softplus(linear_logits(params["w_noise"], x_TD))
-      logits_TE = logits_TE + noise_std_TE * jax.random.normal(noise_rng, logits_TE.shape,
+      logits_TE = logits_TE + noise_std_TE * jax.random.normal(rng, logits_TE.shape,
                                                                logits_TE.dtype)
     probs_TE = jax.nn.softmax(logits_TE, axis=-1)
     if order == "softmax_topk":
@@ -87,12 +85,10 @@ def topk(*, num_experts: int, k: int = 1, order: str = "softmax_topk",
     }
     return routing.replace(aux_losses=aux, new_state=variables.get("state", {}))
 
-  return Router(init, route, "topk", num_experts, causal_safe=not batch_prioritized,
-                options=dict(k=k, order=order, renormalize=renormalize, jitter_eps=jitter_eps,
-                             noisy_gating=noisy_gating, init_scale=init_scale,
-                             batch_prioritized=batch_prioritized, bias=bias),
-                loss_weights={"load_balancing": SWITCH_BALANCE, "z_loss": ST_MOE_Z_LOSS,
-                              "importance": 0.0})
+  router = Router(init, route, "topk", num_experts, causal_safe=not batch_prioritized,
+                  loss_weights={"load_balancing": SWITCH_BALANCE, "z_loss": ST_MOE_Z_LOSS,
+                                "importance": 0.0})
+  return with_input_jitter(router, jitter_eps)
 
 
 @register("bias_balanced")
@@ -122,7 +118,5 @@ def bias_balanced(*, num_experts: int, k: int = 2, score: str = "sigmoid",
 
   init = partial(deepseek.init_biased, num_experts=num_experts, init_scale=init_scale)
   return Router(init, route, "bias_balanced", num_experts, causal_safe=True,
-                options=dict(k=k, score=score, bias_update_rate=bias_update_rate,
-                             renormalize=renormalize, init_scale=init_scale),
                 # auxiliary-loss-free: the Switch loss is reported, not trained on
                 loss_weights={"load_balancing": 0.0})

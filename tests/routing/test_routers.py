@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from moe_jax import routing
 from moe_jax.routing.expert_choice import expert_capacity
 from tests.routing.helpers import (D_MODEL, NUM_EXPERTS, make_router, route, skewed_tokens,
                                    token_ids, tokens)
@@ -248,3 +249,26 @@ def test_expert_choice_is_not_causal_safe_in_fact():
   a = route(router, variables, x)
   b = route(router, variables, x.at[16:].multiply(5.0))
   assert not np.allclose(a.combine_matrix()[:16], b.combine_matrix()[:16])
+
+
+@pytest.mark.parametrize("name", ["topk", "sinkhorn", "expert_choice"])
+def test_input_jitter_wraps_any_router_as_its_formula(name):
+  """with_input_jitter(router, eps): in training the router sees x * U(1-eps, 1+eps) drawn from
+  split(rng)[0] and routes with split(rng)[1]; in evaluation it is the router unchanged."""
+  inner = make_router(name)
+  router = routing.with_input_jitter(inner, 0.2)
+  variables = _init(inner)
+  x = tokens(64)
+  key = jax.random.PRNGKey(7)
+  jitter_key, inner_key = jax.random.split(key)
+  noise = jax.random.uniform(jitter_key, x.shape, x.dtype, 0.8, 1.2)
+  got = router.route(variables, x, rng=key, train=True)
+  want = inner.route(variables, x * noise, rng=inner_key, train=True)
+  np.testing.assert_array_equal(got.expert, want.expert)
+  np.testing.assert_allclose(got.weight, want.weight, rtol=1e-6)
+  plain = inner.route(variables, x, rng=inner_key, train=True)
+  assert not np.allclose(got.weight, plain.weight)          # the jitter moved the weights
+  np.testing.assert_array_equal(router.route(variables, x).weight, inner.route(variables, x).weight)
+  assert routing.with_input_jitter(inner, 0.0) is inner
+  with pytest.raises(ValueError, match="jitter_eps"):
+    routing.with_input_jitter(inner, 1.5)
