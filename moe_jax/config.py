@@ -31,7 +31,7 @@ from typing import Sequence, get_type_hints
 import ml_collections
 
 # Layering (tests/test_layering.py): config sits above the tasks and below run setup. It
-# imports `tasks` because validation checks config.task and the task's data (Task.check_data,
+# imports `tasks` because validation checks config.task and the task's data (TaskData.check,
 # Task.causal) against the registered tasks, and `validate` must do that whoever calls it (the
 # CLIs, the sweep harness, tests that import only this module), so the built-in tasks must be
 # loaded by this import. The edge points down: no task imports config or run setup; the
@@ -181,7 +181,7 @@ def _data(section: dict, model: TransformerConfig, mesh: MeshConfig, num_process
                       high=model.vocab_size, owner=owner)
     check_int("tokenizer_train_bytes", data.tokenizer_train_bytes, low=1, owner=owner)
     data = dataclasses.replace(data, vocab_size=vocab)
-  length = task.check_data(data, model, options)   # positions of one example
+  length = task.data.check(data, model, options)   # positions of one example
   shards = mesh.data * mesh.expert   # the batch is split over both
   for name in ("batch_size", "eval_batch_size"):
     value = check_int(name, getattr(data, name), low=1, owner=owner)

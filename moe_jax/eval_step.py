@@ -21,7 +21,7 @@ def make_eval_step(graphdef, task):
   @jax.jit
   def step(state, batch):
     model, _ = nnx.merge(graphdef, state)
-    out, routings = task.eval_sums(model, batch)
+    out, routings = task.eval.sums(model, batch)
     for i, r in enumerate(routings):
       if r is not None:
         out.update({f"layer{i}/{k}": r.metrics[k] for k in LAYER_METRICS if k in r.metrics})
@@ -39,7 +39,7 @@ def evaluate_split(eval_step, state, run, task, mesh, tokenizer, data) -> dict:
                shard_index=jax.process_index(), shard_count=processes)
   sums: dict[str, np.ndarray] = {}
   n = 0
-  for batch in task.eval_batches(run, tokenizer, data, **shard):
+  for batch in task.data.eval_batches(run, tokenizer, data, **shard):
     if run.data.eval_max_batches and n == run.data.eval_max_batches:
       break
     out = jax.device_get(eval_step(state, host_local_to_global(batch, mesh)))
@@ -47,7 +47,7 @@ def evaluate_split(eval_step, state, run, task, mesh, tokenizer, data) -> dict:
       sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
     n += 1
   layers = {k: v / n for k, v in sums.items() if k.startswith("layer")}
-  result = task.summarize({k: v for k, v in sums.items() if not k.startswith("layer")})
+  result = task.eval.summarize({k: v for k, v in sums.items() if not k.startswith("layer")})
   return {**result, **layers}
 
 

@@ -41,11 +41,11 @@ def evaluate(config=None, workdir=".", *, step: int | None = None, plots: bool =
   mesh = make_mesh(**dataclasses.asdict(run.mesh))
   graphdef, state, step = run_setup.restore_for_eval(run, workdir, mesh, step)
   tokenizer = run_setup.tokenizer(run, workdir, may_train=False)
-  data = task.validation_data(run, tokenizer)
+  data = task.data.validation(run, tokenizer)
   eval_step = make_eval_step(graphdef, task)   # compiled once, used by every pass
   result = {"step": step, "task": run.task,
             **evaluate_split(eval_step, state, run, task, mesh, tokenizer, data)}
-  result.update(task.evaluate_extras(EvalContext(run, graphdef, state, mesh, tokenizer, data,
+  result.update(task.eval.extras(EvalContext(run, graphdef, state, mesh, tokenizer, data,
                                                  eval_step)))
   result = nest_layers(result)
   interrupts.raise_if_pending()
@@ -78,7 +78,7 @@ def write_results(workdir: pathlib.Path, result: dict, *, plots: bool = True) ->
         [int(i) for i in layers], workdir / "expert_load.png",
         title=f"expert load, validation, step {result['step']}")
     written.append("expert_load.png")
-  return written + tasks.get(result["task"]).plots(result, workdir, read_metrics(workdir))
+  return written + tasks.get(result["task"]).eval.plots(result, workdir, read_metrics(workdir))
 
 
 def main(argv):
@@ -90,7 +90,7 @@ def main(argv):
                                     overrides=cli.config_overrides())
   if jax.process_index() != 0:
     return
-  print(tasks.get(result["task"]).report(result, workdir), flush=True)   # before any file
+  print(tasks.get(result["task"]).eval.report(result, workdir), flush=True)   # before any file
   written = cli.run_reporting_errors(write_results, workdir, result)
   print(f"wrote {', '.join(written)} in {workdir}; TensorBoard: tensorboard --logdir "
         f"{workdir / 'tensorboard'}")

@@ -187,7 +187,7 @@ def checkpoint_meta_defaults() -> dict:
 def tokenizer(run, workdir: pathlib.Path | None, *, may_train: bool):
   """The run's tokenizer. A SentencePiece model is trained and saved by process 0 only (the
   workdir is shared, as checkpointing needs); the other processes wait and load it."""
-  source = tasks.get(run.task).text_source(run.data)
+  source = tasks.get(run.task).data.text_source(run.data)
   load = lambda train: datasets.load_or_train_tokenizer(run.data, source, workdir,
                                                         may_train=train)
   if not may_train or run.data.tokenizer == "byte" or jax.process_count() == 1:
@@ -306,7 +306,7 @@ class Session(NamedTuple):
 def train_iterator(run, tok):
   """The run's training batches from the start: this process's shard of the global batch."""
   processes = jax.process_count()
-  return tasks.get(run.task).train_iterator(
+  return tasks.get(run.task).data.train_iterator(
       run, tok, batch_size=run.data.batch_size // processes, seed=run.seed,
       shard_index=jax.process_index(), shard_count=processes)
 

@@ -222,7 +222,7 @@ class _Loop:
   def validate(self) -> dict:
     s = self.s
     if self.validation is None:   # read (and tokenized) once, at the first evaluation
-      self.validation = s.task.validation_data(s.run, s.tokenizer)
+      self.validation = s.task.data.validation(s.run, s.tokenizer)
     return evaluate_split(self.eval_step, self.state, s.run, s.task, s.mesh, s.tokenizer,
                           self.validation)
 
@@ -231,7 +231,7 @@ class _Loop:
     self.log.write(self.run.steps, {f"eval/{k}": v for k, v in evaluation.items()
                                     if k != "confusion"})
     self.log.message(f"step {self.run.steps}: validation loss {evaluation['loss']:.4f}, "
-                     f"{self.s.task.headline(evaluation)}")
+                     f"{self.s.task.eval.headline(evaluation)}")
     return evaluation
 
 

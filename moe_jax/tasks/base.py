@@ -25,37 +25,46 @@ class Section(NamedTuple):
   check: Callable[[Any], Any] = lambda options: options
 
 
-class Task(NamedTuple):
-  name: str
-  causal: bool
+class TaskData(NamedTuple):
+  """What a task reads: its checks of config.data and its batches."""
   # (data: DataConfig, model: TransformerConfig, options) -> positions of one example, where
-  # options maps every task section's name to its checked dataclass. The task's checks of
-  # config.data; errors name the field.
-  check_data: Callable[..., int]
+  # options maps every task section's name to its checked dataclass; errors name the field
+  check: Callable[..., int]
   # (data) -> the dataset whose training text a SentencePiece tokenizer is trained on
   text_source: Callable[..., str]
-  # (run, mesh, rngs) -> the nnx model
-  build_model: Callable[..., Any]
   # (run, tokenizer, *, batch_size, seed, shard_index, shard_count) -> resumable grain iterator
   train_iterator: Callable[..., Any]
   # (run, tokenizer) -> the validation split, read once per run
-  validation_data: Callable[..., Any]
+  validation: Callable[..., Any]
   # (run, tokenizer, data, *, batch_size, shard_index, shard_count) -> host batches
   eval_batches: Callable[..., Any]
-  # (model, batch, *, train, rngs) -> (loss, metrics, routings); the trainer adds aux losses
-  loss: Callable[..., tuple]
+
+
+class TaskEval(NamedTuple):
+  """How a task is evaluated and reported."""
   # (model, batch) -> (sums over the batch's examples, routings); jitted by the evaluator
-  eval_sums: Callable[..., tuple]
+  sums: Callable[..., tuple]
   # (sums over the split: dict of float64 arrays) -> headline metrics (loss, accuracy, ...)
   summarize: Callable[[dict], dict]
   # (metrics) -> a few words for the final log line, e.g. 'bits/byte 2.0180'
   headline: Callable[[dict], str]
   # (context: EvalContext) -> what only `evaluate` reports (baselines, samples, ...)
-  evaluate_extras: Callable[..., dict]
+  extras: Callable[..., dict]
   # (result, workdir) -> the lines `python -m moe_jax.evaluate` prints
   report: Callable[..., str]
   # (result, workdir, metrics_records) -> names of the plots written into workdir
   plots: Callable[..., list]
+
+
+class Task(NamedTuple):
+  name: str
+  causal: bool
+  data: TaskData
+  # (run, mesh, rngs) -> the nnx model
+  build_model: Callable[..., Any]
+  # (model, batch, *, train, rngs) -> (loss, metrics, routings); the trainer adds aux losses
+  loss: Callable[..., tuple]
+  eval: TaskEval
   # the nnx filter of what the optimizer trains (a distilled student: not the teacher)
   trainable: Any = nnx.Param
   # (run, model, mesh) -> None: fills a freshly built model before a run's first step (a
@@ -75,7 +84,7 @@ class EvalContext(NamedTuple):
   state: Any
   mesh: Any
   tokenizer: Any
-  data: Any            # task.validation_data(run, tokenizer)
+  data: Any            # task.data.validation(run, tokenizer)
   eval_step: Callable  # jitted (state, global batch) -> sums and per-layer routing metrics
 
 

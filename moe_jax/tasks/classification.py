@@ -17,7 +17,7 @@ from moe_jax.data import datasets
 from moe_jax.data.classification import eval_example_batches
 from moe_jax.models import EncoderClassifier
 from moe_jax.parallel.distributed import host_local_to_global
-from moe_jax.tasks.base import Section, Task
+from moe_jax.tasks.base import Section, Task, TaskData, TaskEval
 from moe_jax.tasks.registry import register
 from moe_jax.validation import check_choice, check_int
 
@@ -177,8 +177,9 @@ def plots(result: dict, workdir, records) -> list[str]:
 
 
 TASK = register(Task(
-    name="classification", causal=False, check_data=check_data,
-    text_source=lambda data: data.dataset, build_model=build_model,
-    train_iterator=train_iterator, validation_data=validation_data, eval_batches=eval_batches,
-    loss=loss, eval_sums=eval_sums, summarize=summarize, headline=headline,
-    evaluate_extras=evaluate_extras, report=report, plots=plots, sections=(SECTION,)))
+    name="classification", causal=False,
+    data=TaskData(check_data, lambda data: data.dataset, train_iterator, validation_data,
+                  eval_batches),
+    build_model=build_model, loss=loss,
+    eval=TaskEval(eval_sums, summarize, headline, evaluate_extras, report, plots),
+    sections=(SECTION,)))

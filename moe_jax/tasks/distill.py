@@ -54,7 +54,7 @@ from flax import nnx
 
 from moe_jax.models import DecoderLM
 from moe_jax.tasks import lm
-from moe_jax.tasks.base import EvalContext, Section, Task, run_services
+from moe_jax.tasks.base import EvalContext, Section, Task, TaskEval, run_services
 from moe_jax.tasks.registry import register
 from moe_jax.validation import check_float, check_int
 
@@ -328,11 +328,9 @@ def report(result: dict, workdir) -> str:
 
 
 TASK = register(Task(
-    name="distill", causal=True, check_data=lm.check_data, text_source=lm.TASK.text_source,
-    build_model=build_model, train_iterator=lm.train_iterator,
-    validation_data=lm.validation_data, eval_batches=lm.eval_batches, loss=loss,
-    eval_sums=eval_sums, summarize=summarize, headline=headline,
-    evaluate_extras=evaluate_extras, report=report, plots=lm.plots,
+    name="distill", causal=True, data=lm.TASK.data,     # the LM's data, the LM's batches
+    build_model=build_model, loss=loss,
+    eval=TaskEval(eval_sums, summarize, headline, evaluate_extras, report, lm.plots),
     trainable=nnx.All(nnx.Param, nnx.Not(nnx.PathContains("teacher"))),
     initialize=initialize, chosen_at_start=("distill.teacher_step",),
     sections=(Section("distill", DistillConfig, check_options),)))

@@ -14,7 +14,7 @@ import optax
 
 from moe_jax.data import datasets, eval_batches as window_batches
 from moe_jax.models import DecoderLM
-from moe_jax.tasks.base import Task
+from moe_jax.tasks.base import Task, TaskData, TaskEval
 from moe_jax.tasks.registry import register
 from moe_jax.validation import check_choice, check_int
 
@@ -141,7 +141,8 @@ def plots(result: dict, workdir, records) -> list[str]:
 
 
 TASK = register(Task(
-    name="lm", causal=True, check_data=check_data, text_source=lambda data: data.corpus,
-    build_model=build_model, train_iterator=train_iterator, validation_data=validation_data,
-    eval_batches=eval_batches, loss=loss, eval_sums=eval_sums, summarize=summarize,
-    headline=headline, evaluate_extras=evaluate_extras, report=report, plots=plots))
+    name="lm", causal=True,
+    data=TaskData(check_data, lambda data: data.corpus, train_iterator, validation_data,
+                  eval_batches),
+    build_model=build_model, loss=loss,
+    eval=TaskEval(eval_sums, summarize, headline, evaluate_extras, report, plots)))
