@@ -138,6 +138,7 @@ def test_divergence_says_when_the_newest_finite_checkpoint_is_already_dead(refer
       r"--config\.restore_step=8$")
 
 
+@pytest.mark.slow   # make test's budget: test-all
 def test_a_torn_last_metrics_line_is_dropped_and_a_corrupt_one_named(reference, tmp_path):
   """Issue 28, 10: one torn line in metrics.jsonl blocked every rerun and `evaluate` with
   `error: Unterminated string starting at ...`, naming no file. A torn last line (the run
@@ -168,6 +169,7 @@ def test_a_torn_last_metrics_line_is_dropped_and_a_corrupt_one_named(reference, 
   assert snapshot(workdir) == before
 
 
+@pytest.mark.slow   # make test's budget: test-all
 def test_corrupt_checkpoint_error_prints_a_command_that_resumes(reference, tmp_path):
   """The command in the message (the user's own, plus --config.restore_step=N) runs as
   printed and reproduces the uninterrupted run; no TensorStore spec in the message."""

@@ -112,6 +112,7 @@ def test_a_student_of_another_width_is_refused(teacher):
                         num_devices=jax.device_count())
 
 
+@pytest.mark.slow   # make test's budget: test-all
 def test_switch_recipe_cli_starts_near_the_teacher(teacher, tmp_path):
   """`--config.distill.init_from_teacher=True --config.distill.alpha=0.25` trains; the
   student's first-step CE is much closer to the teacher's loss than a random student's."""
@@ -137,6 +138,7 @@ def test_switch_recipe_cli_starts_near_the_teacher(teacher, tmp_path):
   assert recorded["alpha"] == 0.25
 
 
+@pytest.mark.slow   # make test's budget: test-all
 def test_corrupt_teacher_error_prints_a_command_that_works(teacher, tmp_path):
   """Issue 28, 8: the message suggested the student's --config.restore_step; the printed
   command (with --config.distill.teacher_step=N) now runs as printed and records step N."""

@@ -32,9 +32,16 @@ def test_blocked_matmul_forward_and_gradient_match_per_row_weights(num_blocks):
   chex.assert_trees_all_close(grads(fast), grads(reference), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["spill", "blocked", "ragged"])
-@pytest.mark.parametrize("router_name,options", [("topk", {"k": 2}), ("relu", {}),
-                                                 ("hash", {"k": 1})])
+def _one_expert_params():
+  """Every impl with every router; 'ragged' (dense on CPU, TPU's default) only with topk in
+  make test's budget, with the other routers in test-all."""
+  routers = [("topk", {"k": 2}), ("relu", {}), ("hash", {"k": 1})]
+  return [pytest.param(impl, name, options, id=f"{name}-options{i}-{impl}",
+                       marks=[pytest.mark.slow] if impl == "ragged" and name != "topk" else [])
+          for i, (name, options) in enumerate(routers) for impl in ("spill", "blocked", "ragged")]
+
+
+@pytest.mark.parametrize("impl,router_name,options", _one_expert_params())
 def test_dropless_equals_reference_even_when_all_tokens_pick_one_expert(impl, router_name,
                                                                         options):
   router = routing.get(router_name, num_experts=8, **options)

@@ -19,6 +19,7 @@ def compared(tmp_path_factory):
   return workdir, result, said
 
 
+@pytest.mark.xdist_group("compared")   # one worker builds the module's runs once
 def test_the_comparison_is_the_paired_one_over_the_runs_records(compared):
   _, result, said = compared
   assert said[0].startswith("sweep compare-topk_k=2: 4 runs (2 points x 2 seeds)")
@@ -37,6 +38,7 @@ def test_the_comparison_is_the_paired_one_over_the_runs_records(compared):
   assert [r["experts_per_token"] for r in result.arm("top-1")] == pytest.approx([1, 1])
 
 
+@pytest.mark.xdist_group("compared")   # one worker builds the module's runs once
 def test_a_rerun_reuses_the_finished_runs(compared):
   workdir, result, _ = compared
   said = []
@@ -47,6 +49,7 @@ def test_a_rerun_reuses_the_finished_runs(compared):
   assert again.comparisons == result.comparisons
 
 
+@pytest.mark.xdist_group("compared")   # one worker builds the module's runs once
 def test_other_settings_in_the_same_workdir_are_refused(compared):
   workdir, _, _ = compared
   with pytest.raises(Exception, match="optim.learning_rate"):
