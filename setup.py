@@ -27,6 +27,7 @@ setup(
         "absl-py>=1.0",           # the CLIs' flags
         "scikit-learn>=1.3",      # the bundled digits dataset and the classification baselines
         "sentencepiece>=0.2.0",   # the trained subword tokenizer (data.tokenizer='sentencepiece')
+        "pyarrow>=14",            # parquet corpora (data.corpus='files')
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "hypothesis>=6.100"],

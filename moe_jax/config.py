@@ -10,9 +10,10 @@
 keys, with their checks: moe_jax/model_section.py) and each registered task's own sections
 (its options: moe_jax/tasks/base.py `Section`): a config file sets only what it changes, every
 field can be overridden from the command line whether or not the file sets it
-(`moe_jax.overrides`), and an unknown key is an error naming the closest known one. Every check runs here, before anything is built or compiled; every error
-names the field as it is spelled on the command line (`config.model.num_experts`) and what is
-allowed. The task (`config.task`) adds its own checks of `config.data` (`moe_jax.tasks`).
+(`moe_jax.overrides`), and an unknown key is an error naming the closest known one. Every
+check runs here, before anything is built or compiled; every error names the field as it is
+spelled on the command line (`config.model.num_experts`) and what is allowed. The task
+(`config.task`) adds its own checks of `config.data` (`moe_jax.tasks`).
 
 Forgiving where the intent is clear, and saying so once (`RunConfig.notes`): a warmup longer
 than the run is clipped to it; router options from the config file that the chosen router does
@@ -53,7 +54,10 @@ BYTE_VOCAB = 256
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  corpus: str = "pydoc_topics"         # task 'lm': an embedded corpus or a tfds LM dataset
+  corpus: str = "pydoc_topics"         # task 'lm': an embedded corpus, a tfds LM dataset or 'files'
+  files: str = ""                      # corpus 'files': globs of .txt/.jsonl/.parquet (data.md)
+  validation_files: str = ""           # corpus 'files': '' = ~1/10 of documents held out
+  text_field: str = "text"             # corpus 'files': the .jsonl field / .parquet column
   dataset: str = "digits"              # task 'classification': embedded or tfds
   data_dir: str = ""                   # tfds datasets: '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   tokenizer: str = "byte"              # 'byte' or 'sentencepiece' (trained into the workdir)

@@ -108,12 +108,16 @@ def restore_meta(run: config_lib.RunConfig) -> dict:
 
 # What a run trains on: a resume that changes one of these is refused (data_meta).
 DATA_FIELDS = ("corpus", "dataset", "tokenizer", "vocab_size", "seq_len")
+# what else names the data of a corpus of local files (compared only for such a run, so the
+# checkpoints of other runs, which do not record them, compare as before)
+FILES_FIELDS = ("files", "validation_files", "text_field")
 
 
 def data_meta(run: config_lib.RunConfig) -> dict:
   """{config field: value} of what the run trains on (the vocab size as validation resolves
   it)."""
-  return {"task": run.task, **{f"data.{f}": getattr(run.data, f) for f in DATA_FIELDS}}
+  fields = DATA_FIELDS + (FILES_FIELDS if run.data.corpus == "files" else ())
+  return {"task": run.task, **{f"data.{f}": getattr(run.data, f) for f in fields}}
 
 
 def _recorded_data(tree: dict) -> dict:
@@ -121,7 +125,8 @@ def _recorded_data(tree: dict) -> dict:
   data = dict(tree.get("data", {}))
   if data.get("tokenizer") == "sentencepiece":
     data["vocab_size"] = data.get("vocab_size") or tree.get("model", {}).get("vocab_size")
-  return {"task": tree.get("task"), **{f"data.{f}": data.get(f) for f in DATA_FIELDS}}
+  fields = DATA_FIELDS + (FILES_FIELDS if data.get("corpus") == "files" else ())
+  return {"task": tree.get("task"), **{f"data.{f}": data.get(f) for f in fields}}
 
 
 def check_same_data(run, workdir: pathlib.Path, meta: dict, step: int) -> None:

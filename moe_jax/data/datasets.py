@@ -4,10 +4,11 @@
     it = lm_train_iterator(run.data, tokenizer, batch_size=b, seed=0)  # or classification_...
     tokens = lm_validation_tokens(run.data, tokenizer)
 
-Names. LM: the embedded corpora (`corpora.corpus_names()`) and the tfds LM datasets
-(`lm1b`, `tiny_shakespeare`). Classification: the embedded tasks (`digits`, `stdlib_package`)
-and the tfds ones (`imdb_reviews`, `ag_news_subset`, `mnist`, `cifar10`). tfds datasets are
-read from ``data.data_dir`` (see `tfds_data`); nothing is downloaded.
+Names. LM: the embedded corpora (`corpora.corpus_names()`), the tfds LM datasets
+(`lm1b`, `tiny_shakespeare`) and `files`, a user's own files (`local_files`). Classification:
+the embedded tasks (`digits`, `stdlib_package`) and the tfds ones (`imdb_reviews`,
+`ag_news_subset`, `mnist`, `cifar10`). tfds datasets are read from ``data.data_dir`` (see
+`tfds_data`); nothing is downloaded.
 
 Token streams. A document becomes its tokens followed by the end-of-document marker: the
 SentencePiece ``</s>`` id, or for the byte tokenizer the corpora's blank-line separator
@@ -33,7 +34,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from moe_jax.data import classification, corpora, tfds_data
+from moe_jax.data import classification, corpora, local_files, tfds_data
 from moe_jax.data.classification import TASK_SHAPES
 from moe_jax.data.pipeline import make_iterator
 from moe_jax.data.tokenizer import ByteTokenizer
@@ -42,7 +43,7 @@ TOKENIZER_FILE = "tokenizer.model"
 
 
 def lm_names() -> tuple[str, ...]:
-  return corpora.corpus_names() + tfds_data.names("lm")
+  return corpora.corpus_names() + tfds_data.names("lm") + (local_files.NAME,)
 
 
 def classification_names() -> tuple[str, ...]:
@@ -76,6 +77,11 @@ def _documents(name: str, data, split: str) -> Iterator[str]:
     for _, text in corpora.split_documents(name, split):
       yield text.decode("utf-8")
     return
+  if name == local_files.NAME:
+    documents = local_files.FileDocuments(data, split)
+    for i in range(len(documents)):
+      yield documents[i]
+    return
   spec = tfds_data.spec(name)
   source = tfds_data.open_split(spec.name, split, _data_dir(data))
   for i in range(len(source)):
@@ -83,7 +89,7 @@ def _documents(name: str, data, split: str) -> Iterator[str]:
 
 
 def _split_name(name: str, which: str) -> str:
-  if name in corpora.corpus_names():
+  if name in corpora.corpus_names() or name == local_files.NAME:
     return which
   spec = tfds_data.spec(name)
   return spec.train_split if which == "train" else spec.validation_split
@@ -160,6 +166,11 @@ def lm_train_iterator(data, tokenizer, *, batch_size: int, seed: int,
     return PackedWindows(
         source, lambda ex: document_tokens(tfds_data.example_text(ex, spec.text_fields),
                                            tokenizer), seq_len=data.seq_len, **shard)
+  if data.corpus == local_files.NAME:   # streamed: the files need not fit in memory
+    from moe_jax.data.packing import PackedWindows
+    return PackedWindows(local_files.FileDocuments(data, "train"),
+                         lambda text: document_tokens(text, tokenizer), seq_len=data.seq_len,
+                         **shard)
   return make_iterator(_token_stream(data, tokenizer, _split_name(data.corpus, "train")),
                        seq_len=data.seq_len, **shard)
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from moe_jax.data import datasets, eval_batches as window_batches
+from moe_jax.data import datasets, eval_batches as window_batches, local_files
 from moe_jax.models import DecoderLM
 from moe_jax.tasks.base import Task, TaskData, TaskEval
 from moe_jax.tasks.registry import register
@@ -22,6 +22,10 @@ from moe_jax.validation import check_choice, check_int
 def check_data(data, model, options) -> int:
   del options
   check_choice("corpus", data.corpus, datasets.lm_names(), owner="config.data")
+  if data.corpus == local_files.NAME:    # the globs match readable formats (contents: later)
+    local_files.check_files(data.files, "files")
+    if data.validation_files:
+      local_files.check_files(data.validation_files, "validation_files")
   return check_int("seq_len", data.seq_len, low=1, high=model.max_len, owner="config.data")
 
 
