@@ -3,6 +3,7 @@ held-out split, packing with exact resume, and every bad input as one line, thro
 The tests write their own files."""
 import dataclasses
 import json
+import signal
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pytest
 from moe_jax.config import DataConfig
 from moe_jax.data import datasets, local_files
 from moe_jax.data.tokenizer import ByteTokenizer
+from tests.test_cli_runs import _start, _wait_until
 from tests.train_helpers import assert_one_line_error, cli_command, losses, run_cli, snapshot
 
 
@@ -138,3 +140,25 @@ def test_a_sentencepiece_tokenizer_trains_on_the_training_files(tmp_path):
   tok = datasets.load_or_train_tokenizer(data, "files", tmp_path)
   assert tok.vocab_size == 512 and (tmp_path / datasets.TOKENIZER_FILE).exists()
   assert tok.decode(tok.encode(texts[0])) == texts[0]
+
+
+@pytest.mark.xdist_group("subprocess_training")
+def test_a_run_killed_mid_training_resumes_with_the_uninterrupted_losses(corpus,
+                                                                         tmp_path_factory):
+  """SIGKILL after checkpoint 3 of an 8-step run on local files; the rerun restores the packed
+  iterator's (document, offset) and logs exactly the uninterrupted run's losses."""
+  root, _ = corpus
+  flags = ["--config.data.corpus=files", f"--config.data.files={root}/*", "--config.steps=8",
+           "--config.checkpoint.every=3"]
+  tmp_path = tmp_path_factory.mktemp("runs")     # beside the corpus, not in it
+  reference = tmp_path / "reference"
+  assert run_cli(cli_command(reference, *flags, cpu_devices=1)).returncode == 0
+  workdir, log = tmp_path / "run", tmp_path / "killed.log"
+  killed = _start(cli_command(workdir, *flags, cpu_devices=1), log)
+  _wait_until(lambda: max(losses(workdir), default=0) >= 5, killed, log)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait(timeout=60)
+  rerun = run_cli(cli_command(workdir, *flags, cpu_devices=1))
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "resumed from checkpoint step" in rerun.stdout
+  assert losses(workdir) == losses(reference)
