@@ -1,4 +1,5 @@
-"""Evaluate a trained run: python -m moe_jax.evaluate --workdir DIR [--step N] [--config.a.b=v ...]
+"""Evaluate a trained run: python -m moe_jax.evaluate --workdir DIR [--step N] [--text GLOB]
+[--config.a.b=v ...]
 
 Loads the run's latest accepted config (DIR/config.json and config_history.jsonl) and its
 newest (or step N's) checkpoint, runs the task's validation pass and its extras, prints the
@@ -81,16 +82,31 @@ def write_results(workdir: pathlib.Path, result: dict, *, plots: bool = True) ->
   return written + tasks.get(result["task"]).eval.plots(result, workdir, read_metrics(workdir))
 
 
+def text_overrides(text: str) -> list[str]:
+  """`--text GLOB`: the run's validation pass on the documents of those files (.txt blocks,
+  .jsonl / .parquet field `text`: moe_jax/data/local_files.py), all of them, with the run's
+  own tokenizer."""
+  return ["data.corpus=files", f"data.files={text}", f"data.validation_files={text}",
+          "data.eval_max_batches=0"]
+
+
 def main(argv):
   del argv
   from moe_jax import cli
   cli.init_runtime()
   workdir = pathlib.Path(cli.FLAGS.workdir).expanduser().absolute()
+  overrides = cli.config_overrides()
+  if cli.FLAGS.text:
+    overrides = text_overrides(cli.FLAGS.text) + overrides
   result = cli.run_reporting_errors(evaluate, None, workdir, step=cli.FLAGS.step, write=False,
-                                    overrides=cli.config_overrides())
+                                    overrides=overrides)
   if jax.process_index() != 0:
     return
   print(tasks.get(result["task"]).eval.report(result, workdir), flush=True)   # before any file
+  if cli.FLAGS.text:
+    print(f"evaluated on {cli.FLAGS.text!r} (documents in full); the run's eval.json and plots "
+          "are left as they are")
+    return
   written = cli.run_reporting_errors(write_results, workdir, result)
   print(f"wrote {', '.join(written)} in {workdir}; TensorBoard: tensorboard --logdir "
         f"{workdir / 'tensorboard'}")
@@ -102,4 +118,7 @@ if __name__ == "__main__":
   from moe_jax import cli
   cli.define_flags(with_config=False)
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the newest).")
+  flags.DEFINE_string("text", None, "Evaluate on these files instead of the run's validation "
+                      "split: a glob of .txt/.jsonl/.parquet (docs/evaluation.md); prints loss "
+                      "and bits per byte, writes nothing into the workdir.")
   cli.run(main)
