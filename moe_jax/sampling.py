@@ -1,9 +1,13 @@
 """Continuing a prompt with a trained decoder: greedy or temperature / top-k sampling.
 
-Sampling recomputes the whole window for every new token (no KV cache): simple and exactly the
-training forward pass, and cheap at these sizes. It runs on one device with the `dropless`
-dispatcher, the one strictly causal dispatcher, so the positions after the cursor (zeros)
-cannot change which experts earlier tokens use.
+With the KV cache (the default): one prefill of the prompt, then one jitted step per token
+that attends to the cached keys and values (`DecoderLM.decode`): per-token cost independent of
+the context's length. It gives the logits of recomputing the whole window for every new token
+(tests/models/test_kv_cache.py), which `cache=False` still does, and which is also used when
+the prompt plus the new tokens exceed the window (`data.seq_len`), since recomputation then
+slides the window and a cache of the whole text would see more context than training did.
+Both run on one device with the `dropless` dispatcher, the one strictly causal dispatcher, so
+later positions cannot change which experts earlier tokens use.
 """
 from __future__ import annotations
 
@@ -42,9 +46,27 @@ def _next_logits(model, tokens_1L, position):
   return logits[0, position]
 
 
+def describe(run, prompt_tokens: int, num_tokens: int) -> str:
+  """How `sample` continues a prompt of this many tokens: with the KV cache, or recomputing a
+  sliding window when prompt and continuation exceed it."""
+  if prompt_tokens + num_tokens <= run.data.seq_len:
+    return "KV cache"
+  return (f"recomputation of a sliding window ({prompt_tokens} + {num_tokens} tokens exceed "
+          "it; no KV cache)")
+
+
+@nnx.jit
+def _decode(model, tokens_1L, caches, start):
+  """Logits of the new tokens and the updated caches (compiled once per input length: the
+  prefill's and the one-token step's)."""
+  logits, _, caches = model.decode(tokens_1L, caches, start)
+  return logits, caches
+
+
 def sample(run, model_state, prompt: str, *, num_tokens: int, temperature: float, top_k: int,
-           tokenizer, seed: int = 0) -> str:
-  """Continues `prompt` by `num_tokens` tokens; temperature 0 is greedy.
+           tokenizer, seed: int = 0, cache: bool = True) -> str:
+  """Continues `prompt` by `num_tokens` tokens; temperature 0 is greedy; `cache=False`
+  recomputes the window for every token instead of decoding with the KV cache.
   `model_state`: the model's nnx.State as host arrays (`host_model_state`)."""
   config = sampling_model_config(run.model)
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0))))
@@ -52,12 +74,19 @@ def sample(run, model_state, prompt: str, *, num_tokens: int, temperature: float
   window = run.data.seq_len
   ids = list(tokenizer.encode(prompt)) or [0]
   rng = jax.random.PRNGKey(seed)
+  cached = cache and len(ids) + num_tokens <= window
+  if cached:
+    caches = model.init_cache(1, len(ids) + num_tokens)
+    logits_1L, caches = _decode(model, jnp.asarray([ids], jnp.int32), caches, 0)
   for _ in range(num_tokens):
-    context = ids[-window:]
-    buffer = np.zeros((1, window), np.int32)
-    buffer[0, :len(context)] = context
-    # Only ids the tokenizer can decode (the embedding table may be larger).
-    logits = _next_logits(model, jnp.asarray(buffer), len(context) - 1)[:tokenizer.vocab_size]
+    if cached:
+      logits = logits_1L[0, -1]
+    else:
+      context = ids[-window:]
+      buffer = np.zeros((1, window), np.int32)
+      buffer[0, :len(context)] = context
+      logits = _next_logits(model, jnp.asarray(buffer), len(context) - 1)
+    logits = logits[:tokenizer.vocab_size]   # only ids the tokenizer can decode
     if temperature == 0:
       token = int(jnp.argmax(logits))
     else:
@@ -67,4 +96,7 @@ def sample(run, model_state, prompt: str, *, num_tokens: int, temperature: float
         logits = jnp.where(logits < jax.lax.top_k(logits, top_k)[0][-1], -jnp.inf, logits)
       token = int(jax.random.categorical(key, logits))
     ids.append(token)
+    if cached and len(ids) < caches[0][0].shape[1]:   # the last token needs no logits
+      logits_1L, caches = _decode(model, jnp.asarray([[token]], jnp.int32), caches,
+                                  len(ids) - 1)
   return tokenizer.decode(np.asarray(ids[len(tokenizer.encode(prompt)):], np.int32))

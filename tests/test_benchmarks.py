@@ -53,3 +53,13 @@ def test_batched_matmul_benchmark_runs(tmp_path):
                               "2", "8", "--rounds", "1", "--out", str(tmp_path / "b.json")])
   assert [r["case"] for r in rows] == ["one matmul", "E=2", "E=8"]
   assert rows[0]["x_one_matmul"] == 1.0 and all(r["ms"] > 0 for r in rows)
+
+
+def test_decode_benchmark_runs(tmp_path):
+  from benchmarks import decode
+  out = tmp_path / "decode.json"
+  result = decode.main(["--d_model", "32", "--layers", "2", "--window", "64", "--prompt", "4",
+                        "--tokens", "8", "--rounds", "1", "--out", str(out)])
+  assert [r["path"] for r in json.loads(out.read_text())["rows"]] == ["KV cache",
+                                                                      "recompute window"]
+  assert result["rows"][0]["x_recompute"] > 0

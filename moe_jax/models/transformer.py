@@ -197,19 +197,40 @@ class Attention(nnx.Module):
     q, k, v = self._project(x_BLD)
     positions = jnp.arange(length)
     q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
-    if self.num_kv_heads != self.num_heads:   # query head h reads key/value head h // group
-      group = self.num_heads // self.num_kv_heads
-      k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
-    scores = jnp.einsum("blhk,bmhk->bhlm", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
     allowed = jnp.ones((length, length), bool)
     if self.causal:
       allowed = jnp.tril(allowed)
     allowed = allowed[None, None]
     if mask_BL is not None:    # padding keys are never attended to
       allowed = allowed & mask_BL[:, None, None, :]
+    return self._attend(q, k, v, allowed, x_BLD.dtype)
+
+  def _attend(self, q, k, v, allowed, dtype):
+    """softmax(q k^T / sqrt K) v over the allowed keys, then the output projection."""
+    batch, length = q.shape[:2]
+    if self.num_kv_heads != self.num_heads:   # query head h reads key/value head h // group
+      group = self.num_heads // self.num_kv_heads
+      k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    scores = jnp.einsum("blhk,bmhk->bhlm", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    attn = jax.nn.softmax(scores, axis=-1).astype(x_BLD.dtype)
+    attn = jax.nn.softmax(scores, axis=-1).astype(dtype)
     return self.out(jnp.einsum("bhlm,bmhk->blhk", attn, v).reshape(batch, length, -1))
+
+  def decode(self, x_BLD, cache, start):
+    """Causal attention of L new positions start .. start+L-1 over the cached keys and values
+    of the positions before them: -> (output, the cache with theirs written in). `cache` is
+    (k, v), each [B, S, G, K] (S >= start + L); entries at S's later positions are unused."""
+    length = x_BLD.shape[1]
+    q, k, v = self._project(x_BLD)
+    positions = start + jnp.arange(length)
+    q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+    k_cache, v_cache = cache
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, 1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, 1)
+    allowed = (jnp.arange(k_cache.shape[1])[None, :] <= positions[:, None])[None, None]
+    out = self._attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), allowed,
+                       x_BLD.dtype)
+    return out, (k_cache, v_cache)
 
 
 class DenseFFN(nnx.Module):
@@ -239,8 +260,17 @@ class Block(nnx.Module):
     else:
       self.ffn = DenseFFN(config, rngs=rngs, mesh=mesh)
 
-  def __call__(self, x_BLD, *, train: bool, rngs, token_ids_BL, mask_BL):
-    x_BLD = x_BLD + self.attn(self.norm_attn(x_BLD), mask_BL)
+  def __call__(self, x_BLD, *, train: bool, rngs, token_ids_BL, mask_BL, cache=None,
+               start=None):
+    if cache is None:
+      x_BLD = x_BLD + self.attn(self.norm_attn(x_BLD), mask_BL)
+    else:
+      attended, cache = self.attn.decode(self.norm_attn(x_BLD), cache, start)
+      x_BLD = x_BLD + attended
+    y_BLD, r = self._ffn(x_BLD, train=train, rngs=rngs, token_ids_BL=token_ids_BL)
+    return (y_BLD, r) if cache is None else (y_BLD, r, cache)
+
+  def _ffn(self, x_BLD, *, train, rngs, token_ids_BL):
     h_BLD = self.norm_ffn(x_BLD)
     if self.is_moe:
       y_BLD, r = self.ffn(h_BLD, train=train, token_ids=token_ids_BL, rngs=rngs)
@@ -300,6 +330,18 @@ class Transformer(nnx.Module):
       routings.append(r)
     return self.norm(x), routings
 
+  def decode(self, tokens_BL, caches, start):
+    """The blocks on L new tokens at positions start .. start+L-1, attending to the cached
+    earlier positions: -> (final-norm hidden states [B,L,D], routings, the updated caches)."""
+    x = self.embed[...][tokens_BL].astype(self.config.dtype)
+    routings, updated = [], []
+    for block, cache in zip(self.blocks, caches):
+      x, r, cache = block(x, train=False, rngs=None, token_ids_BL=tokens_BL, mask_BL=None,
+                          cache=cache, start=start)
+      routings.append(r)
+      updated.append(cache)
+    return self.norm(x), routings, updated
+
 
 class DecoderLM(nnx.Module):
   """A causal language model: logits [B,L,V] for next-token prediction, and per-layer Routing."""
@@ -312,9 +354,31 @@ class DecoderLM(nnx.Module):
 
   def __call__(self, tokens_BL, *, train: bool = False, rngs: nnx.Rngs | None = None):
     h_BLD, routings = self.transformer.hidden(tokens_BL, train=train, rngs=rngs)
+    return self._logits(h_BLD), routings
+
+  def init_cache(self, batch: int, length: int, dtype=None) -> list:
+    """Empty key/value caches, one (k, v) per layer, each [batch, length, G, K]."""
+    config = self.transformer.config
+    shape = (batch, length, config.kv_heads, config.head_size)
+    dtype = dtype or config.dtype
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.num_layers)]
+
+  def decode(self, tokens_BL, caches, start):
+    """Logits [B,L,V] of L new tokens at positions start .. start+L-1 given the caches of the
+    positions before them (a prefill is start 0 with the whole prompt; each decoding step one
+    token), and the updated caches. Equal to the full forward pass's logits at those positions
+    (tests/models/test_kv_cache.py); in evaluation mode (no router noise or state update)."""
+    length, room = tokens_BL.shape[1], caches[0][0].shape[1]
+    if isinstance(start, int) and start + length > room:   # (a traced start is not checked)
+      raise ValueError(f"model: the cache holds {room} positions; {length} tokens at position "
+                       f"{start} do not fit")
+    h_BLD, routings, caches = self.transformer.decode(tokens_BL, caches, start)
+    return self._logits(h_BLD), routings, caches
+
+  def _logits(self, h_BLD):
     if self.unembed is None:
       embed = self.transformer.embed[...]
       logits = h_BLD @ embed.T.astype(h_BLD.dtype) / jnp.sqrt(h_BLD.shape[-1]).astype(h_BLD.dtype)
     else:
       logits = self.unembed(h_BLD)
-    return logits.astype(jnp.float32), routings
+    return logits.astype(jnp.float32)

@@ -104,6 +104,8 @@ def evaluate_extras(ctx) -> dict:
   baseline, baseline_what = datasets.lm_byte_baseline(run.data, ctx.tokenizer, ctx.data)
   kw = dict(num_tokens=run.eval.sample_tokens, seed=run.seed, tokenizer=ctx.tokenizer)
   model_state = sampling.host_model_state(ctx.graphdef, ctx.state)
+  how = sampling.describe(run, len(ctx.tokenizer.encode(run.eval.prompt)) or 1,
+                          run.eval.sample_tokens)
   return {
       "unigram_entropy_bits": baseline,
       "unigram_baseline": baseline_what,
@@ -112,7 +114,7 @@ def evaluate_extras(ctx) -> dict:
                                        top_k=0, **kw),
       "sample": sampling.sample(run, model_state, run.eval.prompt,
                                 temperature=run.eval.temperature, top_k=run.eval.top_k, **kw),
-      "sampling": (f"recomputation (no KV cache), window {run.data.seq_len}, "
+      "sampling": (f"{how}, window {run.data.seq_len}, "
                    f"{_dispatcher_name(sampling.sampling_model_config(run.model))} "
                    f"dispatcher; temperature {run.eval.temperature}, top_k {run.eval.top_k}"),
   }
