@@ -46,6 +46,17 @@ def _next_logits(model, tokens_1L, position):
   return logits[0, position]
 
 
+def nucleus(logits_V, top_p: float):
+  """Logits outside the smallest set of likeliest tokens whose probability reaches top_p set
+  to -inf (Holtzman et al. 2020); the likeliest token always stays."""
+  order = jnp.argsort(-logits_V)
+  probs = jax.nn.softmax(logits_V[order])
+  before = jnp.cumsum(probs) - probs            # probability of the likelier tokens
+  keep_sorted = before < top_p
+  keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
+  return jnp.where(keep, logits_V, -jnp.inf)
+
+
 def describe(run, prompt_tokens: int, num_tokens: int) -> str:
   """How `sample` continues a prompt of this many tokens: with the KV cache, or recomputing a
   sliding window when prompt and continuation exceed it."""
@@ -64,9 +75,10 @@ def _decode(model, tokens_1L, caches, start):
 
 
 def sample(run, model_state, prompt: str, *, num_tokens: int, temperature: float, top_k: int,
-           tokenizer, seed: int = 0, cache: bool = True) -> str:
-  """Continues `prompt` by `num_tokens` tokens; temperature 0 is greedy; `cache=False`
-  recomputes the window for every token instead of decoding with the KV cache.
+           tokenizer, seed: int = 0, cache: bool = True, top_p: float = 1.0) -> str:
+  """Continues `prompt` by `num_tokens` tokens; temperature 0 is greedy; top_k > 0 keeps the
+  k likeliest tokens, top_p < 1 the smallest set whose probability reaches p (nucleus);
+  `cache=False` recomputes the window for every token instead of decoding with the KV cache.
   `model_state`: the model's nnx.State as host arrays (`host_model_state`)."""
   config = sampling_model_config(run.model)
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0))))
@@ -94,6 +106,8 @@ def sample(run, model_state, prompt: str, *, num_tokens: int, temperature: float
       logits = logits / temperature
       if top_k:
         logits = jnp.where(logits < jax.lax.top_k(logits, top_k)[0][-1], -jnp.inf, logits)
+      if top_p < 1.0:
+        logits = nucleus(logits, top_p)
       token = int(jax.random.categorical(key, logits))
     ids.append(token)
     if cached and len(ids) < caches[0][0].shape[1]:   # the last token needs no logits

@@ -52,7 +52,8 @@ RANKS = {
     # opening a run: model and optimizer on the mesh, tokenizer, which checkpoint to restore
     "moe_jax.run_setup": 7,
     # the commands
-    "moe_jax.train": 8, "moe_jax.evaluate": 8, "moe_jax.upcycle": 8, "moe_jax.hf": 8,
+    "moe_jax.train": 8, "moe_jax.evaluate": 8, "moe_jax.generate": 8, "moe_jax.upcycle": 8,
+    "moe_jax.hf": 8,
     "moe_jax.cli": 8,
     # sweeps through the public train / evaluate API
     "experiments": 9,

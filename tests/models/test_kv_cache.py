@@ -67,3 +67,27 @@ def test_decode_refuses_a_full_cache():
   assert dataclasses.is_dataclass(model.transformer.config)
   with pytest.raises(ValueError, match="cache holds 4 positions"):
     model.decode(jnp.zeros((1, 5), jnp.int32), model.init_cache(1, 4), 0)
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_p():
+  logits = jnp.log(jnp.array([0.5, 0.05, 0.3, 0.15]))
+  kept = np.isfinite(np.asarray(sampling.nucleus(logits, 0.75)))
+  np.testing.assert_array_equal(kept, [True, False, True, False])     # 0.5 + 0.3 >= 0.75
+  assert np.isfinite(np.asarray(sampling.nucleus(logits, 1e-6))).sum() == 1
+
+
+def test_generate_cli_continues_a_prompt_and_refuses_bad_flags(tmp_path):
+  import sys
+  from tests.train_helpers import assert_one_line_error, cli_command, run_cli, snapshot
+  workdir = tmp_path / "run"
+  assert run_cli(cli_command(workdir, "--config.steps=2", cpu_devices=1)).returncode == 0
+  before = snapshot(workdir)
+  command = [sys.executable, "-m", "moe_jax.generate", f"--workdir={workdir}",
+             "--cpu_devices=1", "--prompt=def ", "--tokens=12"]
+  greedy = [run_cli(command + ["--temperature=0", *extra]) for extra in ([], ["--no_cache"])]
+  assert greedy[0].returncode == 0, greedy[0].stderr[-3000:]
+  assert greedy[0].stdout.startswith("def ") and greedy[0].stdout == greedy[1].stdout
+  nucleus_run = run_cli(command + ["--top_p=0.9", "--top_k=20", "--seed=1"])
+  assert nucleus_run.returncode == 0, nucleus_run.stderr[-3000:]
+  assert snapshot(workdir) == before                                  # writes nothing
+  assert_one_line_error(run_cli(command + ["--top_p=0"]), r"generate: option 'top_p'=0\.0")
