@@ -53,13 +53,25 @@ def expected_config(base, flags) -> dict:
   return json.loads(config_lib.to_json(tree))     # as it reads back from a file
 
 
+def _completed(recorded: dict) -> dict:
+  """A recorded config completed with the schema as it is now: a field added to the schema
+  since the run was recorded reads as its default, which is what the run had (otherwise every
+  schema addition would orphan every finished sweep run). A field the schema no longer has
+  stays, and shows as a change."""
+  try:
+    tree, _ = config_lib.resolve(recorded)
+  except ValueError:
+    return recorded
+  return json.loads(config_lib.to_json(tree))
+
+
 def check_settings(workdir: pathlib.Path, base, flags) -> dict:
   """The resolved config of (base, flags); raises SettingsChanged if `workdir` already holds a
   run started with another one (or by an older harness that did not record it)."""
   tree = expected_config(base, flags)
   path = workdir / SWEEP_CONFIG
   if path.exists():
-    changes = config_lib.flat_changes(json.loads(path.read_text()), tree)
+    changes = config_lib.flat_changes(_completed(json.loads(path.read_text())), tree)
     if changes:
       listed = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changes.items())
       raise SettingsChanged(f"{workdir} holds a run made with other settings ({listed}); "

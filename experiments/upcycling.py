@@ -17,6 +17,9 @@ step 1,500 (upcycle --keep_step), so no arm re-warms. The training loss is logge
 every 25-step interval of unseen batches (under one epoch: a held-out estimate). Papers: the
 upcycled model beats the continued dense one early in the continuation; Drop-Upcycling beats
 plain upcycling over longer continuations; the scratch MoE needs more compute to catch up.
+
+Run time: 90 min of runs summed (12 runs and 3 dense sources; 2 CPU cores shared with other
+work, 2026-12-05). Results and verdicts: experiments/results/upcycling/summary.md.
 """
 from __future__ import annotations
 
@@ -148,6 +151,10 @@ def analyze(records, out) -> list[str]:
     c = stats.compare(a, b) if len(set(a) & set(b)) >= 2 else None
     lines.append("Paper's direction (upcycled beats continued dense early), on that early "
                  "mean: " + (stats.describe(c) if c else "a single seed, no interval") + ".")
+  if "upcycled" in g and "dense" in g:
+    lines.append(f"At the end of the {extra} extra steps (Komatsuzaki et al.: upcycling keeps "
+                 f"the dense model's progress and ends below continuing it): upcycled "
+                 f"{report.compared(g['upcycled'], g['dense'], 'dense')}.")
   if "upcycled" in g and "drop0.5" in g:
     lines.append(f"Paper's direction (Drop-Upcycling beats plain upcycling over a longer "
                  f"continuation), after {extra} extra steps: drop0.5 "

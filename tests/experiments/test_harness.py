@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from experiments import harness
 from experiments.sweep import axis, concat, override_flags, point, product, zipped
 from tests.train_helpers import REPO, subprocess_env
 
@@ -196,3 +197,20 @@ def test_a_quick_sweep_with_out_keeps_its_runs_there(tmp_path, monkeypatch):
   monkeypatch.setattr(report, "write_summary", lambda *a, **kw: [])
   run.run(run.parse(["experiments/num_experts.py", "--quick", f"--out={tmp_path / 'o'}"]))
   assert seen["workdir"] == tmp_path / "o"
+
+
+def test_a_field_added_to_the_schema_since_a_run_was_recorded_reads_as_its_default(tmp_path):
+  """A finished sweep run recorded before the schema grew a field is not 'other settings': the
+  field it lacks is compared at its default (what the run had). A real change still is."""
+  import json as json_lib
+  from experiments import bases
+  base = bases.lm_protocol(quick=True)
+  tree = harness.check_settings(tmp_path / "new", base, [])
+  recorded = json_lib.loads(json_lib.dumps(tree))
+  del recorded["data"]["text_field"]                 # as written before the field existed
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / harness.SWEEP_CONFIG).write_text(json_lib.dumps(recorded))
+  assert harness.check_settings(run, base, []) == tree
+  with pytest.raises(harness.SettingsChanged, match=r"optim\.learning_rate"):
+    harness.check_settings(run, base, ["optim.learning_rate=0.5"])
