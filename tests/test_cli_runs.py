@@ -201,6 +201,7 @@ def test_corrupt_checkpoint_error_prints_a_command_that_resumes(reference, tmp_p
   assert sorted(losses(workdir)) == list(range(1, STEPS + 5))
 
 
+@pytest.mark.slow   # make test's budget: test-all
 def test_refused_or_finished_reruns_leave_the_run_record_alone(reference, tmp_path):
   workdir = tmp_path / "run"
   cmd = cli_command(workdir, f"--config.steps={STEPS}")

@@ -184,6 +184,7 @@ def test_a_teacher_still_training_is_refused_unless_its_step_is_pinned(teacher, 
   assert recorded["teacher_step"] == TEACHER_STEPS // 2
 
 
+@pytest.mark.slow   # make test's budget: test-all
 def test_a_resume_without_teacher_step_keeps_the_recorded_step_and_reports_no_change(teacher,
                                                                                      tmp_path):
   """The first start records the teacher step it chose; resuming with the flag still unset

@@ -345,6 +345,7 @@ nbformat.write(notebook, sys.argv[3])
 """
 
 
+@pytest.mark.slow   # make test's budget: test-all
 def test_the_routing_anatomy_notebook_reads_an_imported_model(tmp_path):
   """notebooks/routing_anatomy.ipynb on an imported OLMoE (untied, its vocabulary holds the
   bytes; imported on the 8-device mesh, read on one device), as its first cell tells a user

@@ -21,6 +21,7 @@ def mock_tfds():
     yield
 
 
+@pytest.mark.slow   # make test's budget: test-all
 def test_mock_mnist_moe_classifier_trains_and_evaluates(mock_tfds, tmp_path):
   cfg = config_lib.load_file(REPO / "configs" / "classify_digits.py")
   cfg.update(dict(steps=4, log_every=1))

@@ -46,9 +46,17 @@ def test_einsum_reference_equals_python_loop_over_experts(router_name):
   np.testing.assert_allclose(y, expected, rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("glu", [False, True])
+def _router_glu_params():
+  """Every non-soft router with plain experts; GLU experts (the experts' path, not the
+  router's) with three routers in make test's budget, with every router in test-all."""
+  with_glu = ("topk", "relu", "deepseek")
+  return [pytest.param(name, glu, id=f"{name}-{glu}",
+                       marks=[pytest.mark.slow] if glu and name not in with_glu else [])
+          for name in routing.names() if name != "soft" for glu in (False, True)]
+
+
 @pytest.mark.parametrize("dispatcher_name", FAST)
-@pytest.mark.parametrize("router_name", [n for n in routing.names() if n != "soft"])
+@pytest.mark.parametrize("router_name, glu", _router_glu_params())
 def test_fast_dispatchers_equal_reference_forward_and_gradient(router_name, dispatcher_name, glu):
   router, experts, variables, params, x, ids = _setup(router_name, glu=glu)
   args = (params, variables["params"], x)

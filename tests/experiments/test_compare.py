@@ -10,7 +10,9 @@ def _tiny():
   return bases.lm(quick=True)
 
 
-@pytest.fixture(scope="module")
+# Session scope: the grouped tests run on one worker, but interleaved with other modules' tests,
+# which would tear a module-scoped fixture down and build its runs again.
+@pytest.fixture(scope="session")
 def compared(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("compare")
   said = []

@@ -84,9 +84,9 @@ def test_generate_cli_continues_a_prompt_and_refuses_bad_flags(tmp_path):
   before = snapshot(workdir)
   command = [sys.executable, "-m", "moe_jax.generate", f"--workdir={workdir}",
              "--cpu_devices=1", "--prompt=def ", "--tokens=12"]
-  greedy = [run_cli(command + ["--temperature=0", *extra]) for extra in ([], ["--no_cache"])]
-  assert greedy[0].returncode == 0, greedy[0].stderr[-3000:]
-  assert greedy[0].stdout.startswith("def ") and greedy[0].stdout == greedy[1].stdout
+  greedy = run_cli(command + ["--temperature=0", "--no_cache"])   # (cached == recomputed: above)
+  assert greedy.returncode == 0, greedy.stderr[-3000:]
+  assert greedy.stdout.startswith("def ")
   nucleus_run = run_cli(command + ["--top_p=0.9", "--top_k=20", "--seed=1"])
   assert nucleus_run.returncode == 0, nucleus_run.stderr[-3000:]
   assert snapshot(workdir) == before                                  # writes nothing
