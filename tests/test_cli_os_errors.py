@@ -54,6 +54,7 @@ def test_read_only_file_system(tmp_path):
     assert _checkpoints(workdir) == [4, 8] and sorted(losses(workdir)) == list(range(1, 9))
 
 
+@pytest.mark.slow   # make test's budget: test-all
 def test_full_disk_is_one_line_and_the_run_resumes_after_freeing_space(tmp_path):
   with tmpfs(tmp_path / "fs", "3m") as fs:
     workdir = fs / "run"

@@ -33,7 +33,7 @@ def _classifier(config, rngs):
 # The classifier's experts have biases (expert_bias): the copies keep them at zero.
 @pytest.mark.parametrize("glu", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("build,expert_bias", [
-    (_lm, False),
+    pytest.param(_lm, False, marks=pytest.mark.slow),   # the CLI test covers it in make test
     pytest.param(_classifier, True, marks=pytest.mark.slow)],   # make test's budget: test-all
                          ids=["lm", "classifier+expert_bias"])
 def test_identical_copies_and_a_uniform_router_reproduce_the_dense_model(build, expert_bias,

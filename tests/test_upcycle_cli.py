@@ -213,6 +213,7 @@ def test_a_killed_upcycle_is_refused_by_train_and_finished_by_its_rerun(dense, t
   assert json.loads((workdir / "config.json").read_text())["model"]["num_experts"] == 4
 
 
+@pytest.mark.slow   # make test's budget: test-all
 def test_workdirs_left_without_a_marker_are_refused_by_train_and_reused_by_upcycle(dense,
                                                                                    tmp_path):
   """A cut-short seed from before seeding.json existed (only a temporary checkpoint, no run

@@ -33,11 +33,12 @@ def test_blocked_matmul_forward_and_gradient_match_per_row_weights(num_blocks):
 
 
 def _one_expert_params():
-  """Every impl with every router; in make test's budget, topk with every impl and the other
-  routers with 'spill' (the CPU default), the rest in test-all."""
+  """Every impl with every router; in make test's budget, topk with every impl and hash with
+  'spill' (the CPU default), the rest in test-all."""
   routers = [("topk", {"k": 2}), ("relu", {}), ("hash", {"k": 1})]
   return [pytest.param(impl, name, options, id=f"{name}-options{i}-{impl}",
-                       marks=[pytest.mark.slow] if name != "topk" and impl != "spill" else [])
+                       marks=[] if name == "topk" or (name, impl) == ("hash", "spill")
+                       else [pytest.mark.slow])
           for i, (name, options) in enumerate(routers) for impl in ("spill", "blocked", "ragged")]
 
 
