@@ -323,6 +323,12 @@ def open_training(run, workdir: pathlib.Path, say) -> Session:
   # An upcycle / hf import cut short: its rerun finishes it; training it would start over.
   workdir_lib.check_not_unfinished(workdir)
   created = not (workdir / "checkpoints").exists()
+  if created:
+    # A fresh run's data first, before the checkpoint manager exists: bad data is refused with
+    # nothing to clean up (the manager's background thread would race the removal of an
+    # empty checkpoints/), and before anything compiles.
+    tok = tokenizer(run, workdir, may_train=True)
+    iterator = train_iterator(run, tok)
   ckpts = Checkpoints(workdir / "checkpoints", keep=run.checkpoint.keep,
                       async_save=run.checkpoint.async_save)
   try:
@@ -331,9 +337,9 @@ def open_training(run, workdir: pathlib.Path, say) -> Session:
       check_same_data(run, workdir, ckpts.read_meta(step), step)
       check_tokenizer_kept(run, workdir, step)
       keep_choices_made_at_start(run, task, workdir)
-    # The data first: a missing dataset or a bad tokenizer fails before anything compiles.
-    tok = tokenizer(run, workdir, may_train=step is None)
-    iterator = train_iterator(run, tok)
+    if not created:   # the data before anything compiles: a missing dataset, a bad tokenizer
+      tok = tokenizer(run, workdir, may_train=step is None)
+      iterator = train_iterator(run, tok)
     mesh = make_mesh(**dataclasses.asdict(run.mesh))
     model, optimizer = build(run, mesh)     # a model it cannot build fails before any write
     if step is None:
