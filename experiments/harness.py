@@ -25,9 +25,10 @@ import statistics
 import time
 from typing import Callable
 
+import jax
 import numpy as np
 
-from experiments import accounting
+from experiments import accounting, hosts
 from experiments.sweep import Point, Sweep, override_flags
 from moe_jax import config as config_lib, run_setup
 from moe_jax.evaluate import evaluate
@@ -93,11 +94,16 @@ def train_checked(base, workdir: pathlib.Path, flags, **kwargs) -> dict:
 
 
 def _claim(workdir: pathlib.Path, base, flags) -> dict:
-  """check_settings, then records them for a run not started before."""
+  """check_settings, then records them for a run not started before (every host checks; the
+  first writes once all have read)."""
   tree = check_settings(workdir, base, flags)
-  if not (workdir / SWEEP_CONFIG).exists():
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / SWEEP_CONFIG).write_text(json.dumps(tree, indent=1, sort_keys=True))
+  hosts.barrier(f"read {workdir}")
+
+  def record():
+    if not (workdir / SWEEP_CONFIG).exists():
+      workdir.mkdir(parents=True, exist_ok=True)
+      (workdir / SWEEP_CONFIG).write_text(json.dumps(tree, indent=1, sort_keys=True))
+  hosts.main_writes(record, f"claim {workdir}")
   return tree
 
 
@@ -177,19 +183,28 @@ def point_flags(p: Point, seed: int, overrides=()) -> list[str]:
   return [*overrides, *override_flags(p, seed)]
 
 
-def _run_point(base, workdir: pathlib.Path, p: Point, seed: int, overrides=()) -> dict:
+def _log_name() -> str:
+  """Process 0 logs to train.log; another host of a multi-host sweep to its own file."""
+  return TRAIN_LOG if hosts.is_main() else f"train.process{jax.process_index()}.log"
+
+
+def _run_point(base, workdir: pathlib.Path, p: Point, seed: int, overrides=()) -> dict | None:
+  """Trains and evaluates one run; its record (None on the other hosts of a multi-host sweep,
+  which take part in the training only)."""
   flags = point_flags(p, seed, overrides)
   _claim(workdir, base, flags)
   start = time.perf_counter()
   # The run's own output (resume notes, validation lines) goes to its log, so the sweep's
   # terminal keeps one line per point.
-  with open(workdir / TRAIN_LOG, "a") as log, contextlib.redirect_stdout(log), \
+  with open(workdir / _log_name(), "a") as log, contextlib.redirect_stdout(log), \
       contextlib.redirect_stderr(log):
     # A setup's extra flags (a teacher's workdir) follow from the checked ones.
     extra = (p.setup(base, workdir, flags, seed) or []) if p.setup is not None else []
     train(base, workdir, overrides=[*flags, *extra], progress=False)
     evaluate(None, workdir, plots=False)
-  return _write_record(workdir, make_record(workdir, p, seed, time.perf_counter() - start))
+  wall_s = time.perf_counter() - start
+  return hosts.main_writes(
+      lambda: _write_record(workdir, make_record(workdir, p, seed, wall_s)), f"record {workdir}")
 
 
 def _write_record(workdir: pathlib.Path, record: dict) -> dict:
@@ -208,9 +223,15 @@ def _finished_record(workdir: pathlib.Path, p: Point, seed: int) -> dict:
 
 
 def has_checkpoint(workdir: pathlib.Path) -> bool:
-  """A complete checkpoint (Orbax names it by its step; a save in progress has a longer name)."""
+  """A complete checkpoint (Orbax names it by its step; a save in progress has a longer name);
+  process 0's answer on every host of a multi-host sweep."""
   ckpts = workdir / "checkpoints"
-  return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+  return hosts.agree(ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()))
+
+
+def is_finished(workdir: pathlib.Path) -> bool:
+  """The run has its record (process 0's answer on every host)."""
+  return hosts.agree((workdir / RECORD).exists())
 
 
 def _describe(record: dict, metric: str) -> str:
@@ -224,8 +245,14 @@ def _describe(record: dict, metric: str) -> str:
 def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | None = None,
               overrides=(), say: Callable[[str], None] = print) -> list[dict]:
   """Runs every unfinished (point, seed) of `sweep` into `out_dir`; returns all records.
-  `overrides` ('a.b=v') apply to every run, before the point's own."""
+  `overrides` ('a.b=v') apply to every run, before the point's own.
+
+  In a multi-host job (jax.distributed) every host calls this with the same arguments and
+  trains every run with the others; process 0 alone writes and says anything, and the other
+  processes return no records (see experiments/hosts.py)."""
   out_dir = pathlib.Path(out_dir)
+  if not hosts.is_main():
+    say = lambda line: None
   seeds = sweep.seeds if seeds is None else seeds
   if seeds < 1:
     raise ValueError(f"--seeds must be at least 1, got {seeds}")
@@ -237,16 +264,21 @@ def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | No
   base = sweep.base()
   for p, seed in todo:    # every run's settings before any is started: refuse as a whole
     check_settings(run_dirs(out_dir, p, seed), base, point_flags(p, seed, overrides))
+  hosts.barrier("settings checked")    # no host writes before every host has read
   for i, (p, seed) in enumerate(todo, 1):
     workdir = run_dirs(out_dir, p, seed)
     tag = f"[{i:>{len(str(len(todo)))}}/{len(todo)}] {p.name} seed {seed}"
-    if (workdir / RECORD).exists():
-      records.append(_finished_record(workdir, p, seed))
+    if is_finished(workdir):
+      record = hosts.main_writes(lambda: _finished_record(workdir, p, seed),
+                                 f"finished {workdir}")
+      records += [record] if hosts.is_main() else []
       continue
     resumed = has_checkpoint(workdir)
     start = time.perf_counter()
     record = _run_point(base, workdir, p, seed, overrides)
     times.append(time.perf_counter() - start)
+    if not hosts.is_main():
+      continue
     records.append(record)
     left = sum(not (run_dirs(out_dir, q, s) / RECORD).exists() for q, s in todo[i:])
     eta = statistics.mean(times) * left

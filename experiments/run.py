@@ -16,6 +16,13 @@ differ, so no finished run is ever relabelled with a new command: give it anothe
 the same grid on GPU-sized models); --config.a.b=v sets a field for every run (the point's own
 values win), e.g. --config.mesh.expert=1 so that every E of the grid fits the mesh; --only runs
 the points whose name matches a glob.
+
+On a multi-host job (a TPU pod slice, several GPU nodes) start the same command on every host:
+jax.distributed is started from --coordinator_address/--num_processes/--process_id, else the
+MOE_JAX_COORDINATOR / MOE_JAX_NUM_PROCESSES / MOE_JAX_PROCESS_ID env vars, else JAX's cluster
+auto-detection (TPU pods, SLURM, ...). Every host trains every run with the others; process 0
+alone writes settings, records, results and plots, and prints the progress lines. --workdir and
+--out must then be on storage every host sees.
 """
 from __future__ import annotations
 
@@ -54,6 +61,10 @@ def parse(argv):
   parser.add_argument("--config", default=None, help="a config file replacing the base")
   parser.add_argument("--cpu_devices", type=int, default=0,
                       help="simulate this many CPU devices (0: leave as is)")
+  parser.add_argument("--coordinator_address", default=None,
+                      help="multi-host: process 0's host:port for jax.distributed")
+  parser.add_argument("--num_processes", type=int, default=None, help="multi-host: processes")
+  parser.add_argument("--process_id", type=int, default=None, help="multi-host: this process")
   args = parser.parse_args(argv)
   args.overrides = overrides
   return args
@@ -66,13 +77,19 @@ def main(argv=None) -> None:
   if args.cpu_devices:
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
   cli._quiet_background_threads()
+  cli.run_reporting_errors(_start_distributed, args)
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   cli.run_reporting_errors(run, args)
 
 
+def _start_distributed(args) -> None:
+  from moe_jax.parallel import distributed
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
 def run(args) -> None:
-  from experiments import harness, report
+  from experiments import harness, hosts, report
   from moe_jax import config as config_lib
   sweep, _ = load_sweep(args.sweep, args.quick)
   if args.config:
@@ -87,10 +104,14 @@ def run(args) -> None:
   start = time.perf_counter()
   records = harness.run_sweep(sweep, workdir, seeds=args.seeds, only=args.only,
                               overrides=args.overrides)
-  written = harness.write_results(records, out)
-  written += report.write_summary(sweep, records, out, command=command_line(args),
-                                  seconds=time.perf_counter() - start)
-  print("wrote " + ", ".join(str(p) for p in written))
+  seconds = time.perf_counter() - start
+
+  def write():
+    written = harness.write_results(records, out)
+    written += report.write_summary(sweep, records, out, command=command_line(args),
+                                    seconds=seconds)
+    print("wrote " + ", ".join(str(p) for p in written))
+  hosts.main_writes(write, "results")
 
 
 def command_line(args) -> str:

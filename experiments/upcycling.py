@@ -28,7 +28,7 @@ import shutil
 
 import numpy as np
 
-from experiments import bases, harness, report, scaling_fit, stats
+from experiments import bases, harness, hosts, report, scaling_fit, stats
 from experiments.sweep import Point, Sweep
 
 DENSE_STEPS, EXTRA_STEPS = 1500, 500   # the source 3x the continuation
@@ -63,9 +63,12 @@ def _continue_dense(base, workdir, flags, seed, *, quick: bool):
     return
   source = _source(base, workdir, [f for f in flags if not f.startswith("model.num_experts")],
                    quick)
-  shutil.copytree(source / "checkpoints", workdir / "checkpoints")
-  for name in ("config.json", "metrics.jsonl"):
-    shutil.copy2(source / name, workdir / name)
+
+  def copy():
+    shutil.copytree(source / "checkpoints", workdir / "checkpoints")
+    for name in ("config.json", "metrics.jsonl"):
+      shutil.copy2(source / name, workdir / name)
+  hosts.main_writes(copy, f"continue {workdir}")
 
 
 def _upcycle(base, workdir, flags, seed, *, quick: bool, drop_ratio: float):

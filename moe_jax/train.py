@@ -141,6 +141,9 @@ def _stop_requested(interrupts) -> bool:
   return bool(np.any(flags))
 
 
+LOG_INTERVAL = "log_interval"     # checkpoint meta: the open logging interval's loss sums
+
+
 class _Loop:
   """The pieces of one training run's loop: step, check, log, evaluate, save."""
 
@@ -158,7 +161,9 @@ class _Loop:
     self.base_key = jax.random.PRNGKey(s.run.seed)
     self.saved = s.start
     self.tick, self.tick_step = time.perf_counter(), s.start
-    self.interval = {}     # summed per-step losses since the last logged step
+    # Summed per-step losses since the last logged step, and that step: saved with each
+    # checkpoint, so a resumed run logs the same interval means as one never interrupted.
+    self.interval, self.interval_start = self._interval_at_start()
 
   def step(self, step: int) -> None:
     batch = host_local_to_global(next(self.s.iterator), self.s.mesh)
@@ -172,8 +177,8 @@ class _Loop:
         self.interval[name] = self.interval.get(name, 0.0) + float(metrics[name])
     if step % run.log_every == 0 or step == run.steps:
       for name, total in self.interval.items():
-        metrics[f"{name}_mean"] = total / (step - self.tick_step)
-      self.interval = {}
+        metrics[f"{name}_mean"] = total / (step - self.interval_start)
+      self.interval, self.interval_start = {}, step
       now = time.perf_counter()
       metrics["tokens_per_sec"] = run.tokens_per_step * (step - self.tick_step) / (now - self.tick)
       self.tick, self.tick_step = now, step
@@ -215,9 +220,19 @@ class _Loop:
   def save(self, step: int) -> None:
     if step == self.saved:
       return
-    self.s.ckpts.save(step, self.state, self.s.iterator,
-                      run_setup.step_meta(self.run, step, self.base_key))
+    meta = run_setup.step_meta(self.run, step, self.base_key)
+    meta[LOG_INTERVAL] = {"start": self.interval_start, "sums": dict(self.interval)}
+    self.s.ckpts.save(step, self.state, self.s.iterator, meta)
     self.saved = step
+
+  def _interval_at_start(self) -> tuple[dict, int]:
+    """The logging interval the restored checkpoint was saved in (none for a fresh run, or a
+    checkpoint written without it: an upcycled or imported run's first, an older run's)."""
+    if self.s.start:
+      saved = self.s.ckpts.read_meta(self.s.start).get(LOG_INTERVAL)
+      if saved:
+        return {k: float(v) for k, v in saved["sums"].items()}, int(saved["start"])
+    return {}, self.s.start
 
   def validate(self) -> dict:
     s = self.s

@@ -140,3 +140,13 @@ def test_logged_lines_carry_the_mean_loss_of_their_interval(trained, tmp_path):
     for name in ("loss", "ce"):
       want = np.mean([per_step[s][name] for s in range(first, step + 1)])
       assert logged[step][f"{name}_mean"] == pytest.approx(want, rel=1e-5), (step, name)
+  # Resumed inside an interval (checkpoint 4 of 1..5), the means are those of the run never
+  # interrupted: the open interval's sums are saved with each checkpoint.
+  resumed = tmp_path / "resumed"
+  shutil.copytree(workdir, resumed)
+  for step in (8, 12):
+    shutil.rmtree(resumed / "checkpoints" / str(step))
+  train(cfg, resumed, progress=False)
+  again = {r["step"]: r for r in read_metrics(resumed) if "loss" in r}
+  assert {s: r["loss_mean"] for s, r in again.items()} == \
+      {s: r["loss_mean"] for s, r in logged.items()}
