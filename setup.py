@@ -30,7 +30,9 @@ setup(
         "pyarrow>=14",            # parquet corpora (data.corpus='files')
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "hypothesis>=6.100"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "hypothesis>=6.100",
+                "submitit>=1.5"],   # the sweep-as-jobs tests (submitit's local executor)
+        "cluster": ["submitit>=1.5"],     # sweeps as SLURM jobs (experiments.run --launcher)
         "tf": ["tensorflow-cpu>=2.16"],   # only to build tfds datasets from source
         "gpu": ["tokamax>=0.0.12"],       # grouped-matmul kernels for dropless on GPU
     },

@@ -108,7 +108,12 @@ def _claim(workdir: pathlib.Path, base, flags) -> dict:
 
 
 def run_dirs(out_dir: pathlib.Path, p: Point, seed: int) -> pathlib.Path:
-  return out_dir / "runs" / p.name / f"seed{seed}"
+  return pathlib.Path(out_dir) / "runs" / p.name / f"seed{seed}"
+
+
+def read_record(out_dir: pathlib.Path, point_name: str, seed: int) -> dict:
+  return json.loads((pathlib.Path(out_dir) / "runs" / point_name / f"seed{seed}" /
+                     RECORD).read_text())
 
 
 def selected(sweep: Sweep, only: str | None) -> list[Point]:
@@ -242,6 +247,23 @@ def _describe(record: dict, metric: str) -> str:
   return text
 
 
+def runs_of(sweep: Sweep, seeds: int | None = None,
+            only: str | None = None) -> tuple[list[tuple[Point, int]], int]:
+  """(the sweep's (point, seed) runs in order, seeds per point): the selected points, each
+  crossed with `seeds` (default: the sweep's)."""
+  seeds = sweep.seeds if seeds is None else seeds
+  if seeds < 1:
+    raise ValueError(f"--seeds must be at least 1, got {seeds}")
+  return [(p, s) for p in selected(sweep, only) for s in range(seeds)], seeds
+
+
+def check_all_settings(sweep: Sweep, out_dir: pathlib.Path, todo, overrides=()) -> None:
+  """Every run's settings before any is started: a sweep is refused as a whole."""
+  base = sweep.base()
+  for p, seed in todo:
+    check_settings(run_dirs(out_dir, p, seed), base, point_flags(p, seed, overrides))
+
+
 def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | None = None,
               overrides=(), say: Callable[[str], None] = print) -> list[dict]:
   """Runs every unfinished (point, seed) of `sweep` into `out_dir`; returns all records.
@@ -253,17 +275,20 @@ def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | No
   out_dir = pathlib.Path(out_dir)
   if not hosts.is_main():
     say = lambda line: None
-  seeds = sweep.seeds if seeds is None else seeds
-  if seeds < 1:
-    raise ValueError(f"--seeds must be at least 1, got {seeds}")
-  todo = [(p, s) for p in selected(sweep, only) for s in range(seeds)]
+  todo, seeds = runs_of(sweep, seeds, only)
   done = sum((run_dirs(out_dir, p, s) / RECORD).exists() for p, s in todo)
   say(f"sweep {sweep.name}: {len(todo)} runs ({len(todo) // seeds} points x {seeds} seeds) in "
       f"{out_dir}" + (f"; {done} finished earlier, skipped" if done else ""))
+  check_all_settings(sweep, out_dir, todo, overrides)
+  return run_runs(sweep, out_dir, todo, overrides, say)
+
+
+def run_runs(sweep: Sweep, out_dir: pathlib.Path, todo, overrides=(),
+             say: Callable[[str], None] = print) -> list[dict]:
+  """Trains, evaluates and records each unfinished (point, seed) of `todo` in order (a finished
+  one is read back); returns the records (none on hosts other than process 0)."""
   records, times = [], []
   base = sweep.base()
-  for p, seed in todo:    # every run's settings before any is started: refuse as a whole
-    check_settings(run_dirs(out_dir, p, seed), base, point_flags(p, seed, overrides))
   hosts.barrier("settings checked")    # no host writes before every host has read
   for i, (p, seed) in enumerate(todo, 1):
     workdir = run_dirs(out_dir, p, seed)
@@ -282,10 +307,28 @@ def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | No
     records.append(record)
     left = sum(not (run_dirs(out_dir, q, s) / RECORD).exists() for q, s in todo[i:])
     eta = statistics.mean(times) * left
-    say(f"{tag}: {record['steps']} steps{' (resumed)' if resumed else ''}, "
-        f"{_describe(record, sweep.metric)}, {times[-1]:.0f} s; sweep ETA "
+    say(f"{tag}: {describe_run(record, sweep.metric, resumed)}, {times[-1]:.0f} s; sweep ETA "
         f"{_minutes(eta)}")
   return records
+
+
+def describe_run(record: dict, metric: str, resumed: bool = False) -> str:
+  """'6 steps (resumed), eval_loss 5.5361 (7.987 bits/byte)': a finished run, in a line."""
+  return (f"{record['steps']} steps{' (resumed)' if resumed else ''}, "
+          f"{_describe(record, metric)}")
+
+
+def collect(sweep: Sweep, out_dir, todo) -> list[dict]:
+  """The records of `todo`'s runs, all of which must have finished (a sweep run as jobs)."""
+  out_dir = pathlib.Path(out_dir)
+  missing = [f"{p.name} seed {s}" for p, s in todo
+             if not (run_dirs(out_dir, p, s) / RECORD).exists()]
+  if missing:
+    raise ValueError(f"{len(missing)} of {len(todo)} runs in {out_dir} have no record yet "
+                     f"({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}): their "
+                     "jobs are still running or failed (logs in "
+                     f"{out_dir / 'jobs'}); rerun the sweep's command to start what is missing")
+  return [_finished_record(run_dirs(out_dir, p, s), p, s) for p, s in todo]
 
 
 def _minutes(seconds: float) -> str:

@@ -1,5 +1,6 @@
 """Run a sweep: python -m experiments.run experiments/SWEEP.py [--quick] [--seeds N] [--only GLOB]
                                      [--out DIR] [--workdir DIR] [--config FILE] [--cpu_devices N]
+                                     [--launcher inprocess|local|slurm] [--collect]
                                      [--config.a.b=v ...]
 
 Expands the sweep's grid x seeds, trains and evaluates every run that has no record yet (a
@@ -23,6 +24,13 @@ MOE_JAX_COORDINATOR / MOE_JAX_NUM_PROCESSES / MOE_JAX_PROCESS_ID env vars, else 
 auto-detection (TPU pods, SLURM, ...). Every host trains every run with the others; process 0
 alone writes settings, records, results and plots, and prints the progress lines. --workdir and
 --out must then be on storage every host sees.
+
+--launcher=slurm submits each unfinished (point, seed) as a SLURM job through submitit (one
+seed's points as one job where they share a helper run), with --nodes, --gpus_per_node,
+--timeout_min, --partition, --cpus_per_task (else the sweep file's `resources`); jobs are
+requeued on preemption and resume from their checkpoints; the command waits, then writes the
+results (--collect writes them later, if it was stopped). --launcher=local does the same with
+local processes. See experiments/launch.py.
 """
 from __future__ import annotations
 
@@ -65,6 +73,19 @@ def parse(argv):
                       help="multi-host: process 0's host:port for jax.distributed")
   parser.add_argument("--num_processes", type=int, default=None, help="multi-host: processes")
   parser.add_argument("--process_id", type=int, default=None, help="multi-host: this process")
+  parser.add_argument("--launcher", default="inprocess", choices=("inprocess", "local", "slurm"),
+                      help="inprocess: every run here, in order; slurm: each run a SLURM job "
+                           "(submitit); local: each run a local process (submitit's local "
+                           "executor)")
+  parser.add_argument("--collect", action="store_true",
+                      help="train nothing: write results/ from the runs' records (a sweep "
+                           "whose jobs were left running)")
+  parser.add_argument("--nodes", type=int, default=None, help="jobs: nodes per job")
+  parser.add_argument("--gpus_per_node", type=int, default=None, help="jobs: GPUs per node")
+  parser.add_argument("--timeout_min", type=int, default=None,
+                      help="jobs: time limit per job, minutes (a job past it is requeued)")
+  parser.add_argument("--partition", default=None, help="jobs: the SLURM partition")
+  parser.add_argument("--cpus_per_task", type=int, default=None, help="jobs: CPUs per node")
   args = parser.parse_args(argv)
   args.overrides = overrides
   return args
@@ -77,7 +98,8 @@ def main(argv=None) -> None:
   if args.cpu_devices:
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
   cli._quiet_background_threads()
-  cli.run_reporting_errors(_start_distributed, args)
+  if args.launcher == "inprocess":    # jobs start their own (experiments/launch.py)
+    cli.run_reporting_errors(_start_distributed, args)
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   cli.run_reporting_errors(run, args)
@@ -88,22 +110,41 @@ def _start_distributed(args) -> None:
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
-def run(args) -> None:
-  from experiments import harness, hosts, report
+def sweep_for(args):
+  """The sweep the command names, with --config's base if given."""
   from moe_jax import config as config_lib
   sweep, _ = load_sweep(args.sweep, args.quick)
   if args.config:
     sweep = sweep._replace(base=lambda: config_lib.load_file(args.config))
+  return sweep
+
+
+def run(args) -> None:
+  from experiments import harness, hosts, launch, report
+  sweep = sweep_for(args)
+  args.sweep_name = sweep.name
   # Quick results are for tests and trying things: they never overwrite the committed ones.
   runs = REPO / "runs" / "sweeps" / (sweep.name + ("-quick" if args.quick else ""))
   out = pathlib.Path(args.out or (runs / "results" if args.quick
                                   else REPO / "experiments" / "results" / sweep.name))
   # With --out and no --workdir the runs go beside the results (OUT/runs/...), so a sweep run
   # into a directory of its own writes nothing into the checkout.
-  workdir = pathlib.Path(args.workdir or args.out or runs)
+  workdir = pathlib.Path(args.workdir or args.out or runs).absolute()
   start = time.perf_counter()
-  records = harness.run_sweep(sweep, workdir, seeds=args.seeds, only=args.only,
-                              overrides=args.overrides)
+  if args.launcher == "inprocess" and not args.collect:
+    records = harness.run_sweep(sweep, workdir, seeds=args.seeds, only=args.only,
+                                overrides=args.overrides)
+  else:
+    todo, seeds = harness.runs_of(sweep, args.seeds, args.only)
+    if not args.collect:
+      done = sum((harness.run_dirs(workdir, p, s) / harness.RECORD).exists() for p, s in todo)
+      print(f"sweep {sweep.name}: {len(todo)} runs ({len(todo) // seeds} points x {seeds} "
+            f"seeds) in {workdir}, as {args.launcher} jobs"
+            + (f"; {done} finished earlier, skipped" if done else ""))
+      harness.check_all_settings(sweep, workdir, todo, args.overrides)
+      jobs = launch.submit(sweep, args, workdir, todo)
+      launch.wait(sweep, workdir, jobs)
+    records = harness.collect(sweep, workdir, todo)
   seconds = time.perf_counter() - start
 
   def write():

@@ -43,6 +43,9 @@ class Sweep(NamedTuple):
   analyze: Callable[[list[dict], Any], list[str]] | None = None
   metric: str = "eval_loss"      # the record field the progress line and tables lead with
   description: str = ""
+  # What each job asks a cluster for under --launcher=slurm (experiments/launch.py): nodes,
+  # gpus_per_node, timeout_min, partition, cpus_per_task; experiments.run's flags win.
+  resources: dict[str, Any] = {}
 
 
 def _name(values: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PENDING: list[int] = []   # SIGINTs noted by sigint_noted's handler, not yet delivered
+_ALSO: list[int] = []      # more signals that stop a run, for as long as `also_on` holds
 
 
 class Interrupted(Exception):
@@ -37,6 +38,7 @@ class Interrupted(Exception):
 
   def __init__(self, message: str, signum: int):
     super().__init__(message)
+    self.signum = signum
     self.exit_code = 128 + signum
 
 
@@ -54,6 +56,8 @@ class Interrupts:
     return self.signum is not None
 
   def stop(self, message: str) -> Interrupted:
+    if self.signum is None:   # a multi-host run stops together when one process is signalled
+      return Interrupted(f"{message} (a signal to another process)", signal.SIGTERM)
     name = signal.Signals(self.signum).name
     return Interrupted(f"{message} ({name})", self.signum)
 
@@ -79,7 +83,7 @@ class Interrupts:
     raise_if_pending()
     self._terminal = os.dup(2)
     if threading.current_thread() is threading.main_thread():   # only it can take signals
-      for s in SIGNALS:
+      for s in (*SIGNALS, *_ALSO):
         self._previous[s] = signal.signal(s, self._handle)
     return self
 
@@ -104,6 +108,18 @@ class Interrupts:
       yield self
     finally:
       self._deferred = False
+
+
+@contextlib.contextmanager
+def also_on(signum: int):
+  """Inside, `Interrupts` blocks stop the run on `signum` too, as on SIGTERM (a cluster's
+  warning before preemption or the time limit: submitit's SIGUSR2); outside them, `signum`'s
+  own handler stays in charge."""
+  _ALSO.append(signum)
+  try:
+    yield
+  finally:
+    _ALSO.remove(signum)
 
 
 def _interrupted_in_chain(error: BaseException) -> Interrupted | None:

@@ -153,6 +153,14 @@ def test_bad_sweep_arguments_are_one_line(tmp_path):
   proc = _run([sys.executable, "-m", "experiments.run", "experiments/nope.py"])
   assert proc.returncode == 1
   assert proc.stderr.strip() == "error: No such sweep file: experiments/nope.py"
+  # No SLURM on this machine: refused before anything is written.
+  proc = _run(_sweep_cmd("num_experts", tmp_path / "o", tmp_path / "w", "--launcher=slurm"))
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [
+      "error: --launcher=slurm: this machine has no SLURM (srun is not on PATH); run the "
+      "command on the cluster's login node, or --launcher=local to run the jobs as local "
+      "processes"]
+  assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("quick", [False, True], ids=["default", "quick"])

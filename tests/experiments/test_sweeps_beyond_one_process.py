@@ -1,0 +1,226 @@
+"""Sweeps beyond one process, against the same points run in one process (8 simulated CPU
+devices):
+
+- on every host of a jax.distributed job: two local processes with 4 simulated CPU devices each
+  (a data=8 mesh across them) give the same records; process 0 alone writes and reports, and a
+  killed multi-host sweep resumes;
+- as jobs (submitit's local executor, as --launcher=slurm submits them to SLURM): the same
+  records, and a job preempted mid-run (submitit's SIGUSR2) is requeued and resumes.
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments import launch, run as run_cli
+from tests.parallel.test_multihost import _env, _free_port
+from tests.train_helpers import REPO, subprocess_env
+
+# One worker computes the one-process reference once for the tests here.
+pytestmark = pytest.mark.xdist_group("sweeps_beyond_one_process")
+TIMEOUT_S = 300
+# Fields that describe the computation (wall time and speed differ from machine to machine).
+SAME = ("point", "seed", "E", "steps", "tokens_seen", "total_params", "active_params",
+        "flops_per_token", "train_flops", "config")
+CLOSE = ("eval_loss", "bits_per_byte", "train_loss", "experts_per_token", "max_vio",
+         "router_z_loss")
+
+
+def _start(args, log_dir, tag):
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    out = open(log_dir / f"{tag}{pid}.out", "w")
+    err = open(log_dir / f"{tag}{pid}.err", "w")
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", "experiments/num_experts.py", "--quick",
+         "--seeds=1", *args], cwd=REPO, env=_env(port, pid), stdout=out, stderr=err))
+  return procs
+
+
+def _wait(procs, log_dir, tag, until=None):
+  """Waits for both processes (or for `until()`, then kills both); returns their stdouts."""
+  deadline = time.monotonic() + TIMEOUT_S
+  try:
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+      if until is not None and until():
+        break
+      if any(p.returncode not in (None, 0) for p in procs):
+        break
+      time.sleep(0.05)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+  outs = [(log_dir / f"{tag}{pid}.out").read_text() for pid in range(2)]
+  if until is None:
+    errs = [(log_dir / f"{tag}{pid}.err").read_text()[-4000:] for pid in range(2)]
+    assert [p.returncode for p in procs] == [0, 0], f"{outs}\n{errs}"
+  return outs
+
+
+def _reference(out: pathlib.Path, only: str) -> dict[str, dict]:
+  """Points of num_experts --quick, seed 0, run in this process (8 simulated devices)."""
+  run_cli.run(run_cli.parse(["experiments/num_experts.py", "--quick", "--seeds=1",
+                             f"--only={only}", f"--out={out}"]))
+  return {r["point"]: r for r in json.loads((out / "results.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  return _reference(tmp_path_factory.mktemp("reference"), "E2")
+
+
+def _assert_same_records(got, want):
+  assert sorted(got) == sorted(want)
+  for name in want:
+    for key in SAME:
+      assert got[name][key] == want[name][key], (name, key)
+    for key in CLOSE:
+      if want[name][key] is None:
+        assert got[name][key] is None, (name, key)
+      else:
+        np.testing.assert_allclose(got[name][key], want[name][key], rtol=2e-5,
+                                   err_msg=f"{name} {key}")
+    np.testing.assert_allclose(np.array(got[name]["loss_curve"]),
+                               np.array(want[name]["loss_curve"]), rtol=2e-5)
+
+
+def test_a_sweep_on_two_hosts_gives_the_one_host_records(reference, tmp_path):
+  want = reference
+  out = tmp_path / "two_hosts"
+  outs = _wait(_start(["--only=E2", f"--out={out}"], tmp_path, "w"), tmp_path, "w")
+
+  got = {r["point"]: r for r in json.loads((out / "results.json").read_text())}
+  _assert_same_records(got, want)
+  assert "E2 seed 0: 6 steps" in outs[0] and "wrote " in outs[0]
+  assert _said(outs[1]) == [], outs[1]       # process 1 trains, says nothing, writes nothing
+  run_dir = out / "runs" / "E2" / "seed0"
+  assert (run_dir / "train.log").exists() and (run_dir / "train.process1.log").exists()
+  assert (out / "summary.md").exists() and (out / "results.csv").exists()
+
+
+@pytest.mark.slow   # make test's budget: test-all (the test above runs the same code paths)
+def test_a_killed_two_host_sweep_skips_what_finished_and_resumes_the_rest(reference, tmp_path):
+  want = {**reference, **_reference(tmp_path / "reference_e1", "E1")}
+  out = tmp_path / "two_hosts"
+  first = out / "runs" / "E1" / "seed0" / "record.json"
+  ckpts = out / "runs" / "E2" / "seed0" / "checkpoints"
+  killed_at = lambda: (first.exists() and ckpts.is_dir()
+                       and any(p.name.isdigit() for p in ckpts.iterdir()))
+  _wait(_start(["--only=E[12]", f"--out={out}"], tmp_path, "killed"), tmp_path, "killed",
+        until=killed_at)
+  assert not (out / "runs" / "E2" / "seed0" / "record.json").exists()
+  record = first.read_text()
+  outs = _wait(_start(["--only=E[12]", f"--out={out}"], tmp_path, "w"), tmp_path, "w")
+  assert "1 finished earlier, skipped" in outs[0], outs[0]
+  assert "E2 seed 0: 6 steps (resumed)" in outs[0], outs[0]
+  assert first.read_text() == record
+  log = (out / "runs" / "E2" / "seed0" / "train.log").read_text()
+  assert "resumed from checkpoint step" in log or "already holds the finished run" in log, log
+  got = {r["point"]: r for r in json.loads((out / "results.json").read_text())}
+  _assert_same_records(got, want)
+
+
+def _said(stdout: str) -> list[str]:
+  return [l for l in stdout.splitlines() if l.strip() and not l.startswith("[Gloo]")]
+
+
+def _job_processes(jobs_dir: pathlib.Path) -> list[int]:
+  """The pids of submitit's job processes for jobs in `jobs_dir` (their command line names it)."""
+  pids = []
+  for proc in pathlib.Path("/proc").iterdir():
+    try:
+      cmd = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+      continue
+    if b"submitit.core._submit" in cmd and str(jobs_dir).encode() in cmd:
+      pids.append(int(proc.name))
+  return pids
+
+
+def test_a_sweep_as_jobs_gives_the_same_records_and_a_preempted_job_resumes(reference,
+                                                                             tmp_path):
+  """The launcher is killed while its job runs (the job goes on); the command, rerun, waits for
+  that job instead of submitting another; the job, preempted mid-run, is requeued and resumes."""
+  out = tmp_path / "jobs_sweep"
+  cmd = [sys.executable, "-u", "-m", "experiments.run", "experiments/num_experts.py", "--quick",
+         "--seeds=1", "--only=E2", "--launcher=local", f"--out={out}"]
+  popen = lambda: subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  first, again = popen(), None
+  ckpts = out / "runs" / "E2" / "seed0" / "checkpoints"
+  deadline = time.monotonic() + TIMEOUT_S
+  try:
+    while not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+      assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+      time.sleep(0.05)
+    pids = _job_processes(out / "jobs")
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGSTOP)        # the job waits while the launcher is replaced
+    first.kill()
+    first.wait()
+    again = popen()
+    header = [again.stdout.readline() for _ in range(2)]
+    assert "(submitted earlier, still running): E2 seed 0" in header[1], header
+    os.kill(pids[0], signal.SIGCONT)
+    os.kill(pids[0], signal.SIGUSR2)        # what SLURM sends before preemption
+    stdout, stderr = again.communicate(timeout=TIMEOUT_S)
+  finally:
+    for proc in (first, again):
+      if proc is not None and proc.poll() is None:
+        proc.kill()
+  assert again.returncode == 0, stderr[-3000:]
+  assert "E2 seed 0: 6 steps" in stdout and "wrote " in stdout, stdout
+  assert len(list((out / "jobs").glob("*_submitted.pkl"))) == 1     # one job, never two
+  job_logs = "".join(p.read_text() for p in (out / "jobs").glob("*_log.*"))
+  assert "Requeued job" in job_logs, job_logs[-3000:]
+  log = (out / "runs" / "E2" / "seed0" / "train.log").read_text()
+  assert "resumed from checkpoint step" in log or "already holds the finished run" in log, log
+  got = {r["point"]: r for r in json.loads((out / "results.json").read_text())}
+  _assert_same_records(got, reference)
+
+  # --collect writes the results from the records without training; with a run missing it
+  # names it.
+  (out / "results.json").unlink()
+  run_cli.run(run_cli.parse([*cmd[4:], "--collect"]))
+  assert json.loads((out / "results.json").read_text())[0]["eval_loss"] == got["E2"]["eval_loss"]
+  with pytest.raises(ValueError, match=r"1 of 2 runs in .* have no record yet \(E1 seed 0\)"):
+    run_cli.run(run_cli.parse([*cmd[4:], "--only=E[12]", "--collect"]))
+
+
+def test_slurm_jobs_ask_for_the_flags_resources_over_the_sweeps(tmp_path, monkeypatch):
+  fake = tmp_path / "bin"          # submitit looks for srun to know it is on a SLURM cluster
+  fake.mkdir()
+  (fake / "srun").write_text("#!/bin/sh\n")
+  (fake / "srun").chmod(0o755)
+  monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+  args = run_cli.parse(["experiments/num_experts.py", "--launcher=slurm", "--partition=gpu",
+                        "--nodes=2", "--gpus_per_node=8", "--timeout_min=240"])
+  args.sweep_name = "num_experts"
+  ex = launch.executor(args, tmp_path / "jobs", {"timeout_min": 30, "cpus_per_task": 16})
+  script = ex._executor._make_submission_file_text("python -u -m submitit.core._submit x", "u")
+  for line in ("--partition=gpu", "--nodes=2", "--gpus-per-node=8", "--time=240",
+               "--cpus-per-task=16", "--ntasks-per-node=1", "--signal=USR2@120",
+               "--job-name=moe_jax-num_experts"):
+    assert f"#SBATCH {line}" in script, (line, script)
+  assert f"export PYTHONPATH={REPO}" in script
+
+
+def test_a_seeds_points_that_share_a_helper_run_are_one_job():
+  from experiments.harness import runs_of
+  sweeps = {name: run_cli.load_sweep(REPO / "experiments" / f"{name}.py", quick=True)[0]
+            for name in ("num_experts", "upcycling")}
+  todo, _ = runs_of(sweeps["num_experts"], seeds=2)
+  assert launch.job_groups(sweeps["num_experts"], todo) == [[(p.name, s)] for p, s in todo]
+  todo, _ = runs_of(sweeps["upcycling"], seeds=2)
+  groups = launch.job_groups(sweeps["upcycling"], todo)   # the dense source is per seed
+  assert [sorted({s for _, s in g}) for g in groups] == [[0], [1]]
+  assert [n for n, _ in groups[0]] == ["dense", "upcycled", "drop0.5", "scratch"]
