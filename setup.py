@@ -28,6 +28,7 @@ setup(
         "scikit-learn>=1.3",      # the bundled digits dataset and the classification baselines
         "sentencepiece>=0.2.0",   # the trained subword tokenizer (data.tokenizer='sentencepiece')
         "pyarrow>=14",            # parquet corpora (data.corpus='files')
+        "tokenizers>=0.15",       # a checkpoint's tokenizer.json (data.tokenizer=PATH.json)
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "hypothesis>=6.100",

@@ -60,7 +60,8 @@ class DataConfig:
   text_field: str = "text"             # corpus 'files': the .jsonl field / .parquet column
   dataset: str = "digits"              # task 'classification': embedded or tfds
   data_dir: str = ""                   # tfds datasets: '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
-  tokenizer: str = "byte"              # 'byte' or 'sentencepiece' (trained into the workdir)
+  tokenizer: str = "byte"              # 'byte', 'sentencepiece' (trained into the workdir) or
+                                       # a checkpoint's tokenizer.json (copied into the workdir)
   vocab_size: int = 0                  # sentencepiece: 0 = config.model.vocab_size
   tokenizer_train_bytes: int = 10_000_000   # sentencepiece: training text read
   seq_len: int = 128
@@ -171,7 +172,9 @@ def _data(section: dict, model: TransformerConfig, mesh: MeshConfig, num_process
           options: dict) -> DataConfig:
   data = DataConfig(**section)
   owner = "config.data"
-  check_choice("tokenizer", data.tokenizer, TOKENIZERS, owner=owner)
+  if not data.tokenizer.endswith(".json"):      # else a tokenizer.json (data/hf_tokenizer.py)
+    check_choice("tokenizer", data.tokenizer, TOKENIZERS + ("PATH/tokenizer.json",),
+                 owner=owner)
   check_int("eval_max_batches", data.eval_max_batches, low=0, owner=owner)
   if data.tokenizer == "byte" and model.vocab_size < BYTE_VOCAB:
     raise ValueError(f"config.model.vocab_size={model.vocab_size} is smaller than the byte "

@@ -168,6 +168,14 @@ def check_tokenizer_kept(run, workdir: pathlib.Path, step: int) -> None:
   would silently change what every token id means (it can come out different)."""
   if run.data.tokenizer == "byte":
     return
+  if datasets.is_tokenizer_json(run.data.tokenizer):
+    path = workdir / datasets.HF_TOKENIZER_FILES[0]
+    if not path.exists():
+      raise FileNotFoundError(
+          f"{path} is missing: checkpoint {step} was trained with the tokenizer copied there "
+          "when it started; put the file back (from a copy of this workdir or "
+          f"{run.data.tokenizer}), or start the run over in a new --workdir")
+    return
   path = workdir / datasets.TOKENIZER_FILE
   if not path.exists():
     raise FileNotFoundError(
@@ -193,8 +201,13 @@ def tokenizer(run, workdir: pathlib.Path | None, *, may_train: bool):
   """The run's tokenizer. A SentencePiece model is trained and saved by process 0 only (the
   workdir is shared, as checkpointing needs); the other processes wait and load it."""
   source = tasks.get(run.task).data.text_source(run.data)
-  load = lambda train: datasets.load_or_train_tokenizer(run.data, source, workdir,
-                                                        may_train=train)
+
+  def load(train):
+    tok = datasets.load_or_train_tokenizer(run.data, source, workdir, may_train=train)
+    if tok.vocab_size > run.model.vocab_size:
+      raise ValueError(f"config.model.vocab_size={run.model.vocab_size} is smaller than the "
+                       f"tokenizer's {tok.vocab_size} tokens ({run.data.tokenizer})")
+    return tok
   if not may_train or run.data.tokenizer == "byte" or jax.process_count() == 1:
     return load(may_train)
   from jax.experimental import multihost_utils

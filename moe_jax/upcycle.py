@@ -63,7 +63,7 @@ from flax import nnx
 
 from moe_jax import config as config_lib, run_setup, workdir as workdir_lib
 from moe_jax.checkpoint import Checkpoints
-from moe_jax.data.datasets import TOKENIZER_FILE
+from moe_jax.data.datasets import TOKENIZER_FILES
 from moe_jax.parallel.mesh import make_mesh
 from moe_jax.validation import check_choice, check_float, check_int
 
@@ -320,14 +320,14 @@ def upcycle(config, workdir, source_workdir, *, overrides=(),
   optimizer_state = ("Adam moments carried from the dense run" if options.carry_moments
                      else "fresh")
   command = command or f"the same moe_jax.upcycle.upcycle() call into {workdir}"
-  outputs = (TOKENIZER_FILE, workdir_lib.CONFIG_FILE, workdir_lib.HISTORY_FILE, RECORD_FILE)
+  outputs = (*TOKENIZER_FILES, workdir_lib.CONFIG_FILE, workdir_lib.HISTORY_FILE, RECORD_FILE)
   with run_setup.hold_workdir(workdir), run_setup.seeding_workdir(
       workdir, verb="upcycle", command=command, outputs=outputs, keep=keep_files):
     for note in notes:
       say(f"note: {note}")
-    tokenizer_file = source_workdir / TOKENIZER_FILE
-    if tokenizer_file.exists() and jax.process_index() == 0:
-      shutil.copy2(tokenizer_file, workdir / TOKENIZER_FILE)
+    for name in TOKENIZER_FILES:          # the dense run's tokenizer is the MoE run's
+      if (source_workdir / name).exists() and jax.process_index() == 0:
+        shutil.copy2(source_workdir / name, workdir / name)
     run_setup.seed_checkpoint(run, workdir, step, model, optimizer, iterator, mesh)
     if jax.process_index() == 0:
       workdir_lib.record_start(workdir, run.record, start_step=step, restored_from=None)

@@ -323,6 +323,33 @@ def test_import_then_export_of_checkpoint_0_gives_the_source_bytes(tmp_path):
   assert snapshot(tmp_path / "out") == out_before
 
 
+def test_an_import_reads_text_with_the_checkpoints_own_tokenizer(tmp_path):
+  """A tokenizer.json beside the weights becomes the run's tokenizer (copied into the
+  workdir); export writes it back."""
+  from moe_jax import run_setup
+  from moe_jax.data.hf_tokenizer import HFTokenizer
+  source = tmp_path / "olmoe"
+  shutil.copytree(FIXTURES / "olmoe", source)
+  tokenizer = FIXTURES / "tokenizers" / "small_vocab"
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy2(tokenizer / name, source / name)
+  workdir = tmp_path / "run"
+  said = []
+  workdirs.import_workdir(source, workdir, overrides=["data.seq_len=16"], say=said.append)
+  assert "the checkpoint's own tokenizer.json" in said[-1]
+  run = run_setup.open_run(workdir)
+  assert run.data.tokenizer == str(workdir / "tokenizer.json")
+  tok = run_setup.tokenizer(run, workdir, may_train=False)
+  assert isinstance(tok, HFTokenizer) and tok.eos_id == tok._tok.token_to_id("</s>")
+  reference = json.loads((FIXTURES / "tokenizers" / "reference_ids.json").read_text())
+  assert tok.encode(reference["small_vocab"][0]["text"]).tolist() == \
+      reference["small_vocab"][0]["ids"]
+  files = workdirs.export_workdir(workdir, tmp_path / "out", step=0, say=lambda _: None)
+  assert "tokenizer.json" in files
+  assert (tmp_path / "out" / "tokenizer.json").read_bytes() == \
+      (tokenizer / "tokenizer.json").read_bytes()
+
+
 def test_cli_refuses_an_unsupported_checkpoint_in_one_line_writing_nothing(tmp_path):
   bad = _copy(tmp_path)
   _edit_config(bad, architectures=["GPT2LMHeadModel"])

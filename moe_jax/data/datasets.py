@@ -40,6 +40,13 @@ from moe_jax.data.pipeline import make_iterator
 from moe_jax.data.tokenizer import ByteTokenizer
 
 TOKENIZER_FILE = "tokenizer.model"
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")   # a checkpoint's, copied in
+TOKENIZER_FILES = (TOKENIZER_FILE, *HF_TOKENIZER_FILES)   # what a workdir keeps of its tokenizer
+
+
+def is_tokenizer_json(name: str) -> bool:
+  """config.data.tokenizer names a Hugging Face tokenizer.json (not 'byte'/'sentencepiece')."""
+  return name.endswith(".json")
 
 
 def lm_names() -> tuple[str, ...]:
@@ -106,10 +113,14 @@ def training_text(name: str, data, max_bytes: int) -> Iterator[str]:
 
 
 def load_or_train_tokenizer(data, text_source: str, workdir=None, *, may_train: bool = True):
-  """The run's tokenizer: bytes, or the SentencePiece model in workdir (trained on the text of
-  dataset `text_source` and saved there first when missing and `may_train`)."""
+  """The run's tokenizer: bytes, a tokenizer.json (`hf_tokenizer`; copied into the workdir when
+  the run starts, and read from there afterwards), or the SentencePiece model in workdir
+  (trained on the text of dataset `text_source` and saved there first when missing and
+  `may_train`)."""
   if data.tokenizer == "byte":
     return ByteTokenizer()
+  if is_tokenizer_json(data.tokenizer):
+    return _load_tokenizer_json(data.tokenizer, workdir, may_train)
   from moe_jax.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
   path = pathlib.Path(workdir) / TOKENIZER_FILE if workdir is not None else None
   if path is not None and path.exists():
@@ -125,6 +136,25 @@ def load_or_train_tokenizer(data, text_source: str, workdir=None, *, may_train: 
   tokenizer = train_sentencepiece(text, data.vocab_size, max_bytes=data.tokenizer_train_bytes)
   if path is not None:
     tokenizer.save(path)
+  return tokenizer
+
+
+def _load_tokenizer_json(name: str, workdir, may_train: bool):
+  import shutil
+  from moe_jax.data.hf_tokenizer import HFTokenizer
+  kept = pathlib.Path(workdir) / HF_TOKENIZER_FILES[0] if workdir is not None else None
+  if kept is not None and kept.exists():
+    return HFTokenizer.load(kept)
+  source = pathlib.Path(name).expanduser()
+  if kept is not None and not may_train:
+    raise FileNotFoundError(f"no tokenizer at {kept}: the run's tokenizer.json is copied there "
+                            "when training starts")
+  tokenizer = HFTokenizer.load(source)
+  if kept is not None:          # the run keeps its own copy: resumes never depend on `source`
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    for file in HF_TOKENIZER_FILES:
+      if (source.parent / file).is_file():
+        shutil.copy2(source.parent / file, kept.parent / file)
   return tokenizer
 
 

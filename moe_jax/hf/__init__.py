@@ -12,9 +12,9 @@ Modules: safetensors_io (the file format), families (config.json -> config.model
 convert (tensor names and layouts <-> moe_jax params), model_io (load / export in memory),
 workdirs (a moe_jax workdir from a checkpoint and back: the CLI's two commands).
 
-The data pipeline's tokenizer stays moe_jax's (bytes or SentencePiece), not the checkpoint's:
-byte ids 0-255 are valid ids of every vocabulary here, but they are not the checkpoint's
-tokens, so a fine-tuned import learns a new input mapping rather than continuing its text.
+An import's tokenizer is the checkpoint's tokenizer.json, copied into the workdir
+(moe_jax/data/hf_tokenizer.py); a checkpoint without one keeps moe_jax's (bytes or
+SentencePiece), whose ids are not the checkpoint's tokens (see workdirs).
 """
 from moe_jax.hf.model_io import HFSource, export, load
 

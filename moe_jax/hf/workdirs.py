@@ -31,10 +31,14 @@ file names (safetensors_io), only plain files are carried (a symbolic link is le
 with a note), and the paths in imported_config.py are written as string literals that read
 back as exactly those paths.
 
-The data pipeline tokenizes with moe_jax's tokenizer (config.data.tokenizer: bytes, or a
-SentencePiece model it trains), not the checkpoint's: byte ids 0-255 are valid ids of all of
-these vocabularies, but not the checkpoint's tokens for those bytes, so evaluation losses of
-an import are those of a model reading an unfamiliar encoding, and fine-tuning teaches it one.
+The checkpoint's tokenizer: a `tokenizer.json` beside the weights (and its
+`tokenizer_config.json`) is copied into the workdir and becomes the run's tokenizer
+(config.data.tokenizer = W/tokenizer.json; moe_jax/data/hf_tokenizer.py), so training,
+evaluation, sampling and the routing-anatomy notebook read text as the model was trained to.
+A checkpoint without one (or with --config.data.tokenizer set) keeps moe_jax's tokenizer
+(bytes, or a SentencePiece model it trains): byte ids 0-255 are valid ids of these
+vocabularies, but not the checkpoint's tokens for those bytes, so its evaluation losses are
+those of a model reading an unfamiliar encoding, and fine-tuning teaches it one.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ import jax
 from flax import nnx
 
 from moe_jax import config as config_lib, run_setup, workdir as workdir_lib
+from moe_jax.data import datasets
 from moe_jax.hf import model_io
 from moe_jax.parallel.mesh import make_mesh
 
@@ -65,6 +70,18 @@ RUN_FIELDS = ("dtype", "param_dtype", "remat", "dispatcher", "capacity_factor", 
 TOKENIZER_NOTE = ("the data pipeline uses moe_jax's tokenizer (config.data.tokenizer), not the "
                   "checkpoint's: byte ids 0-255 are valid ids of its vocabulary, but not its "
                   "tokens for those bytes")
+OWN_TOKENIZER_NOTE = ("the data pipeline reads text with the checkpoint's own tokenizer.json, "
+                      "copied into the workdir")
+HF_TOKENIZER = "tokenizer.json"
+
+
+def _tokenizer_note_of(tree: dict) -> str:
+  own = tree.get("data", {}).get("tokenizer", "").endswith(HF_TOKENIZER)
+  return OWN_TOKENIZER_NOTE if own else TOKENIZER_NOTE
+
+
+def _tokenizer_note(run) -> str:
+  return _tokenizer_note_of({"data": {"tokenizer": run.data.tokenizer}})
 
 
 def run_tree(config, overrides, section: dict) -> dict:
@@ -117,7 +134,7 @@ def _config_file(tree: dict, source: str, workdir: pathlib.Path) -> str:
       f"The run config of the model imported from {source} by `python -m moe_jax.hf import`.",
       f"    {_train_command(workdir)} [--config.steps=N ...]",
       textwrap.fill("Keep the model section: it describes the checkpoint. Note: "
-                    f"{TOKENIZER_NOTE}.", width=96)]) + "\n"
+                    f"{_tokenizer_note_of(tree)}.", width=96)]) + "\n"
   text = (f"{_py_string(doc)}\nimport ml_collections\n\n"
           f"CONFIG = {pprint.pformat(tree, indent=1, width=100, sort_dicts=True)}\n\n\n"
           "def get_config():\n  return ml_collections.ConfigDict(CONFIG)\n")
@@ -133,10 +150,14 @@ def import_workdir(hf_dir, workdir, *, config=None, overrides=(), say=print) -> 
   """Writes checkpoint 0 of a run of the checkpoint in `hf_dir` into the new `workdir`;
   returns 0 (its step)."""
   source, checkpoint = model_io.open_source(hf_dir)
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  own_tokenizer = (HF_TOKENIZER in model_io.carried_files(source.directory)
+                   and not any(o.startswith("data.tokenizer=") for o in overrides))
+  if own_tokenizer:      # the run reads the workdir's copy, written before it is first opened
+    overrides = [*overrides, f"data.tokenizer={workdir / HF_TOKENIZER}"]
   tree = run_tree(config, overrides, source.section)
   run = config_lib.validate(tree, num_devices=jax.device_count(),
                             num_processes=jax.process_count())
-  workdir = pathlib.Path(workdir).expanduser().absolute()
   hf_path = pathlib.Path(source.directory)
   if workdir == hf_path or hf_path in workdir.parents:
     raise ValueError(f"--workdir {workdir} is inside --from {hf_path}: import into a directory "
@@ -153,6 +174,10 @@ def import_workdir(hf_dir, workdir, *, config=None, overrides=(), say=print) -> 
       if lead:
         workdir_lib.write_atomic(scratch / SCRATCH_MARK, json.dumps(
             {"workdir": str(workdir), "from": str(hf_path), "pid": os.getpid()}))
+      if lead and own_tokenizer:
+        for name in datasets.HF_TOKENIZER_FILES:
+          if name in model_io.carried_files(source.directory):
+            model_io.copy_plain(hf_path / name, scratch / name, source.directory)
       _sync("moe_jax hf import: scratch ready")
       _write_run(scratch, workdir, run, source, checkpoint, mesh, skipped)
       _sync("moe_jax hf import: written")
@@ -174,7 +199,7 @@ def import_workdir(hf_dir, workdir, *, config=None, overrides=(), say=print) -> 
   say(f"imported {source.architecture} from {hf_path} ({source.layout} layout, "
       f"{source.dtype}) into checkpoint 0 of {workdir}: {run.model.num_layers} layers, "
       f"{run.model.num_experts} experts, the optimizer state starts fresh. Note: "
-      f"{TOKENIZER_NOTE}. Train it with: {_train_command(workdir)}")
+      f"{_tokenizer_note(run)}. Train it with: {_train_command(workdir)}")
   return 0
 
 
@@ -241,7 +266,7 @@ def _write_records(scratch: pathlib.Path, workdir: pathlib.Path, run,
       "source": source.directory, "architecture": source.architecture,
       "layout": source.layout, "dtype": source.dtype, "tensor_dtypes": source.tensor_dtypes,
       "carried_files": carried, "step": 0, "optimizer_state": "fresh",
-      "tokenizer": TOKENIZER_NOTE}, indent=2, sort_keys=True))
+      "tokenizer": _tokenizer_note(run)}, indent=2, sort_keys=True))
 
 
 def workdir_source(workdir: pathlib.Path) -> model_io.HFSource:
