@@ -23,7 +23,7 @@ from tests.train_helpers import (REPO, assert_one_line_error, losses, run_cli, s
 
 FIXTURES = REPO / "tests" / "fixtures" / "hf"
 REFERENCE = np.load(FIXTURES / "reference_logits.npz")
-FLOAT32 = ["mixtral", "mixtral_fused", "qwen3_moe", "olmoe"]
+FLOAT32 = ["mixtral", "mixtral_fused", "qwen3_moe", "olmoe", "qwen2_moe"]
 ALL = FLOAT32 + ["qwen3_moe_bf16"]
 
 
@@ -41,7 +41,7 @@ def test_imported_logits_equal_transformers(name):
 
 def test_the_families_map_onto_moe_jax_options():
   sections = {n: hf.load(FIXTURES / n)[1].section for n in ("mixtral", "qwen3_moe", "olmoe",
-                                                            "qwen3_moe_bf16")}
+                                                            "qwen3_moe_bf16", "qwen2_moe")}
   assert sections["mixtral"]["router_options"] == {"k": 2, "order": "softmax_topk",
                                                    "renormalize": True}
   assert sections["olmoe"]["router_options"]["renormalize"] is False      # norm_topk_prob
@@ -49,9 +49,14 @@ def test_the_families_map_onto_moe_jax_options():
   assert (sections["qwen3_moe"]["head_dim"], sections["qwen3_moe"]["qk_norm"]) == (16, "head")
   assert sections["olmoe"]["qk_norm"] == "full" and sections["mixtral"]["qk_norm"] == "none"
   # mlp_only_layers=[0], decoder_sparse_step=2: each a dense layer 0 before MoE layer 1
-  for name in ("qwen3_moe", "qwen3_moe_bf16"):
+  for name in ("qwen3_moe", "qwen3_moe_bf16", "qwen2_moe"):
     config = hf.model_io.model_config(sections[name])
     assert [config.is_moe_layer(i) for i in range(2)] == [False, True]
+  qwen2 = sections["qwen2_moe"]       # a sigmoid-gated shared expert, q/k/v biases
+  assert (qwen2["shared_d_ff"], qwen2["shared_gate"], qwen2["qkv_bias"]) == (20, True, True)
+  assert qwen2["router_options"]["renormalize"] is False and qwen2["qk_norm"] == "none"
+  assert not any("shared" in k or "qkv_bias" in k for n in sections if n != "qwen2_moe"
+                 for k in sections[n])
   assert {s["dispatcher"] for s in sections.values()} == {"dropless"}      # HF drops nothing
   assert sections["mixtral"]["num_kv_heads"] == 2
 
@@ -91,6 +96,19 @@ HUB_CONFIGS = {
         "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 10000.0,
         "router_aux_loss_coef": 0.01, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
         "transformers_version": "4.43.0.dev0", "use_cache": True, "vocab_size": 50304},
+    "Qwen1.5-MoE-A2.7B": {      # 4.x: no qkv_bias field (its attention always had biases)
+        "architectures": ["Qwen2MoeForCausalLM"], "attention_dropout": 0.0,
+        "bos_token_id": 151643, "decoder_sparse_step": 1, "eos_token_id": 151643,
+        "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+        "intermediate_size": 5632, "max_position_embeddings": 8192, "max_window_layers": 21,
+        "model_type": "qwen2_moe", "moe_intermediate_size": 1408, "norm_topk_prob": False,
+        "num_attention_heads": 16, "num_experts": 60, "num_experts_per_tok": 4,
+        "num_hidden_layers": 24, "num_key_value_heads": 16, "output_router_logits": False,
+        "rms_norm_eps": 1e-06, "rope_theta": 1e6, "router_aux_loss_coef": 0.001,
+        "shared_expert_intermediate_size": 5632, "sliding_window": 32768,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "transformers_version": "4.40.0.dev0", "use_cache": True, "use_sliding_window": False,
+        "vocab_size": 151936},
 }
 
 
@@ -105,11 +123,15 @@ def test_hub_configs_are_understood(name):
   table = convert.mappings(family, section, "hub")
   names = {n for m in table for n in m.tensors}
   experts = {"Mixtral-8x7B-v0.1": (8, 2, 32), "Qwen3-30B-A3B": (128, 8, 48),
-             "OLMoE-1B-7B-0924": (64, 8, 16)}[name]
+             "OLMoE-1B-7B-0924": (64, 8, 16), "Qwen1.5-MoE-A2.7B": (60, 4, 24)}[name]
   assert (model.moe.num_experts, model.moe.built_router.options["k"], model.num_layers) == experts
-  # the Hub's per-expert names, one Linear per expert and projection
+  # the Hub's per-expert names, one Linear per expert and projection (Qwen1.5-MoE: + the
+  # shared expert's three and its gate, + the q/k/v biases)
   layer0 = {n for n in names if n.startswith("model.layers.0.")}
-  assert len(layer0) == 3 * experts[0] + 1 + 6 + 2 * (family.qk_norm != "none")
+  qwen2 = name.startswith("Qwen1.5")
+  assert len(layer0) == (3 * experts[0] + 1 + 6 + 2 * (family.qk_norm != "none")
+                         + 7 * qwen2)
+  assert convert.expected_count(section, "hub") == len(names)
   assert ("model.layers.0.block_sparse_moe.experts.3.w1.weight" in names
           or "model.layers.0.mlp.experts.3.gate_proj.weight" in names)
 
@@ -244,7 +266,8 @@ def test_bias_tensors_are_refused_by_name(tmp_path):
   tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(32, np.float32)
   safetensors_io.write_checkpoint(directory, tensors)
   with pytest.raises(ValueError, match=r"tensor 'model.layers.0.self_attn.q_proj.bias' is not "
-                                       r"understood \(biases are not imported"):
+                                       r"understood \(moe_jax imports the q/k/v biases "
+                                       r"of a config with qkv_bias"):
     hf.load(directory)
 
 

@@ -1,4 +1,4 @@
-"""Hugging Face MoE checkpoints in and out: Mixtral, Qwen3-MoE and OLMoE, with no torch.
+"""Hugging Face MoE checkpoints in and out: Mixtral, Qwen3-MoE, OLMoE and Qwen2-MoE, with no torch.
 
     model, source = moe_jax.hf.load("OLMoE-1B-7B-0924/", mesh=mesh)   # a moe_jax DecoderLM
     moe_jax.hf.export(model, source, "out/")                          # transformers loads it

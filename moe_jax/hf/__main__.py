@@ -53,7 +53,7 @@ def define_flags() -> None:
                       "steps and mesh (its model section is replaced by the checkpoint's); "
                       "override any field with --config.FIELD=VALUE.")
   flags.DEFINE_string("from", None, "import: a transformers checkpoint directory (config.json "
-                      "+ safetensors) of a Mixtral, Qwen3-MoE or OLMoE model.")
+                      "+ safetensors) of a Mixtral, Qwen3-MoE, OLMoE or Qwen2-MoE model.")
   flags.DEFINE_string("to", None, "export: the new directory to write.")
   flags.DEFINE_integer("step", None, "export: the checkpoint to export (default newest).")
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "export: write every "

@@ -12,7 +12,7 @@ transpose, a stack or a concatenation, so moe_jax -> HF -> moe_jax is exact, bit
 
 Layouts: 'hub' is the layout of the checkpoints on the Hub (and what transformers 5 still
 saves by default): one Linear per expert, `...experts.{e}.w1.weight` (Mixtral, under
-block_sparse_moe) or `...mlp.experts.{e}.gate_proj.weight` (Qwen3-MoE, OLMoE). 'fused' is
+block_sparse_moe) or `...mlp.experts.{e}.gate_proj.weight` (Qwen2/3-MoE, OLMoE). 'fused' is
 transformers 5's in-memory layout, saved with `save_pretrained(save_original_format=False)`:
 `mlp.experts.gate_up_proj` [E, 2F, D] (gate rows first) and `mlp.experts.down_proj` [E, D, F],
 the router at `mlp.gate.weight` for every family.
@@ -57,6 +57,8 @@ def forward(m: Mapping, arrays: list) -> list:
     return [np.concatenate([_t(a) for a in arrays], axis=1)]
   if m.kind == "experts":                # E x [out, in] -> [E, in, out]
     return [np.stack([_t(a) for a in arrays])]
+  if m.kind == "concat":                 # q [HK], k [GK], v [GK] biases -> [(H + 2G) K]
+    return [np.concatenate(arrays)]
   if m.kind == "gate_up":                # [E, 2F, D] -> w_gate, w_up [E, D, F]
     f = arrays[0].shape[1] // 2
     return [_t(arrays[0][:, :f]), _t(arrays[0][:, f:])]
@@ -74,11 +76,30 @@ def inverse(m: Mapping, arrays: list) -> list:
   if m.kind == "qkv":
     cuts = np.cumsum([s[0] for s in m.shapes])[:-1]
     return [_t(a) for a in np.split(arrays[0], cuts, axis=1)]
+  if m.kind == "concat":
+    return np.split(arrays[0], np.cumsum([s[0] for s in m.shapes])[:-1])
   if m.kind == "experts":
     return [_t(a) for a in arrays[0]]
   if m.kind == "gate_up":
     return [np.concatenate([_t(arrays[0]), _t(arrays[1])], axis=1)]
   raise AssertionError(m.kind)
+
+
+def _shared(prefix: str, block: tuple, s: dict) -> list[Mapping]:
+  """Qwen2-MoE's shared expert (one expert of width shared_d_ff) and its sigmoid gate."""
+  if not s.get("shared_d_ff"):
+    return []
+  d, f, m = s["d_model"], s["shared_d_ff"], prefix + "mlp."
+  shared = block + ("ffn", "shared_params")
+  one = lambda param, hf_name, shape: Mapping((shared + (param,),),
+                                              (f"{m}shared_expert.{hf_name}.weight",),
+                                              (shape,), "experts")
+  out = [one("w_gate", "gate_proj", (f, d)), one("w_up", "up_proj", (f, d)),
+         one("w_down", "down_proj", (d, f))]
+  if s.get("shared_gate"):
+    out.append(Mapping((shared + ("gate",),), (m + "shared_expert_gate.weight",), ((1, d),),
+                       "linear"))
+  return out
 
 
 def _moe(family: Family, prefix: str, block: tuple, s: dict, layout: str) -> list[Mapping]:
@@ -90,7 +111,8 @@ def _moe(family: Family, prefix: str, block: tuple, s: dict, layout: str) -> lis
                     ((e, d),), "linear"),
             Mapping((experts + ("w_gate",), experts + ("w_up",)),
                     (m + "experts.gate_up_proj",), ((e, 2 * f, d),), "gate_up"),
-            Mapping((experts + ("w_down",),), (m + "experts.down_proj",), ((e, d, f),), "down")]
+            Mapping((experts + ("w_down",),), (m + "experts.down_proj",), ((e, d, f),), "down"),
+            *_shared(prefix, block, s)]
   m = prefix + family.moe_module + "."
   gate, up, down = family.expert_names
 
@@ -101,7 +123,7 @@ def _moe(family: Family, prefix: str, block: tuple, s: dict, layout: str) -> lis
   return [Mapping((block + ("ffn", "router_params", "w"),), (m + "gate.weight",), ((e, d),),
                   "linear"),
           per_expert("w_gate", gate, (f, d)), per_expert("w_up", up, (f, d)),
-          per_expert("w_down", down, (d, f))]
+          per_expert("w_down", down, (d, f)), *_shared(prefix, block, s)]
 
 
 def mappings(family: Family, section: dict, layout: str) -> list[Mapping]:
@@ -129,6 +151,10 @@ def iter_mappings(family: Family, section: dict, layout: str):
                 (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
                 ((heads * k, d), (kv * k, d), (kv * k, d)), "qkv"),
         linear(b + ("attn", "out", "kernel"), a + "o_proj.weight", (d, heads * k))]
+    if s.get("qkv_bias"):
+      yield Mapping((b + ("attn", "qkv_bias"),),
+                    (a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"),
+                    ((heads * k,), (kv * k,), (kv * k,)), "concat")
     if s["qk_norm"] != "none":
       full = s["qk_norm"] == "full"
       yield from [copy(b + ("attn", "q_norm", "scale"), a + "q_norm.weight",
@@ -153,8 +179,10 @@ def expected_count(section: dict, layout: str) -> int:
   layers, first, every = section["num_layers"], section["first_dense_layers"], section["moe_every"]
   moe = len(range(first, layers, every)) if 0 <= first < layers and every >= 1 else 0
   per_moe = 3 if layout == "fused" else 1 + 3 * section["num_experts"]
-  return (3 + max(layers, 0) * (6 + 2 * (section["qk_norm"] != "none"))
-          + moe * per_moe + (max(layers, 0) - moe) * 3)
+  if section.get("shared_d_ff"):
+    per_moe += 3 + bool(section.get("shared_gate"))
+  per_layer = 6 + 2 * (section["qk_norm"] != "none") + 3 * bool(section.get("qkv_bias"))
+  return 3 + max(layers, 0) * per_layer + moe * per_moe + (max(layers, 0) - moe) * 3
 
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
@@ -228,8 +256,8 @@ def check_tensors(table: list[Mapping], checkpoint, where: str) -> None:
   expected = {n: s for m in table for n, s in zip(m.tensors, m.shapes)}
   names = set(checkpoint.names())
   for name in sorted(names - set(expected)):
-    why = (" (biases are not imported: Mixtral, Qwen3-MoE and OLMoE have none, and moe_jax's "
-           "attention has none)"
+    why = (" (moe_jax imports the q/k/v biases of a config with qkv_bias, and no other "
+           "bias: Mixtral, Qwen3-MoE and OLMoE have none)"
            if name.endswith(".bias") else "")
     raise ValueError(f"{where}: tensor {name!r} is not understood{why}")
   for name in sorted(set(expected) - names):

@@ -8,7 +8,7 @@ value (a sliding window, RoPE scaling, biases: things moe_jax's transformer does
 the fields that do not change the forward pass (token ids, initializer_range, the HF training
 loss coefficient). A field in none of these is an error naming it, so a config this module
 does not understand is never imported silently wrong. Read against transformers 5.25's
-modeling_{mixtral,qwen3_moe,olmoe}.py; transformers 4.x configs (`rope_theta`, `rope_scaling`,
+modeling_{mixtral,qwen3_moe,olmoe,qwen2_moe}.py; transformers 4.x configs (`rope_theta`, `rope_scaling`,
 `torch_dtype`) are read too.
 """
 from __future__ import annotations
@@ -38,6 +38,9 @@ class Family:
   qk_norm: str                          # moe_jax's qk_norm
   renormalize_field: str | None         # None: always renormalised (Mixtral)
   required: dict[str, Any]              # fields that must have this value when present
+  shared_expert_field: str | None = None   # a sigmoid-gated shared expert of this width
+  qkv_bias_field: str | None = None        # q/k/v projections with biases when true
+  sparse_step: bool = False             # decoder_sparse_step + mlp_only_layers place the MoE
 
 
 FAMILIES = {f.architecture: f for f in (
@@ -47,7 +50,12 @@ FAMILIES = {f.architecture: f for f in (
     Family("Qwen3MoeForCausalLM", "qwen3_moe", "mlp", ("gate_proj", "up_proj", "down_proj"),
            ("num_experts", "num_local_experts"), "moe_intermediate_size", "head", "norm_topk_prob",
            {"use_sliding_window": False, "attention_bias": False, "attention_dropout": 0.0,
-            "rope_scaling": None}),
+            "rope_scaling": None}, sparse_step=True),
+    Family("Qwen2MoeForCausalLM", "qwen2_moe", "mlp", ("gate_proj", "up_proj", "down_proj"),
+           ("num_experts", "num_local_experts"), "moe_intermediate_size", "none", "norm_topk_prob",
+           {"use_sliding_window": False, "attention_dropout": 0.0, "rope_scaling": None},
+           shared_expert_field="shared_expert_intermediate_size", qkv_bias_field="qkv_bias",
+           sparse_step=True),
     Family("OlmoeForCausalLM", "olmoe", "mlp", ("gate_proj", "up_proj", "down_proj"),
            ("num_experts", "num_local_experts"), "intermediate_size", "full", "norm_topk_prob",
            {"attention_bias": False, "attention_dropout": 0.0, "clip_qkv": None,
@@ -62,7 +70,11 @@ _COMMON = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_head
 _MAPPED = {"MixtralForCausalLM": {"router_jitter_noise"},
            "Qwen3MoeForCausalLM": {"moe_intermediate_size", "norm_topk_prob",
                                    "decoder_sparse_step", "mlp_only_layers", "sliding_window"},
-           "OlmoeForCausalLM": {"norm_topk_prob"}}
+           "OlmoeForCausalLM": {"norm_topk_prob"},
+           "Qwen2MoeForCausalLM": {"moe_intermediate_size", "norm_topk_prob",
+                                   "decoder_sparse_step", "mlp_only_layers", "sliding_window",
+                                   "shared_expert_intermediate_size", "qkv_bias",
+                                   "layer_types"}}
 
 
 def family_of(hf_config: dict) -> Family:
@@ -124,13 +136,18 @@ def check_fields(family: Family, hf_config: dict) -> None:
   if _get(hf_config, "hidden_act", "silu") != "silu":
     raise ValueError(f"config.json: hidden_act={hf_config['hidden_act']!r} is not supported "
                      "(these families' experts are SwiGLU: 'silu')")
+  types = hf_config.get("layer_types")
+  if types is not None and (not isinstance(types, list)
+                            or any(t != "full_attention" for t in types)):
+    raise ValueError(f"config.json: layer_types={types!r} is not supported (moe_jax's "
+                     "attention is full attention in every layer: 'full_attention')")
 
 
 def _dense_pattern(family: Family, hf_config: dict, num_layers: int) -> tuple[int, int]:
-  """(first_dense_layers, moe_every) giving the MoE layers Qwen3-MoE's decoder_sparse_step
+  """(first_dense_layers, moe_every) giving the MoE layers Qwen2/3-MoE's decoder_sparse_step
   and mlp_only_layers give: layer i is MoE iff i not in mlp_only_layers and (i + 1) % step
   == 0."""
-  if family.architecture != "Qwen3MoeForCausalLM":
+  if not family.sparse_step:
     return 0, 1
   step = _get(hf_config, "decoder_sparse_step", 1, kind=int)
   only = hf_config.get("mlp_only_layers") or []
@@ -199,6 +216,12 @@ def model_section(family: Family, hf_config: dict, dtype: str) -> dict:
   if jitter:     # Mixtral's training-time x * U(1 - j, 1 + j) is moe_jax's jitter_eps
     options["jitter_eps"] = jitter
   first_dense, every = _dense_pattern(family, hf_config, layers)
+  extra = {}
+  if family.shared_expert_field is not None:
+    extra.update(shared_d_ff=g(family.shared_expert_field), shared_gate=True)
+  # transformers 4.x configs have no qkv_bias field: their Qwen2-MoE attention always had biases
+  if family.qkv_bias_field is not None and g(family.qkv_bias_field, bool, True):
+    extra["qkv_bias"] = True
   return {
       "vocab_size": g("vocab_size"), "d_model": d_model, "num_layers": layers,
       "num_heads": heads, "num_kv_heads": None if kv == heads else kv, "head_dim": head_dim,
@@ -208,5 +231,5 @@ def model_section(family: Family, hf_config: dict, dtype: str) -> dict:
       "moe_every": every, "first_dense_layers": first_dense, "dispatcher": "dropless",
       "tie_embeddings": False, "rope_theta": rope_theta(hf_config),
       "norm_eps": float(g("rms_norm_eps", (int, float))), "qk_norm": family.qk_norm,
-      "dtype": dtype, "param_dtype": dtype,
+      "dtype": dtype, "param_dtype": dtype, **extra,
   }

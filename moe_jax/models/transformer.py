@@ -65,6 +65,7 @@ class TransformerConfig:
   rope_theta: float = 10000.0         # the RoPE base
   norm_eps: float = 1e-6              # every RMSNorm's epsilon (nnx.RMSNorm's default)
   qk_norm: str = "none"               # RMSNorm on q and k before RoPE: 'none', 'head', 'full'
+  qkv_bias: bool = False              # q, k, v projections with a bias (Qwen2, Qwen2-MoE)
 
   @property
   def kv_heads(self) -> int:
@@ -170,6 +171,8 @@ class Attention(nnx.Module):
     self.num_heads, self.num_kv_heads, self.causal = heads, kv, causal
     self.rope_theta, self.qk_norm = config.rope_theta, config.qk_norm
     self.qkv = Linear(d, (heads + 2 * kv) * size, ("embed", "heads"), **kw)
+    self.qkv_bias = (sharded_param(jnp.zeros(((heads + 2 * kv) * size,), config.param_dtype),
+                                   ("heads",), mesh) if config.qkv_bias else None)
     self.out = Linear(heads * size, d, ("heads", "embed"), **kw)
     if config.qk_norm != "none":
       norm = lambda n: nnx.RMSNorm(n, epsilon=config.norm_eps, rngs=rngs,
@@ -183,6 +186,8 @@ class Attention(nnx.Module):
     batch, length, _ = x_BLD.shape
     heads, kv = self.num_heads, self.num_kv_heads
     qkv = self.qkv(x_BLD)
+    if self.qkv_bias is not None:
+      qkv = qkv + self.qkv_bias[...].astype(qkv.dtype)
     size = qkv.shape[-1] // (heads + 2 * kv)
     q, k, v = jnp.split(qkv, [heads * size, (heads + kv) * size], axis=-1)
     if self.qk_norm == "full":   # OLMoE: over all of q's (k's) features, before the head split

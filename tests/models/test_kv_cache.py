@@ -21,15 +21,22 @@ CASES = {
                                   router_options={"k": 2}, qk_norm="head", num_kv_heads=2),
     "moe-hash-fullnorm-untied": dict(num_experts=4, expert_d_ff=32, dispatcher="dropless",
                                      router="hash", qk_norm="full", tie_embeddings=False),
-    "moe-shared-first-dense": dict(num_experts=4, expert_d_ff=32, dispatcher="dropless",
-                                   shared_d_ff=16, first_dense_layers=1, head_dim=16),
+    # Qwen2-MoE's pieces: q/k/v biases, a sigmoid-gated shared expert
+    "moe-shared-gated-qkv-bias-first-dense": dict(
+        num_experts=4, expert_d_ff=32, dispatcher="dropless", shared_d_ff=16, shared_gate=True,
+        qkv_bias=True, first_dense_layers=1, head_dim=16),
 }
 
 
 def _model(**fields):
   config = make_config(vocab_size=64, d_model=32, num_layers=3, num_heads=4, max_len=32,
                        **fields)
-  return DecoderLM(config, rngs=nnx.Rngs(0))
+  model = DecoderLM(config, rngs=nnx.Rngs(0))
+  for i, block in enumerate(model.transformer.blocks):   # biases start at 0: make them count
+    if block.attn.qkv_bias is not None:
+      bias = block.attn.qkv_bias
+      bias[...] = jax.random.normal(jax.random.PRNGKey(i), bias[...].shape)
+  return model
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
