@@ -65,12 +65,12 @@ class SweepJob:
     import jax
     from moe_jax import cli, interrupts
     from moe_jax.parallel import distributed
-    from experiments import run as run_cli
+    from experiments import sweep as sweep_lib
     if self.args.cpu_devices:
       jax.config.update("jax_num_cpu_devices", self.args.cpu_devices)
     cli._quiet_background_threads()
     distributed.initialize()      # several nodes: from SLURM's environment; else a no-op
-    sweep = run_cli.sweep_for(self.args)
+    sweep, _ = sweep_lib.load(self.args.sweep, self.args.quick, self.args.config)
     points = {p.name: p for p in sweep.points}
     todo = [(points[name], seed) for name, seed in self.runs]
     sig = preemption_signal()

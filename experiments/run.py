@@ -35,7 +35,6 @@ local processes. See experiments/launch.py.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 import time
@@ -44,15 +43,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def load_sweep(path: str, quick: bool):
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(2, "No such sweep file", str(path))
-  spec = importlib.util.spec_from_file_location(f"sweep_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
-    raise ValueError(f"{path} defines no get_sweep(quick) function")
-  return module.get_sweep(quick), module
+  """(the sweep, its module) of a sweep file (experiments.sweep.load)."""
+  from experiments import sweep
+  return sweep.load(path, quick)
 
 
 def parse(argv):
@@ -112,11 +105,8 @@ def _start_distributed(args) -> None:
 
 def sweep_for(args):
   """The sweep the command names, with --config's base if given."""
-  from moe_jax import config as config_lib
-  sweep, _ = load_sweep(args.sweep, args.quick)
-  if args.config:
-    sweep = sweep._replace(base=lambda: config_lib.load_file(args.config))
-  return sweep
+  from experiments import sweep
+  return sweep.load(args.sweep, args.quick, args.config)[0]
 
 
 def run(args) -> None:

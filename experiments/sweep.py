@@ -16,7 +16,9 @@ grids. Seeds are an axis the harness adds (`seed=s` on every point), so every po
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import pathlib
 import re
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -99,3 +101,21 @@ def override_flags(p: Point, seed: int) -> list[str]:
   the command line), other values as Python literals."""
   text = lambda v: v if isinstance(v, str) else repr(v)
   return [f"{path}={text(value)}" for path, value in p.overrides.items()] + [f"seed={seed}"]
+
+
+def load(path, quick: bool, config_file: str | None = None):
+  """(the Sweep of the sweep file at `path`, its module); with `config_file`, the sweep's base
+  config replaced by that config file's."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(2, "No such sweep file", str(path))
+  spec = importlib.util.spec_from_file_location(f"sweep_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"{path} defines no get_sweep(quick) function")
+  sweep = module.get_sweep(quick)
+  if config_file:
+    from moe_jax import config as config_lib
+    sweep = sweep._replace(base=lambda: config_lib.load_file(config_file))
+  return sweep, module

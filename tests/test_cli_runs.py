@@ -113,6 +113,7 @@ def test_diverged_run_saves_no_nonfinite_state(tmp_path):
   assert not list((fresh / "checkpoints").glob("[0-9]*"))
 
 
+@pytest.mark.slow   # make test's budget: test-all (the divergence test above runs in make test)
 def test_divergence_says_when_the_newest_finite_checkpoint_is_already_dead(reference,
                                                                             tmp_path):
   """Issue 28, 11: after a NaN, the finite checkpoint the message pointed to could already be

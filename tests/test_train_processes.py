@@ -26,6 +26,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+# make test's budget: test-all. In make test, a two-host sweep trains an expert-parallel run on
+# 2 processes x 4 devices with the single-process losses and validation
+# (tests/experiments/test_sweeps_beyond_one_process.py).
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
   """2 processes x 4 CPU devices (gloo), the same CLI and mesh: the single-process losses."""
   reference = _reference(tmp_path, 8)

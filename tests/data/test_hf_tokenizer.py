@@ -62,24 +62,22 @@ def test_bad_tokenizer_files_are_one_line(tmp_path):
 
 def test_a_run_trains_evaluates_and_resumes_on_a_tokenizer_json(tmp_path):
   """data.tokenizer names a tokenizer.json: it is copied into the workdir when the run starts,
-  and the resumed run and evaluate read that copy (the original may be gone)."""
+  and evaluate (as a resume) reads that copy (the original may be gone)."""
   import shutil
   from moe_jax.evaluate import evaluate
   from moe_jax.train import train
   from tests.train_helpers import small_config
   source = tmp_path / "downloaded"
   shutil.copytree(FIXTURES / "byte_level", source)
-  cfg = small_config(steps=4)
+  cfg = small_config(steps=3)
   cfg.model.vocab_size = 512
   cfg.data.tokenizer = str(source / "tokenizer.json")
   cfg.eval.sample_tokens = 0
   workdir = tmp_path / "run"
-  train(cfg, workdir, progress=False)
+  result = train(cfg, workdir, progress=False)
   assert (workdir / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
   assert (workdir / "tokenizer_config.json").exists()
   shutil.rmtree(source)
-  cfg.steps = 6
-  result = train(cfg, workdir, progress=False)
   evaluation = evaluate(None, workdir, plots=False)
   assert evaluation["bits_per_byte"] == pytest.approx(result["eval"]["bits_per_byte"], rel=1e-5)
   # a token covers more than a byte on average: bits per byte below bits per token

@@ -100,6 +100,16 @@ def test_train_and_evaluate_on_local_files_from_the_cli(corpus, tmp_path_factory
                               cpu_devices=1))
   assert_one_line_error(other, r"config\.data\.files=.* but it was .*resuming on other data")
   assert snapshot(workdir) == before
+  # evaluate --text: a report on those files, the workdir untouched; a glob matching nothing
+  # is one line.
+  proc = run_cli([sys.executable, "-m", "moe_jax.evaluate", f"--workdir={workdir}",
+                  "--cpu_devices=1", f"--text={root}/a.txt"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "bits per byte" in proc.stdout and "a.txt" in proc.stdout, proc.stdout
+  assert snapshot(workdir) == before
+  missing = run_cli([sys.executable, "-m", "moe_jax.evaluate", f"--workdir={workdir}",
+                     "--cpu_devices=1", f"--text={root}/nothing*.txt"])
+  assert_one_line_error(missing, r"config\.data\.files=.*nothing\*\.txt' matches no file")
 
 
 @pytest.mark.parametrize("make, flags, message", [
@@ -163,18 +173,3 @@ def test_a_run_killed_mid_training_resumes_with_the_uninterrupted_losses(corpus,
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "resumed from checkpoint step" in rerun.stdout
   assert losses(workdir) == losses(reference)
-
-
-def test_evaluate_text_reports_on_the_files_and_writes_nothing(corpus, tmp_path_factory):
-  root, _ = corpus
-  workdir = tmp_path_factory.mktemp("run")
-  assert run_cli(cli_command(workdir, "--config.steps=2", cpu_devices=1)).returncode == 0
-  before = snapshot(workdir)
-  proc = run_cli([sys.executable, "-m", "moe_jax.evaluate", f"--workdir={workdir}",
-                  "--cpu_devices=1", f"--text={root}/a.txt"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "bits per byte" in proc.stdout and "a.txt" in proc.stdout, proc.stdout
-  assert snapshot(workdir) == before
-  missing = run_cli([sys.executable, "-m", "moe_jax.evaluate", f"--workdir={workdir}",
-                     "--cpu_devices=1", f"--text={root}/nothing*.txt"])
-  assert_one_line_error(missing, r"config\.data\.files=.*nothing\*\.txt' matches no file")

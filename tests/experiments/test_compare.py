@@ -10,9 +10,7 @@ def _tiny():
   return bases.lm(quick=True)
 
 
-# Session scope: the grouped tests run on one worker, but interleaved with other modules' tests,
-# which would tear a module-scoped fixture down and build its runs again.
-@pytest.fixture(scope="session")
+@pytest.fixture
 def compared(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("compare")
   said = []
@@ -21,8 +19,7 @@ def compared(tmp_path_factory):
   return workdir, result, said
 
 
-@pytest.mark.xdist_group("compared")   # one worker builds the module's runs once
-def test_the_comparison_is_the_paired_one_over_the_runs_records(compared):
+def test_the_comparison_is_the_paired_one_over_the_runs_records_a_rerun_reuses_them(compared):
   _, result, said = compared
   assert said[0].startswith("sweep compare-topk_k=2: 4 runs (2 points x 2 seeds)")
   assert sorted((r["arm"], r["seed"]) for r in result.records) == [
@@ -38,10 +35,13 @@ def test_the_comparison_is_the_paired_one_over_the_runs_records(compared):
   # experts per token as measured: top-2 uses two, top-1 one
   assert [r["experts_per_token"] for r in result.arm("topk k=2")] == pytest.approx([2, 2])
   assert [r["experts_per_token"] for r in result.arm("top-1")] == pytest.approx([1, 1])
+  _a_rerun_reuses_the_finished_runs(compared)
+  _other_settings_in_the_same_workdir_are_refused(compared)
 
 
-@pytest.mark.xdist_group("compared")   # one worker builds the module's runs once
-def test_a_rerun_reuses_the_finished_runs(compared):
+# Parts of the test above, which builds the runs once (xdist's loadgroup does not always keep
+# the tests of one group on one worker: then each worker would build them).
+def _a_rerun_reuses_the_finished_runs(compared):
   workdir, result, _ = compared
   said = []
   again = compare(("topk", {"k": 2}), {"top-1": ("topk", {"k": 1})}, seeds=2, base=_tiny,
@@ -51,8 +51,7 @@ def test_a_rerun_reuses_the_finished_runs(compared):
   assert again.comparisons == result.comparisons
 
 
-@pytest.mark.xdist_group("compared")   # one worker builds the module's runs once
-def test_other_settings_in_the_same_workdir_are_refused(compared):
+def _other_settings_in_the_same_workdir_are_refused(compared):
   workdir, _, _ = compared
   with pytest.raises(Exception, match="optim.learning_rate"):
     compare(("topk", {"k": 2}), {"top-1": ("topk", {"k": 1})}, seeds=2, base=_tiny,

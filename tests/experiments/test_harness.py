@@ -74,6 +74,9 @@ def test_every_sweep_runs_end_to_end_quick(name, tmp_path):
   assert len(lines) == len(rows), proc.stdout
 
 
+# make test's budget: test-all. In make test, tests/experiments/test_sweeps_beyond_one_process.py
+# resumes a preempted sweep run, rebuilds an older record and refuses changed settings.
+@pytest.mark.slow
 def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(tmp_path):
   out, workdir = tmp_path / "results", tmp_path / "runs"
   cmd = _sweep_cmd("num_experts", out, workdir, "--only=E[12]", "--seeds=1")

@@ -22,7 +22,8 @@ from experiments import launch, run as run_cli
 from tests.parallel.test_multihost import _env, _free_port
 from tests.train_helpers import REPO, subprocess_env
 
-# One worker computes the one-process reference once for the tests here.
+# One worker computes the one-process reference once for the tests here (xdist's loadgroup
+# usually keeps them together).
 pytestmark = pytest.mark.xdist_group("sweeps_beyond_one_process")
 TIMEOUT_S = 300
 # Fields that describe the computation (wall time and speed differ from machine to machine).
@@ -32,15 +33,19 @@ CLOSE = ("eval_loss", "bits_per_byte", "train_loss", "experts_per_token", "max_v
          "router_z_loss")
 
 
+# Every run here: num_experts --quick, seed 0, its experts over 4 devices (expert=4) and the
+# batch over the rest (data=2: across the two hosts of the multi-host tests).
+SWEEP = ["experiments/num_experts.py", "--quick", "--seeds=1", "--config.mesh.expert=4"]
+
+
 def _start(args, log_dir, tag):
   port = _free_port()
   procs = []
   for pid in range(2):
     out = open(log_dir / f"{tag}{pid}.out", "w")
     err = open(log_dir / f"{tag}{pid}.err", "w")
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "experiments.run", "experiments/num_experts.py", "--quick",
-         "--seeds=1", *args], cwd=REPO, env=_env(port, pid), stdout=out, stderr=err))
+    procs.append(subprocess.Popen([sys.executable, "-m", "experiments.run", *SWEEP, *args],
+                                  cwd=REPO, env=_env(port, pid), stdout=out, stderr=err))
   return procs
 
 
@@ -67,15 +72,22 @@ def _wait(procs, log_dir, tag, until=None):
 
 
 def _reference(out: pathlib.Path, only: str) -> dict[str, dict]:
-  """Points of num_experts --quick, seed 0, run in this process (8 simulated devices)."""
-  run_cli.run(run_cli.parse(["experiments/num_experts.py", "--quick", "--seeds=1",
-                             f"--only={only}", f"--out={out}"]))
+  """Points of the sweep run in this process (8 simulated devices)."""
+  run_cli.run(run_cli.parse([*SWEEP, f"--only={only}", f"--out={out}"]))
   return {r["point"]: r for r in json.loads((out / "results.json").read_text())}
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: xdist runs this group's tests between other modules' on one worker, which
+# would tear a module fixture down and build it again.
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory):
-  return _reference(tmp_path_factory.mktemp("reference"), "E2")
+  return _reference(tmp_path_factory.mktemp("reference"), "E4")
+
+
+def _dense_reference(out: pathlib.Path) -> dict[str, dict]:
+  """E1 (the dense model) on all 8 devices as data parallelism: the jobs test's cheaper run."""
+  run_cli.run(run_cli.parse([*SWEEP[:3], "--only=E1", f"--out={out}"]))
+  return {r["point"]: r for r in json.loads((out / "results.json").read_text())}
 
 
 def _assert_same_records(got, want):
@@ -96,15 +108,45 @@ def _assert_same_records(got, want):
 def test_a_sweep_on_two_hosts_gives_the_one_host_records(reference, tmp_path):
   want = reference
   out = tmp_path / "two_hosts"
-  outs = _wait(_start(["--only=E2", f"--out={out}"], tmp_path, "w"), tmp_path, "w")
+  outs = _wait(_start(["--only=E4", f"--out={out}"], tmp_path, "w"), tmp_path, "w")
 
   got = {r["point"]: r for r in json.loads((out / "results.json").read_text())}
-  _assert_same_records(got, want)
-  assert "E2 seed 0: 6 steps" in outs[0] and "wrote " in outs[0]
+  _assert_same_records(got, want)         # losses at every logged step, validation, accounting
+  assert "E4 seed 0: 6 steps" in outs[0] and "wrote " in outs[0]
   assert _said(outs[1]) == [], outs[1]       # process 1 trains, says nothing, writes nothing
-  run_dir = out / "runs" / "E2" / "seed0"
+  run_dir = out / "runs" / "E4" / "seed0"
   assert (run_dir / "train.log").exists() and (run_dir / "train.process1.log").exists()
   assert (out / "summary.md").exists() and (out / "results.csv").exists()
+  # each host's data position is in the checkpoint
+  assert sorted(p.name for p in (run_dir / "checkpoints" / "6" / "data").iterdir()
+                if p.suffix == ".json") == ["process_0-of-2.json", "process_1-of-2.json"]
+  _a_rerun_rebuilds_an_older_record_and_other_settings_are_refused(out, got)
+
+
+def _a_rerun_rebuilds_an_older_record_and_other_settings_are_refused(out, want):
+  """Rerun here (one process): the finished run is skipped, its record, written by an older
+  harness (no version, a field missing), rebuilt from the run directory, nothing retrained.
+  The same sweep with other settings is refused through the CLI before anything runs, naming
+  the field."""
+  record = out / "runs" / "E4" / "seed0" / "record.json"
+  old = json.loads(record.read_text())
+  for key in ("record_version", "router_z_loss"):
+    old.pop(key)
+  record.write_text(json.dumps(old))
+  metrics = (record.parent / "metrics.jsonl").read_text()
+  run_cli.run(run_cli.parse([*SWEEP, "--only=E4", f"--out={out}"]))
+  assert json.loads(record.read_text()) == want["E4"]
+  assert (record.parent / "metrics.jsonl").read_text() == metrics
+  results = (out / "results.csv").read_text()
+  changed = subprocess.run([sys.executable, "-m", "experiments.run", *SWEEP, "--only=E4",
+                            f"--out={out}", "--config.optim.learning_rate=0.5"], cwd=REPO,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert changed.returncode == 1
+  lines = changed.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and \
+      "holds a run made with other settings (optim.learning_rate: 0.003 there, 0.5 now)" \
+      in lines[0], changed.stderr
+  assert (out / "results.csv").read_text() == results
 
 
 @pytest.mark.slow   # make test's budget: test-all (the test above runs the same code paths)
@@ -112,18 +154,18 @@ def test_a_killed_two_host_sweep_skips_what_finished_and_resumes_the_rest(refere
   want = {**reference, **_reference(tmp_path / "reference_e1", "E1")}
   out = tmp_path / "two_hosts"
   first = out / "runs" / "E1" / "seed0" / "record.json"
-  ckpts = out / "runs" / "E2" / "seed0" / "checkpoints"
+  ckpts = out / "runs" / "E4" / "seed0" / "checkpoints"
   killed_at = lambda: (first.exists() and ckpts.is_dir()
                        and any(p.name.isdigit() for p in ckpts.iterdir()))
-  _wait(_start(["--only=E[12]", f"--out={out}"], tmp_path, "killed"), tmp_path, "killed",
+  _wait(_start(["--only=E[14]", f"--out={out}"], tmp_path, "killed"), tmp_path, "killed",
         until=killed_at)
-  assert not (out / "runs" / "E2" / "seed0" / "record.json").exists()
+  assert not (out / "runs" / "E4" / "seed0" / "record.json").exists()
   record = first.read_text()
-  outs = _wait(_start(["--only=E[12]", f"--out={out}"], tmp_path, "w"), tmp_path, "w")
+  outs = _wait(_start(["--only=E[14]", f"--out={out}"], tmp_path, "w"), tmp_path, "w")
   assert "1 finished earlier, skipped" in outs[0], outs[0]
-  assert "E2 seed 0: 6 steps (resumed)" in outs[0], outs[0]
+  assert "E4 seed 0: 6 steps (resumed)" in outs[0], outs[0]
   assert first.read_text() == record
-  log = (out / "runs" / "E2" / "seed0" / "train.log").read_text()
+  log = (out / "runs" / "E4" / "seed0" / "train.log").read_text()
   assert "resumed from checkpoint step" in log or "already holds the finished run" in log, log
   got = {r["point"]: r for r in json.loads((out / "results.json").read_text())}
   _assert_same_records(got, want)
@@ -146,17 +188,16 @@ def _job_processes(jobs_dir: pathlib.Path) -> list[int]:
   return pids
 
 
-def test_a_sweep_as_jobs_gives_the_same_records_and_a_preempted_job_resumes(reference,
-                                                                             tmp_path):
+def test_a_sweep_as_jobs_gives_the_same_records_and_a_preempted_job_resumes(tmp_path):
   """The launcher is killed while its job runs (the job goes on); the command, rerun, waits for
   that job instead of submitting another; the job, preempted mid-run, is requeued and resumes."""
   out = tmp_path / "jobs_sweep"
-  cmd = [sys.executable, "-u", "-m", "experiments.run", "experiments/num_experts.py", "--quick",
-         "--seeds=1", "--only=E2", "--launcher=local", f"--out={out}"]
+  cmd = [sys.executable, "-u", "-m", "experiments.run", *SWEEP[:3], "--only=E1",
+         "--launcher=local", "--cpu_devices=8", f"--out={out}"]  # the job simulates 8 devices
   popen = lambda: subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   first, again = popen(), None
-  ckpts = out / "runs" / "E2" / "seed0" / "checkpoints"
+  ckpts = out / "runs" / "E1" / "seed0" / "checkpoints"
   deadline = time.monotonic() + TIMEOUT_S
   try:
     while not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
@@ -169,20 +210,21 @@ def test_a_sweep_as_jobs_gives_the_same_records_and_a_preempted_job_resumes(refe
     first.wait()
     again = popen()
     header = [again.stdout.readline() for _ in range(2)]
-    assert "(submitted earlier, still running): E2 seed 0" in header[1], header
+    assert "(submitted earlier, still running): E1 seed 0" in header[1], header
     os.kill(pids[0], signal.SIGCONT)
     os.kill(pids[0], signal.SIGUSR2)        # what SLURM sends before preemption
+    reference = _dense_reference(tmp_path / "reference")     # while the job resumes
     stdout, stderr = again.communicate(timeout=TIMEOUT_S)
   finally:
     for proc in (first, again):
       if proc is not None and proc.poll() is None:
         proc.kill()
   assert again.returncode == 0, stderr[-3000:]
-  assert "E2 seed 0: 6 steps" in stdout and "wrote " in stdout, stdout
+  assert "E1 seed 0: 6 steps" in stdout and "wrote " in stdout, stdout
   assert len(list((out / "jobs").glob("*_submitted.pkl"))) == 1     # one job, never two
   job_logs = "".join(p.read_text() for p in (out / "jobs").glob("*_log.*"))
   assert "Requeued job" in job_logs, job_logs[-3000:]
-  log = (out / "runs" / "E2" / "seed0" / "train.log").read_text()
+  log = (out / "runs" / "E1" / "seed0" / "train.log").read_text()
   assert "resumed from checkpoint step" in log or "already holds the finished run" in log, log
   got = {r["point"]: r for r in json.loads((out / "results.json").read_text())}
   _assert_same_records(got, reference)
@@ -191,9 +233,9 @@ def test_a_sweep_as_jobs_gives_the_same_records_and_a_preempted_job_resumes(refe
   # names it.
   (out / "results.json").unlink()
   run_cli.run(run_cli.parse([*cmd[4:], "--collect"]))
-  assert json.loads((out / "results.json").read_text())[0]["eval_loss"] == got["E2"]["eval_loss"]
-  with pytest.raises(ValueError, match=r"1 of 2 runs in .* have no record yet \(E1 seed 0\)"):
-    run_cli.run(run_cli.parse([*cmd[4:], "--only=E[12]", "--collect"]))
+  assert json.loads((out / "results.json").read_text())[0]["eval_loss"] == got["E1"]["eval_loss"]
+  with pytest.raises(ValueError, match=r"1 of 2 runs in .* have no record yet \(E4 seed 0\)"):
+    run_cli.run(run_cli.parse([*cmd[4:], "--only=E[14]", "--collect"]))
 
 
 def test_slurm_jobs_ask_for_the_flags_resources_over_the_sweeps(tmp_path, monkeypatch):
