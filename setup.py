@@ -29,6 +29,7 @@ setup(
         "sentencepiece>=0.2.0",   # the trained subword tokenizer (data.tokenizer='sentencepiece')
         "pyarrow>=14",            # parquet corpora (data.corpus='files')
         "tokenizers>=0.15",       # a checkpoint's tokenizer.json (data.tokenizer=PATH.json)
+        "safetensors>=0.4",       # Hugging Face checkpoints (moe_jax/hf/safetensors_io.py)
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "hypothesis>=6.100",

@@ -210,10 +210,11 @@ def test_safetensors_round_trip_and_corrupt_files(tmp_path):
   assert length % 8 == 0
   raw = bytearray((tmp_path / "x.safetensors").read_bytes())
   (tmp_path / "short.safetensors").write_bytes(bytes(raw[:-4]))   # data cut off
-  with pytest.raises(ValueError, match=r"tensor '[bd]': data_offsets .* do not hold shape"):
+  bad = r"short.safetensors: not a safetensors file the safetensors library can read: \S"
+  with pytest.raises(ValueError, match=bad):
     safetensors_io.SafetensorsFile(tmp_path / "short.safetensors")
   (tmp_path / "junk.safetensors").write_bytes(b"\x05" + b"\x00" * 7 + b"nope!")
-  with pytest.raises(ValueError, match="header is not JSON"):
+  with pytest.raises(ValueError, match=r"junk.safetensors: not a safetensors file"):
     safetensors_io.SafetensorsFile(tmp_path / "junk.safetensors")
   with pytest.raises(ValueError, match="has no safetensors code"):
     safetensors_io.write_file(tmp_path / "y.safetensors", {"z": np.zeros(2, np.complex64)})

@@ -8,9 +8,10 @@
     python -m moe_jax.evaluate --workdir W
     python -m moe_jax.hf export --workdir W --to OUT [--step N]
 
-Modules: safetensors_io (the file format), families (config.json -> config.model.*),
-convert (tensor names and layouts <-> moe_jax params), model_io (load / export in memory),
-workdirs (a moe_jax workdir from a checkpoint and back: the CLI's two commands).
+Modules: safetensors_io (files through the safetensors package, the sharded index), families
+(config.json -> config.model.*), convert (tensor names and layouts <-> moe_jax params), model_io
+(load / export in memory), workdirs (a moe_jax workdir from a checkpoint and back: the CLI's two
+commands).
 
 An import's tokenizer is the checkpoint's tokenizer.json, copied into the workdir
 (moe_jax/data/hf_tokenizer.py); a checkpoint without one keeps moe_jax's (bytes or

@@ -1,25 +1,27 @@
-"""A small safetensors reader and writer (numpy only; bfloat16 and float8 via ml_dtypes).
+"""safetensors checkpoints through the `safetensors` package, one file or sharded with an index.
 
     tensors = open_checkpoint(directory)      # model.safetensors or a sharded index
     tensors.names(), tensors.shape(name), tensors.dtype(name), tensors[name] -> np.ndarray
     write_checkpoint(directory, {name: array}, max_shard_bytes=5 * 2**30)
 
-The format (https://github.com/huggingface/safetensors): 8 bytes little-endian u64 N, then N
-bytes of JSON {name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, optional
-"__metadata__": {str: str}}, then the raw little-endian bytes, offsets relative to the end of
-the header. Files are memory-mapped, so a tensor is read only when asked for. A sharded
-checkpoint is `model.safetensors.index.json` ({"metadata": {...}, "weight_map": {name: file}})
-beside its shard files. Arrays are written byte for byte as given, so a bfloat16 tensor read and
-written again is the same bytes.
+The package (`safe_open`, memory-mapped: a tensor is read only when asked for; it checks each
+header against the file before any tensor is read) reads and writes every file. What it does not
+do, and this module does:
+- the sharded index (`model.safetensors.index.json`: {"metadata": {...}, "weight_map": {name:
+  file}}), read and written here, with every shard name checked to be a plain file name beside
+  the index (`_check_shard_name`) and links followed only inside the checkpoint (`links`);
+- bfloat16 and float8 reads: the package's numpy frontend cannot hold them ("data type
+  'bfloat16' not understood", safetensors 0.8), so those tensors come through its flax frontend
+  on the CPU and leave as ml_dtypes numpy arrays, the same bytes;
+- one-line errors naming the file, the package's own message kept.
 """
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import pathlib
-import struct
 
+import jax
 import ml_dtypes
 import numpy as np
 
@@ -27,7 +29,6 @@ from moe_jax.hf.links import resolve_member
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-_HEADER_LIMIT = 100 * 2**20      # the reference implementation refuses larger headers too
 
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -36,6 +37,7 @@ DTYPES = {
     "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
 _CODES = {v: k for k, v in DTYPES.items()}
+_NOT_NUMPY = ("BF16", "F8_E4M3", "F8_E5M2")     # read through the package's flax frontend
 
 
 def dtype_code(dtype) -> str:
@@ -51,52 +53,42 @@ def dtype_code(dtype) -> str:
 
 
 class SafetensorsFile:
-  """One .safetensors file: its header parsed and checked, its data memory-mapped."""
+  """One .safetensors file, opened (and its header checked) by the package."""
 
   def __init__(self, path):
+    from safetensors import safe_open
     self.path = pathlib.Path(path)
-    with open(self.path, "rb") as f:
-      head = f.read(8)
-      if len(head) < 8:
-        raise ValueError(f"{self.path}: not a safetensors file (shorter than 8 bytes)")
-      (length,) = struct.unpack("<Q", head)
-      if length > _HEADER_LIMIT:
-        raise ValueError(f"{self.path}: not a safetensors file (header length {length})")
-      try:
-        header = json.loads(f.read(length))
-      except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{self.path}: not a safetensors file (header is not JSON: {e})") from e
-    size = self.path.stat().st_size
-    self.metadata = header.pop("__metadata__", None) or {}
-    self.entries, self._start = header, 8 + length
-    for name, entry in header.items():
-      self._check(name, entry, size - self._start)
-    self._mmap = None
-
-  def _check(self, name, entry, data_size: int) -> None:
-    where = f"{self.path}: tensor {name!r}"
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-      raise ValueError(f"{where}: header entry {entry!r} is not {{dtype, shape, data_offsets}}")
-    if entry["dtype"] not in DTYPES:
-      raise ValueError(f"{where}: dtype {entry['dtype']!r} is not supported; allowed: "
-                       + ", ".join(DTYPES))
-    begin, end = entry["data_offsets"]
-    count = int(np.prod(entry["shape"], dtype=np.int64))
-    if not 0 <= begin <= end <= data_size or end - begin != count * DTYPES[entry["dtype"]].itemsize:
-      raise ValueError(f"{where}: data_offsets {entry['data_offsets']} do not hold shape "
-                       f"{entry['shape']} of {entry['dtype']} in {data_size} data bytes")
+    try:
+      self._np = safe_open(str(self.path), framework="np")
+      names = list(self._np.keys())
+      slices = {name: self._np.get_slice(name) for name in names}
+      self.metadata = self._np.metadata() or {}
+    except Exception as e:  # noqa: BLE001 -- the package raises its own SafetensorError
+      raise ValueError(f"{self.path}: not a safetensors file the safetensors library can "
+                       f"read: {_first_line(e)}") from None
+    self.entries = {}
+    for name, piece in slices.items():
+      code = piece.get_dtype()
+      if code not in DTYPES:
+        raise ValueError(f"{self.path}: tensor {name!r}: dtype {code!r} is not supported; "
+                         "allowed: " + ", ".join(DTYPES))
+      self.entries[name] = {"dtype": code, "shape": list(piece.get_shape())}
+    self._flax = None
 
   def __getitem__(self, name: str) -> np.ndarray:
-    """The tensor as a read-only array backed by the file (copy it to keep it)."""
-    if self._mmap is None:
-      with open(self.path, "rb") as f:
-        self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    entry = self.entries[name]
-    begin, end = entry["data_offsets"]
-    dtype = DTYPES[entry["dtype"]]
-    data = np.frombuffer(self._mmap, dtype=dtype, count=(end - begin) // dtype.itemsize,
-                         offset=self._start + begin)
-    return data.reshape(entry["shape"])
+    """The tensor, read from the file now."""
+    if self.entries[name]["dtype"] not in _NOT_NUMPY:
+      return self._np.get_tensor(name)
+    from safetensors import safe_open
+    if self._flax is None:
+      self._flax = safe_open(str(self.path), framework="flax")
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+      return np.asarray(self._flax.get_tensor(name))
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 class Checkpoint:
@@ -173,24 +165,12 @@ def _check_shard_name(index: pathlib.Path, name, shard) -> None:
 
 
 def write_file(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):
-  """One .safetensors file; tensors in name order, the header padded to 8 bytes (as the
-  reference implementation does, so readers can map the data aligned)."""
-  header, offset = {}, 0
-  for name in sorted(tensors):
-    array = tensors[name]
-    size = array.size * array.dtype.itemsize
-    header[name] = {"dtype": dtype_code(array.dtype), "shape": list(array.shape),
-                    "data_offsets": [offset, offset + size]}
-    offset += size
-  if metadata:
-    header = {"__metadata__": dict(metadata), **header}
-  text = json.dumps(header, separators=(",", ":")).encode()
-  text += b" " * (-len(text) % 8)
-  with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(text)))
-    f.write(text)
-    for name in sorted(tensors):
-      f.write(np.ascontiguousarray(tensors[name]).tobytes())
+  """One .safetensors file, written by the package (any dtype `dtype_code` accepts)."""
+  from safetensors.numpy import save_file
+  for array in tensors.values():
+    dtype_code(array.dtype)
+  save_file({name: np.ascontiguousarray(a) for name, a in tensors.items()}, str(path),
+            metadata=dict(metadata) if metadata else None)
 
 
 def write_checkpoint(directory, tensors: dict[str, np.ndarray], *,
