@@ -148,6 +148,7 @@ def test_keep_step_continues_the_learning_rate_and_carry_moments_copies_adams(de
   assert 0 < lr[DENSE_STEPS + 3] < lr[DENSE_STEPS + 2] < lr[DENSE_STEPS + 1]
 
 
+@pytest.mark.slow   # make test's budget: test-all (the keep_step test reads the schedule)
 def test_without_keep_step_the_schedule_restarts_and_says_so(dense, tmp_path):
   workdir = tmp_path / "moe"
   proc = run_cli(_upcycle_command(workdir, dense))

@@ -97,6 +97,9 @@ def _fake_tokamax(calls):
   return types.SimpleNamespace(ragged_dot=ragged_dot)
 
 
+# make test's budget: test-all (tokamax is the GPU path; its wiring's refusal without the
+# package runs in make test).
+@pytest.mark.slow
 def test_tokamax_impl_equals_reference_forward_and_gradient(monkeypatch):
   calls, real = [], dropless.tokamax_available()
   if not real:
