@@ -331,6 +331,56 @@ def collect(sweep: Sweep, out_dir, todo) -> list[dict]:
   return [_finished_record(run_dirs(out_dir, p, s), p, s) for p, s in todo]
 
 
+def adopt_recorded(sweep: Sweep, out_dir, results_json, *, seeds: int | None = None,
+                   overrides=()) -> list[str]:
+  """Gives each run of the sweep's whole grid that has no directory in `out_dir` yet the
+  record a results.json (the committed one) holds for it, when that record was made with
+  exactly the settings the run would have now and by this harness's record version; returns
+  the adopted runs' names. The run is then finished, as if trained here, so a rerun of a
+  committed sweep trains only what is new (a point added, a seed more, a run cut short in an
+  earlier session) and pairs it with the committed seeds. A record with other settings is not
+  adopted (its run is trained), and nothing in an existing run directory is ever replaced.
+  Writes: a multi-host sweep calls it on process 0 only (hosts.main_writes)."""
+  out_dir, results_json = pathlib.Path(out_dir), pathlib.Path(results_json)
+  if not results_json.is_file():
+    return []
+  rows = {(r.get("point"), r.get("seed")): r for r in json.loads(results_json.read_text())
+          if isinstance(r, dict)}
+  base, adopted = sweep.base(), []
+  for p, seed in runs_of(sweep, seeds)[0]:
+    row, workdir = rows.get((p.name, seed)), run_dirs(out_dir, p, seed)
+    if (row is None or row.get("record_version") != RECORD_VERSION
+        or not isinstance(row.get("config"), dict)
+        or (workdir.is_dir() and any(workdir.iterdir()))):
+      continue
+    expected = expected_config(base, point_flags(p, seed, overrides))
+    if config_lib.flat_changes(_completed(row["config"]), expected):
+      continue
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / SWEEP_CONFIG).write_text(json.dumps(row["config"], indent=1, sort_keys=True))
+    _write_record(workdir, row)
+    adopted.append(f"{p.name} seed {seed}")
+  return adopted
+
+
+def finished_records(sweep: Sweep, out_dir, *, seeds: int | None = None,
+                     overrides=()) -> list[dict]:
+  """The records of every finished run of the sweep's whole grid in `out_dir` whose settings
+  are the sweep's now, in grid order: what a sweep's results and summary are written from, so
+  points run by separate commands (--only) end in one table."""
+  out_dir, base, records = pathlib.Path(out_dir), sweep.base(), []
+  for p, seed in runs_of(sweep, seeds)[0]:
+    workdir = run_dirs(out_dir, p, seed)
+    if not (workdir / RECORD).exists():
+      continue
+    try:
+      check_settings(workdir, base, point_flags(p, seed, overrides))
+    except SettingsChanged:
+      continue
+    records.append(_finished_record(workdir, p, seed))
+  return records
+
+
 def _minutes(seconds: float) -> str:
   return f"{seconds:.0f} s" if seconds < 90 else f"{math.ceil(seconds / 60)} min"
 

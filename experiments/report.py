@@ -252,7 +252,7 @@ def timing_spread(records: list[dict]) -> float:
 
 
 def write_summary(sweep, records: list[dict], out_dir, *, command: str,
-                  seconds: float) -> list[pathlib.Path]:
+                  seconds: float, earlier=()) -> list[pathlib.Path]:
   """summary.md: the sweep's description, how it was run, its analysis (which also draws the
   plots) and the table of every point."""
   import jax
@@ -264,7 +264,10 @@ def write_summary(sweep, records: list[dict], out_dir, *, command: str,
            f"Runs: {len(records)}; training + evaluation {train_s / 60:.1f} min of run time "
            f"(this invocation {seconds / 60:.1f} min); {datetime.date.today()}, jax "
            f"{jax.__version__}, {platform.python_version()}, {os.cpu_count()} CPU cores, "
-           f"backend {jax.default_backend()}.", "", *analysis, "", "## Every point", "",
+           f"backend {jax.default_backend()}."
+           + (f" With the runs of {', '.join(earlier)}, finished earlier with these settings "
+              "(another --only, or the results.json these results replace)." if earlier else ""),
+           "", *analysis, "", "## Every point", "",
            *table(records, first=["point"], columns=[("eval_loss", "validation loss", 4),
                             ("bits_per_byte", "bits/byte", 4), ("accuracy", "accuracy", 4),
                             ("active_params", "active params", 0),

@@ -11,6 +11,11 @@ with --quick): results.csv, results.json, the sweep's plots and summary.md. The 
 which git ignores). A run directory remembers the settings it was started with; a rerun with
 other settings (--config, --config.a.b=v, an edited base) is refused naming the fields that
 differ, so no finished run is ever relabelled with a new command: give it another --workdir.
+A run that has no directory yet takes the record --out's results.json holds for it (the
+committed one) when that record was made with exactly these settings, so a fresh checkout
+trains only what is new (a point added, a seed more); --retrain trains every run. The results
+are written from every finished run of the grid with these settings, also those another --only
+command ran.
 
 --quick runs the same code on the sweep's tiny setting (seconds per run, for tests);
 --config replaces the sweep's base config with a config file (e.g. configs/lm_gpu_node.py for
@@ -70,6 +75,9 @@ def parse(argv):
                       help="inprocess: every run here, in order; slurm: each run a SLURM job "
                            "(submitit); local: each run a local process (submitit's local "
                            "executor)")
+  parser.add_argument("--retrain", action="store_true",
+                      help="train every run, also those --out's results.json records with "
+                      "these settings")
   parser.add_argument("--collect", action="store_true",
                       help="train nothing: write results/ from the runs' records (a sweep "
                            "whose jobs were left running)")
@@ -121,9 +129,16 @@ def run(args) -> None:
   # into a directory of its own writes nothing into the checkout.
   workdir = pathlib.Path(args.workdir or args.out or runs).absolute()
   start = time.perf_counter()
+  if not args.retrain:
+    adopted = hosts.main_writes(lambda: harness.adopt_recorded(
+        sweep, workdir, out / "results.json", seeds=args.seeds, overrides=args.overrides),
+        "adopt records")
+    if adopted and hosts.is_main():
+      print(f"{len(adopted)} runs taken from {out / 'results.json'} (recorded with these "
+            f"settings; --retrain trains them again): {', '.join(adopted)}")
   if args.launcher == "inprocess" and not args.collect:
-    records = harness.run_sweep(sweep, workdir, seeds=args.seeds, only=args.only,
-                                overrides=args.overrides)
+    harness.run_sweep(sweep, workdir, seeds=args.seeds, only=args.only,
+                      overrides=args.overrides)
   else:
     todo, seeds = harness.runs_of(sweep, args.seeds, args.only)
     if not args.collect:
@@ -134,13 +149,19 @@ def run(args) -> None:
       harness.check_all_settings(sweep, workdir, todo, args.overrides)
       jobs = launch.submit(sweep, args, workdir, todo)
       launch.wait(sweep, workdir, jobs)
-    records = harness.collect(sweep, workdir, todo)
+    harness.collect(sweep, workdir, todo)
   seconds = time.perf_counter() - start
 
   def write():
+    # Every finished run of the grid with these settings, also those of other --only commands.
+    records = harness.finished_records(sweep, workdir, seeds=args.seeds,
+                                       overrides=args.overrides)
+    selected = {p.name for p in harness.selected(sweep, args.only)}
+    earlier = sorted({r["point"] for r in records} - selected,
+                     key=[p.name for p in sweep.points].index)
     written = harness.write_results(records, out)
     written += report.write_summary(sweep, records, out, command=command_line(args),
-                                    seconds=seconds)
+                                    seconds=seconds, earlier=earlier)
     print("wrote " + ", ".join(str(p) for p in written))
   hosts.main_writes(write, "results")
 

@@ -7,6 +7,8 @@ devices):
 - as jobs (submitit's local executor, as --launcher=slurm submits them to SLURM): the same
   records, and a job preempted mid-run (submitit's SIGUSR2) is requeued and resumes.
 """
+import contextlib
+import io
 import json
 import os
 import pathlib
@@ -18,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from experiments import launch, run as run_cli
+from experiments import harness, launch, run as run_cli
 from tests.parallel.test_multihost import _env, _free_port
 from tests.train_helpers import REPO, subprocess_env
 
@@ -147,6 +149,31 @@ def _a_rerun_rebuilds_an_older_record_and_other_settings_are_refused(out, want):
       "holds a run made with other settings (optim.learning_rate: 0.003 there, 0.5 now)" \
       in lines[0], changed.stderr
   assert (out / "results.csv").read_text() == results
+  _a_fresh_workdir_takes_the_recorded_runs_with_the_same_settings(out, want)
+
+
+def _a_fresh_workdir_takes_the_recorded_runs_with_the_same_settings(out, want):
+  """A checkout that has only the committed results (no run directories: a fresh clone, a new
+  session) trains nothing the results.json records with its settings; other settings take
+  nothing from it, and --retrain takes nothing."""
+  clone = out.parent / "clone"
+  with contextlib.redirect_stdout(io.StringIO()) as said:
+    run_cli.run(run_cli.parse([*SWEEP, "--only=E4", f"--out={out}", f"--workdir={clone}"]))
+  assert f"1 runs taken from {out / 'results.json'}" in said.getvalue() and \
+      "E4 seed 0" in said.getvalue(), said.getvalue()
+  assert sorted(p.name for p in (clone / "runs" / "E4" / "seed0").iterdir()) == \
+      ["record.json", "sweep_config.json"]           # nothing trained
+  assert json.loads((out / "results.json").read_text()) == [want["E4"]]
+  sweep = run_cli.sweep_for(run_cli.parse(SWEEP))
+  assert harness.adopt_recorded(sweep, out.parent / "other", out / "results.json", seeds=1,
+                                overrides=["mesh.expert=4", "optim.learning_rate=0.5"]) == []
+  assert harness.adopt_recorded(sweep, out.parent / "same", out / "results.json", seeds=1,
+                                overrides=["mesh.expert=4"]) == ["E4 seed 0"]
+  assert not (out.parent / "other").exists()
+  args = run_cli.parse([*SWEEP, "--only=E4", f"--out={out}", f"--workdir={out.parent / 'r'}",
+                        "--retrain", "--collect"])
+  with pytest.raises(ValueError, match="1 of 1 runs .* have no record yet"):
+    run_cli.run(args)
 
 
 @pytest.mark.slow   # make test's budget: test-all (the test above runs the same code paths)
@@ -169,6 +196,10 @@ def test_a_killed_two_host_sweep_skips_what_finished_and_resumes_the_rest(refere
   assert "resumed from checkpoint step" in log or "already holds the finished run" in log, log
   got = {r["point"]: r for r in json.loads((out / "results.json").read_text())}
   _assert_same_records(got, want)
+  # A command for one point writes the results of every finished run with its settings.
+  run_cli.run(run_cli.parse([*SWEEP, "--only=E1", f"--out={out}"]))
+  assert [r["point"] for r in json.loads((out / "results.json").read_text())] == ["E1", "E4"]
+  assert "With the runs of E4, finished earlier" in (out / "summary.md").read_text()
 
 
 def _said(stdout: str) -> list[str]:
