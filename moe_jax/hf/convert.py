@@ -91,8 +91,9 @@ def _shared(prefix: str, block: tuple, s: dict) -> list[Mapping]:
     return []
   d, f, m = s["d_model"], s["shared_d_ff"], prefix + "mlp."
   shared = block + ("ffn", "shared_params")
+  name = s.get("_shared_name", "shared_expert")
   one = lambda param, hf_name, shape: Mapping((shared + (param,),),
-                                              (f"{m}shared_expert.{hf_name}.weight",),
+                                              (f"{m}{name}.{hf_name}.weight",),
                                               (shape,), "experts")
   out = [one("w_gate", "gate_proj", (f, d)), one("w_up", "up_proj", (f, d)),
          one("w_down", "down_proj", (d, f))]
@@ -103,6 +104,20 @@ def _shared(prefix: str, block: tuple, s: dict) -> list[Mapping]:
 
 
 def _moe(family: Family, prefix: str, block: tuple, s: dict, layout: str) -> list[Mapping]:
+  return [*_routed(family, prefix, block, s, layout), *_router_bias(family, prefix, block, s),
+          *_shared(prefix, block, {**s, "_shared_name": family.shared_name})]
+
+
+def _router_bias(family: Family, prefix: str, block: tuple, s: dict) -> list[Mapping]:
+  """DeepSeek-V3's e_score_correction_bias: the deepseek router's selection bias (state)."""
+  if not family.router_bias:
+    return []
+  return [Mapping((block + ("ffn", "router_state", "bias"),),
+                  (prefix + "mlp.gate.e_score_correction_bias",), ((s["num_experts"],),),
+                  "copy")]
+
+
+def _routed(family: Family, prefix: str, block: tuple, s: dict, layout: str) -> list[Mapping]:
   d, e, f = s["d_model"], s["num_experts"], s["expert_d_ff"]
   experts = block + ("ffn", "expert_params")
   if layout == "fused":
@@ -111,8 +126,7 @@ def _moe(family: Family, prefix: str, block: tuple, s: dict, layout: str) -> lis
                     ((e, d),), "linear"),
             Mapping((experts + ("w_gate",), experts + ("w_up",)),
                     (m + "experts.gate_up_proj",), ((e, 2 * f, d),), "gate_up"),
-            Mapping((experts + ("w_down",),), (m + "experts.down_proj",), ((e, d, f),), "down"),
-            *_shared(prefix, block, s)]
+            Mapping((experts + ("w_down",),), (m + "experts.down_proj",), ((e, d, f),), "down")]
   m = prefix + family.moe_module + "."
   gate, up, down = family.expert_names
 
@@ -123,7 +137,7 @@ def _moe(family: Family, prefix: str, block: tuple, s: dict, layout: str) -> lis
   return [Mapping((block + ("ffn", "router_params", "w"),), (m + "gate.weight",), ((e, d),),
                   "linear"),
           per_expert("w_gate", gate, (f, d)), per_expert("w_up", up, (f, d)),
-          per_expert("w_down", down, (d, f)), *_shared(prefix, block, s)]
+          per_expert("w_down", down, (d, f))]
 
 
 def mappings(family: Family, section: dict, layout: str) -> list[Mapping]:
@@ -146,11 +160,16 @@ def iter_mappings(family: Family, section: dict, layout: str):
     a = p + "self_attn."
     yield from [
         copy(b + ("norm_attn", "scale"), p + "input_layernorm.weight", (d,)),
-        copy(b + ("norm_ffn", "scale"), p + "post_attention_layernorm.weight", (d,)),
-        Mapping((b + ("attn", "qkv", "kernel"),),
-                (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
-                ((heads * k, d), (kv * k, d), (kv * k, d)), "qkv"),
-        linear(b + ("attn", "out", "kernel"), a + "o_proj.weight", (d, heads * k))]
+        copy(b + ("norm_ffn", "scale"), p + "post_attention_layernorm.weight", (d,))]
+    if family.attention == "mla":
+      from moe_jax.hf import deepseek
+      yield from deepseek.attention_mappings(s, p, b, copy, linear)
+    else:
+      yield from [
+          Mapping((b + ("attn", "qkv", "kernel"),),
+                  (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
+                  ((heads * k, d), (kv * k, d), (kv * k, d)), "qkv"),
+          linear(b + ("attn", "out", "kernel"), a + "o_proj.weight", (d, heads * k))]
     if s.get("qkv_bias"):
       yield Mapping((b + ("attn", "qkv_bias"),),
                     (a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"),
@@ -181,7 +200,12 @@ def expected_count(section: dict, layout: str) -> int:
   per_moe = 3 if layout == "fused" else 1 + 3 * section["num_experts"]
   if section.get("shared_d_ff"):
     per_moe += 3 + bool(section.get("shared_gate"))
+  per_moe += section.get("router") == "deepseek" and section["router_options"].get(
+      "score") == "sigmoid"                         # DeepSeek-V3's selection bias
   per_layer = 6 + 2 * (section["qk_norm"] != "none") + 3 * bool(section.get("qkv_bias"))
+  if section.get("attention") == "mla":
+    from moe_jax.hf import deepseek
+    per_layer = 2 + deepseek.attention_count(section)
   return 3 + max(layers, 0) * per_layer + moe * per_moe + (max(layers, 0) - moe) * 3
 
 

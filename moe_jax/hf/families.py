@@ -8,7 +8,7 @@ value (a sliding window, RoPE scaling, biases: things moe_jax's transformer does
 the fields that do not change the forward pass (token ids, initializer_range, the HF training
 loss coefficient). A field in none of these is an error naming it, so a config this module
 does not understand is never imported silently wrong. Read against transformers 5.25's
-modeling_{mixtral,qwen3_moe,olmoe,qwen2_moe}.py; transformers 4.x configs (`rope_theta`, `rope_scaling`,
+modeling_{mixtral,qwen3_moe,olmoe,qwen2_moe}.py (DeepSeek-V2/V3: moe_jax.hf.deepseek); transformers 4.x configs (`rope_theta`, `rope_scaling`,
 `torch_dtype`) are read too.
 """
 from __future__ import annotations
@@ -16,13 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-# Fields with no effect on the weights' meaning or the forward pass. `router_aux_loss_coef` and
-# `output_router_logits` are HF's training loss; the moe_jax run's is config.aux_loss_weights.
-IGNORED = frozenset({
-    "bos_token_id", "eos_token_id", "pad_token_id", "use_cache", "initializer_range",
-    "transformers_version", "output_router_logits", "router_aux_loss_coef", "output_attentions",
-    "output_hidden_states", "return_dict", "torchscript", "architectures", "model_type",
-    "dtype", "torch_dtype", "tokenizer_class", "max_window_layers"})
+from moe_jax.hf import deepseek
+from moe_jax.hf.fields import IGNORED, get as _get, num_experts as _num_experts  # noqa: F401
+
 DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
@@ -41,6 +37,9 @@ class Family:
   shared_expert_field: str | None = None   # a sigmoid-gated shared expert of this width
   qkv_bias_field: str | None = None        # q/k/v projections with biases when true
   sparse_step: bool = False             # decoder_sparse_step + mlp_only_layers place the MoE
+  attention: str = "mha"                # 'mla': DeepSeek's latent attention (moe_jax.hf.deepseek)
+  shared_name: str = "shared_expert"    # the shared expert's module under mlp.
+  router_bias: bool = False             # the router's e_score_correction_bias (DeepSeek-V3)
 
 
 FAMILIES = {f.architecture: f for f in (
@@ -60,6 +59,13 @@ FAMILIES = {f.architecture: f for f in (
            ("num_experts", "num_local_experts"), "intermediate_size", "full", "norm_topk_prob",
            {"attention_bias": False, "attention_dropout": 0.0, "clip_qkv": None,
             "rope_scaling": None, "sliding_window": None}),
+    # Their fields are read by moe_jax.hf.deepseek, not by the table fields here.
+    Family("DeepseekV2ForCausalLM", "deepseek_v2", "mlp", ("gate_proj", "up_proj", "down_proj"),
+           ("n_routed_experts",), "moe_intermediate_size", "none", None, {},
+           attention="mla", shared_name="shared_experts"),
+    Family("DeepseekV3ForCausalLM", "deepseek_v3", "mlp", ("gate_proj", "up_proj", "down_proj"),
+           ("n_routed_experts",), "moe_intermediate_size", "none", None, {},
+           attention="mla", shared_name="shared_experts", router_bias=True),
 )}
 
 # The fields each family maps (beyond `required` and IGNORED).
@@ -87,15 +93,6 @@ def family_of(hf_config: dict) -> Family:
     raise ValueError(f"config.json: model_type={hf_config.get('model_type')!r} does not match "
                      f"architectures {archs[0]!r} (expected {family.model_type!r})")
   return family
-
-
-def _get(hf_config: dict, key: str, default=None, *, kind=None):
-  value = hf_config.get(key, default)
-  if kind is not None and (isinstance(value, bool) != (kind is bool)
-                           or not isinstance(value, kind)):
-    name = {int: "an integer", bool: "true or false"}.get(kind, "a number")
-    raise ValueError(f"config.json: {key}={value!r} must be {name}")
-  return value
 
 
 def rope_theta(hf_config: dict) -> float:
@@ -170,16 +167,6 @@ def _dense_pattern(family: Family, hf_config: dict, num_layers: int) -> tuple[in
                    f"{shown}, which moe_jax's first_dense_layers + moe_every cannot express")
 
 
-def _num_experts(family: Family, hf_config: dict) -> int:
-  given = [(f, hf_config[f]) for f in family.num_experts_fields if f in hf_config]
-  if not given:
-    raise ValueError(f"config.json: {family.num_experts_fields[0]} is missing")
-  if len({v for _, v in given}) > 1:
-    raise ValueError(f"config.json: {given[0][0]}={given[0][1]!r} contradicts "
-                     f"{given[1][0]}={given[1][1]!r}")
-  return _get(hf_config, given[0][0], kind=int)
-
-
 def dtype_name(hf_config: dict) -> str | None:
   """The checkpoint's dtype as the config states it ('dtype' in transformers 5, 'torch_dtype'
   in 4.x), or None."""
@@ -194,6 +181,8 @@ def dtype_name(hf_config: dict) -> str | None:
 
 def model_section(family: Family, hf_config: dict, dtype: str) -> dict:
   """The `config.model.*` keys describing the checkpoint's model (params in `dtype`)."""
+  if family.attention == "mla":
+    return deepseek.model_section(family, hf_config, dtype)
   check_fields(family, hf_config)
   g = lambda key, kind=int, default=None: _get(hf_config, key, default, kind=kind)
   d_model, heads = g("hidden_size"), g("num_attention_heads")

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moe_jax.model_section import DTYPES
 from moe_jax.hf import convert, families, links, safetensors_io
+from moe_jax.models.moe import RouterState
 from moe_jax.models.transformer import DecoderLM, TransformerConfig, make_config
 
 CONFIG_FILE = "config.json"
@@ -40,7 +41,11 @@ _CARRIED_MAX_BYTES = 64 * 2**20
 # What must agree between a model and the source it is exported as (the shapes are checked
 # tensor by tensor; these change the function without changing a shape).
 _SAME_FIELDS = ("rope_theta", "norm_eps", "qk_norm", "activation", "glu", "tie_embeddings",
-                "first_dense_layers", "moe_every")
+                "first_dense_layers", "moe_every", "attention", "rope_interleave",
+                "rope_scaling")
+# The router options that change what a family's router computes.
+_SAME_ROUTING = ("k", "order", "renormalize", "score", "num_groups", "top_groups",
+                 "group_score", "routed_scaling_factor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +163,7 @@ def fill_model(config: TransformerConfig, table, checkpoint, *, mesh=None,
   the model would have been built with, else in the tensors' own), placed as the model
   places them on `mesh`. Built abstractly: no param is initialised at random."""
   abstract = nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0), mesh=mesh))
-  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  graphdef, params, rest = nnx.split(abstract, (nnx.Param, RouterState), ...)
   tree = nnx.to_pure_dict(params)
   filled = set()
   for m in table:
@@ -174,6 +179,16 @@ def fill_model(config: TransformerConfig, table, checkpoint, *, mesh=None,
       else:
         sharding = getattr(target, "sharding", None) or NamedSharding(mesh, P())
         node[path[-1]] = jax.device_put(array, sharding)
+      filled.add(path)
+  for path, value in _flat(tree):
+    # A router state no tensor holds (the deepseek router's selection bias imported from
+    # DeepSeek-V2, which has none) starts as the router's init does: zeros.
+    if path not in filled and "router_state" in path:
+      node = tree
+      for key in path[:-1]:
+        node = node[key]
+      zeros = jnp.zeros(value.shape, value.dtype)
+      node[path[-1]] = zeros if mesh is None else jax.device_put(zeros, NamedSharding(mesh, P()))
       filled.add(path)
   every = {path for path, _ in _flat(tree)}
   assert every == filled, sorted(every - filled, key=str)   # the table covers the model
@@ -220,7 +235,7 @@ def check_exportable(config: TransformerConfig, source: HFSource) -> None:
   mine, theirs = config.moe, want.moe
   if mine is None or theirs is None or mine.built_router.name != theirs.built_router.name or any(
       mine.built_router.options.get(k) != theirs.built_router.options.get(k)
-      for k in ("k", "order", "renormalize")):
+      for k in _SAME_ROUTING):
     raise ValueError(f"export: the model's router ({mine and mine.built_router.options}) is not "
                      f"{source.architecture}'s ({theirs and theirs.built_router.options})")
 
@@ -229,7 +244,7 @@ def export_tensors(model: DecoderLM, source: HFSource, dtype: str | None = None)
   """{HF name: array} of `model` in `source`'s layout; each tensor in the source's dtype for
   it, or all in `dtype`."""
   check_exportable(model.transformer.config, source)
-  params = dict(_flat(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+  params = dict(_flat(nnx.to_pure_dict(nnx.state(model, (nnx.Param, RouterState)))))
   table = source.table()
   for m in table:
     for path in m.params:

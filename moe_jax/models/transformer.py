@@ -34,12 +34,18 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from moe_jax.experts import ACTIVATIONS
+from moe_jax.models import rope as rope_lib
+from moe_jax.models.linear import Linear
+from moe_jax.models.mla import LatentAttention
 from moe_jax.models.moe import MoE, MoEConfig
 from moe_jax.parallel.mesh import sharded_param
 from moe_jax.parallel.mesh import BATCH_AXES
 from moe_jax.validation import check_choice, check_float, check_int
 
 QK_NORMS = ("none", "head", "full")
+ATTENTIONS = ("mha", "mla")
+MLA_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+              "v_head_dim", "rope_interleave", "rope_scaling")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +72,16 @@ class TransformerConfig:
   norm_eps: float = 1e-6              # every RMSNorm's epsilon (nnx.RMSNorm's default)
   qk_norm: str = "none"               # RMSNorm on q and k before RoPE: 'none', 'head', 'full'
   qkv_bias: bool = False              # q, k, v projections with a bias (Qwen2, Qwen2-MoE)
+  # 'mha' (multi-head / grouped-query) or 'mla' (DeepSeek-V2/V3's multi-head latent attention,
+  # moe_jax.models.mla: the five sizes below; head_dim, num_kv_heads, qk_norm do not apply)
+  attention: str = "mha"
+  q_lora_rank: int | None = None      # mla: the low-rank query's rank; None: a full q projection
+  kv_lora_rank: int | None = None     # mla: the key/value latent's size
+  qk_nope_head_dim: int | None = None  # mla: per head, the query/key part without RoPE
+  qk_rope_head_dim: int | None = None  # mla: per head, the RoPE part (the key's is shared)
+  v_head_dim: int | None = None       # mla: per head, the value size
+  rope_interleave: bool = False       # mla: RoPE pairs (x0, x1), (x2, x3) (DeepSeek's layout)
+  rope_scaling: dict | None = None    # mla: YaRN (moe_jax.models.rope); None: plain RoPE
 
   @property
   def kv_heads(self) -> int:
@@ -115,12 +131,22 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
   check_choice("qk_norm", config.qk_norm, QK_NORMS, owner=owner)
   check_float("rope_theta", config.rope_theta, low=1.0, low_inclusive=False, owner=owner)
   check_float("norm_eps", config.norm_eps, low=0.0, low_inclusive=False, owner=owner)
-  if config.head_dim is None:
+  if config.attention != "mha":
+    pass
+  elif config.head_dim is None:
     if config.d_model % config.num_heads or (config.d_model // config.num_heads) % 2:
       raise ValueError(f"{owner}: d_model={config.d_model} must split into num_heads="
                        f"{config.num_heads} heads of even size (RoPE rotates pairs)")
   elif check_int("head_dim", config.head_dim, low=2, owner=owner) % 2:
     raise ValueError(f"{owner}: head_dim={config.head_dim} must be even (RoPE rotates pairs)")
+  check_choice("attention", config.attention, ATTENTIONS, owner=owner)
+  if config.attention == "mla":
+    _validate_mla(config, owner)
+  else:
+    for name in MLA_FIELDS:
+      if getattr(config, name) not in (None, False):
+        raise ValueError(f"{owner}: {name}={getattr(config, name)!r} is an option of "
+                         "attention='mla'; this model's attention is 'mha'")
   if config.num_kv_heads is not None:
     check_int("num_kv_heads", config.num_kv_heads, low=1, high=config.num_heads, owner=owner)
     if config.num_heads % config.num_kv_heads:
@@ -134,19 +160,24 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
                        f"{owner}.allow_non_causal_router=True to run it anyway for an ablation")
 
 
-def _init(scale=1.0):
-  return jax.nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
-
-
-class Linear(nnx.Module):
-  """x @ W without bias, W annotated with logical axes."""
-
-  def __init__(self, d_in: int, d_out: int, axes, *, rngs: nnx.Rngs, mesh=None,
-               param_dtype=jnp.float32):
-    self.kernel = sharded_param(_init()(rngs.params(), (d_in, d_out), param_dtype), axes, mesh)
-
-  def __call__(self, x):
-    return x @ self.kernel[...].astype(x.dtype)
+def _validate_mla(config: TransformerConfig, owner: str) -> None:
+  for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+    if getattr(config, name) is None:
+      raise ValueError(f"{owner}: attention='mla' needs {name}")
+    check_int(name, getattr(config, name), low=1, owner=owner)
+  if config.qk_rope_head_dim % 2:
+    raise ValueError(f"{owner}: qk_rope_head_dim={config.qk_rope_head_dim} must be even (RoPE "
+                     "rotates pairs)")
+  if config.q_lora_rank is not None:
+    check_int("q_lora_rank", config.q_lora_rank, low=1, owner=owner)
+  for name, off in (("num_kv_heads", None), ("head_dim", None), ("qk_norm", "none"),
+                    ("qkv_bias", False)):
+    if getattr(config, name) != off:
+      raise ValueError(f"{owner}: {name}={getattr(config, name)!r} does not apply to "
+                       f"attention='mla' (leave it {off!r})")
+  if not isinstance(config.rope_interleave, bool):
+    raise ValueError(f"{owner}: rope_interleave must be True or False")
+  rope_lib.check_scaling(config.rope_scaling, owner=f"{owner}")
 
 
 def rope(x_BLHK, positions_L, base: float = 10000.0):
@@ -257,7 +288,8 @@ class Block(nnx.Module):
                mesh=None):
     d, eps = config.d_model, config.norm_eps
     self.norm_attn = nnx.RMSNorm(d, epsilon=eps, rngs=rngs, param_dtype=config.param_dtype)
-    self.attn = Attention(config, causal=causal, rngs=rngs, mesh=mesh)
+    attention = LatentAttention if config.attention == "mla" else Attention
+    self.attn = attention(config, causal=causal, rngs=rngs, mesh=mesh)
     self.norm_ffn = nnx.RMSNorm(d, epsilon=eps, rngs=rngs, param_dtype=config.param_dtype)
     self.is_moe = config.is_moe_layer(layer)
     if self.is_moe:
@@ -362,11 +394,15 @@ class DecoderLM(nnx.Module):
     return self._logits(h_BLD), routings
 
   def init_cache(self, batch: int, length: int, dtype=None) -> list:
-    """Empty key/value caches, one (k, v) per layer, each [batch, length, G, K]."""
+    """Empty caches, one pair per layer: (k, v), each [batch, length, G, K]; with
+    attention='mla' (latent [batch, length, C], rotated shared key [batch, length, R])."""
     config = self.transformer.config
-    shape = (batch, length, config.kv_heads, config.head_size)
     dtype = dtype or config.dtype
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.num_layers)]
+    if config.attention == "mla":
+      shapes = self.transformer.blocks[0].attn.cache_shapes(batch, length)
+    else:
+      shapes = ((batch, length, config.kv_heads, config.head_size),) * 2
+    return [tuple(jnp.zeros(s, dtype) for s in shapes) for _ in range(config.num_layers)]
 
   def decode(self, tokens_BL, caches, start):
     """Logits [B,L,V] of L new tokens at positions start .. start+L-1 given the caches of the

@@ -25,16 +25,19 @@ from moe_jax.validation import check_choice, check_float, check_int
 Array = jax.Array
 
 SCORES = ("sigmoid", "softmax")
+GROUP_SCORES = ("top2_sum", "max")   # a group's score: V3's sum of its best two, V2's best one
 SEQUENCE_BALANCE = 1e-4   # V3's "extremely small" alpha of the sequence-wise balance loss
 RENORM_EPS = 1e-20  # transformers' DeepseekV3 adds it to the denominator; harmless otherwise
 
 
-def group_limited_scores(choice_TE: Array, num_groups: int, top_groups: int) -> Array:
+def group_limited_scores(choice_TE: Array, num_groups: int, top_groups: int,
+                         group_score: str = "top2_sum") -> Array:
   """choice_TE with every expert outside each token's `top_groups` best groups set to -inf.
 
   Groups are contiguous blocks of P = E / num_groups experts; a group's score is the sum of its
   top-2 choice scores (its one score when P = 1), as DeepSeek-V3 and transformers' DeepseekV3
-  router do. transformers fills the excluded experts with 0.0 instead of -inf: the two differ
+  router do ('top2_sum'), or its best expert's score, as DeepSeek-V2's group_limited_greedy
+  ('max'). transformers fills the excluded experts with 0.0 instead of -inf: the two differ
   only when biased scores inside the kept groups are negative, where 0.0 would let an excluded
   expert win; with -inf an expert outside the kept groups is never chosen.
   """
@@ -43,8 +46,8 @@ def group_limited_scores(choice_TE: Array, num_groups: int, top_groups: int) -> 
   num_tokens, num_experts = choice_TE.shape
   per_group = num_experts // num_groups
   choice_TGP = choice_TE.reshape(num_tokens, num_groups, per_group)
-  if per_group == 1:
-    group_TG = choice_TGP[..., 0]
+  if per_group == 1 or group_score == "max":
+    group_TG = choice_TGP.max(-1)
   else:
     group_TG = jax.lax.top_k(choice_TGP, 2)[0].sum(-1)
   _, kept_TJ = jax.lax.top_k(group_TG, top_groups)
@@ -54,9 +57,10 @@ def group_limited_scores(choice_TE: Array, num_groups: int, top_groups: int) -> 
 
 
 def _check_options(owner, num_experts, k, score, num_groups, top_groups, renormalize,
-                   routed_scaling_factor, bias_update_rate, init_scale):
+                   routed_scaling_factor, bias_update_rate, init_scale, group_score):
   check_common(owner, num_experts, k, init_scale)
   check_choice("score", score, SCORES, owner=owner)
+  check_choice("group_score", group_score, GROUP_SCORES, owner=owner)
   check_int("num_groups", num_groups, low=1, high=num_experts, owner=owner)
   if num_experts % num_groups:
     raise ValueError(f"{owner}: option 'num_groups'={num_groups} must divide "
@@ -84,7 +88,7 @@ def init_biased(rng, d_model, *, num_experts: int, init_scale: float):
 
 def biased_topk(variables, x_TD, *, k: int, score: str, num_groups: int, top_groups: int,
                 renormalize: bool, routed_scaling_factor: float, bias_update_rate: float,
-                train: bool):
+                train: bool, group_score: str = "top2_sum"):
   """(routing without aux losses, scores_TE, probs_TE) of the loss-free-balanced top-k that
   `deepseek` and `bias_balanced` share: the bias (and the group limit) choose, the unbiased
   scores weigh; with train=True the bias moves towards balance (in routing.new_state)."""
@@ -95,7 +99,7 @@ def biased_topk(variables, x_TD, *, k: int, score: str, num_groups: int, top_gro
   else:
     scores_TE = jax.nn.softmax(logits_TE, axis=-1)
   choice_TE = jax.lax.stop_gradient(scores_TE) + bias_E
-  choice_TE = group_limited_scores(choice_TE, num_groups, top_groups)
+  choice_TE = group_limited_scores(choice_TE, num_groups, top_groups, group_score)
   _, expert_TK = jax.lax.top_k(choice_TE, k)
   weight_TK = jnp.take_along_axis(scores_TE, expert_TK, axis=-1)
   if renormalize:
@@ -113,7 +117,8 @@ def biased_topk(variables, x_TD, *, k: int, score: str, num_groups: int, top_gro
 @register("deepseek")
 def deepseek(*, num_experts: int, k: int = 2, score: str = "sigmoid", num_groups: int = 1,
              top_groups: int = 1, renormalize: bool = True, routed_scaling_factor: float = 1.0,
-             bias_update_rate: float = 1e-3, init_scale: float = 1.0) -> Router:
+             bias_update_rate: float = 1e-3, init_scale: float = 1.0,
+             group_score: str = "top2_sum") -> Router:
   """DeepSeek-V3 routing: biased group-limited top-k selection, unbiased combine weights.
 
   score: 'sigmoid' (V3) or 'softmax' (V2) affinities s. The selection bias (state 'bias' [E])
@@ -122,6 +127,8 @@ def deepseek(*, num_experts: int, k: int = 2, score: str = "sigmoid", num_groups
     (`balancing_bias_update`).
   num_groups / top_groups: DeepSeek's n_group / topk_group; only experts in the `top_groups`
     best groups can be chosen (`group_limited_scores`, -inf outside, not transformers' 0.0).
+  group_score: how a group scores: 'top2_sum' (V3: the sum of its best two biased scores) or
+    'max' (V2's group_limited_greedy: its best expert's score).
   renormalize: weights are s / sum(s) over the chosen k (V3 with sigmoid); then times
     `routed_scaling_factor`.
   Aux losses: 'load_balancing' (Switch, on s / sum s) and 'sequence_balance' (V3's
@@ -130,14 +137,14 @@ def deepseek(*, num_experts: int, k: int = 2, score: str = "sigmoid", num_groups
   """
   owner = "router 'deepseek'"
   _check_options(owner, num_experts, k, score, num_groups, top_groups, renormalize,
-                 routed_scaling_factor, bias_update_rate, init_scale)
+                 routed_scaling_factor, bias_update_rate, init_scale, group_score)
 
   def route(variables, x_TD, *, token_ids=None, rng=None, train=False):
     del token_ids, rng
     routing, scores_TE, probs_TE = biased_topk(
         variables, x_TD, k=k, score=score, num_groups=num_groups, top_groups=top_groups,
         renormalize=renormalize, routed_scaling_factor=routed_scaling_factor,
-        bias_update_rate=bias_update_rate, train=train)
+        bias_update_rate=bias_update_rate, train=train, group_score=group_score)
     aux = {
         "load_balancing": losses.load_balancing_loss(probs_TE, routing.expert, routing.valid),
         "sequence_balance": losses.sequence_balance_loss(scores_TE, routing.expert,

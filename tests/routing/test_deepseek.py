@@ -11,7 +11,7 @@ from moe_jax.routing.deepseek import balancing_bias_update
 from tests.routing.helpers import D_MODEL, NUM_EXPERTS, make_router, route, skewed_tokens, tokens
 
 DEFAULTS = dict(k=2, score="sigmoid", num_groups=1, top_groups=1, renormalize=True,
-                routed_scaling_factor=1.0, bias_update_rate=1e-3, init_scale=1.0)
+                routed_scaling_factor=1.0, bias_update_rate=1e-3, init_scale=1.0, group_score="top2_sum")
 
 CONFIGS = [
     dict(),                                                           # the defaults

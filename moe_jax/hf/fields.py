@@ -1,0 +1,30 @@
+"""config.json field readers the family modules share (moe_jax.hf.families, moe_jax.hf.deepseek):
+the fields no family maps, typed reads, the number of routed experts."""
+from __future__ import annotations
+
+# Fields with no effect on the weights' meaning or the forward pass. `router_aux_loss_coef` and
+# `output_router_logits` are HF's training loss; the moe_jax run's is config.aux_loss_weights.
+IGNORED = frozenset({
+    "bos_token_id", "eos_token_id", "pad_token_id", "use_cache", "initializer_range",
+    "transformers_version", "output_router_logits", "router_aux_loss_coef", "output_attentions",
+    "output_hidden_states", "return_dict", "torchscript", "architectures", "model_type",
+    "dtype", "torch_dtype", "tokenizer_class", "max_window_layers"})
+
+
+def get(hf_config: dict, key: str, default=None, *, kind=None):
+  value = hf_config.get(key, default)
+  if kind is not None and (isinstance(value, bool) != (kind is bool)
+                           or not isinstance(value, kind)):
+    name = {int: "an integer", bool: "true or false"}.get(kind, "a number")
+    raise ValueError(f"config.json: {key}={value!r} must be {name}")
+  return value
+
+
+def num_experts(family, hf_config: dict) -> int:
+  given = [(f, hf_config[f]) for f in family.num_experts_fields if f in hf_config]
+  if not given:
+    raise ValueError(f"config.json: {family.num_experts_fields[0]} is missing")
+  if len({v for _, v in given}) > 1:
+    raise ValueError(f"config.json: {given[0][0]}={given[0][1]!r} contradicts "
+                     f"{given[1][0]}={given[1][1]!r}")
+  return get(hf_config, given[0][0], kind=int)
