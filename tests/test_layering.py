@@ -51,6 +51,8 @@ RANKS = {
     "moe_jax.config": 6, "moe_jax.model_section": 6, "moe_jax.overrides": 6,
     # opening a run: model and optimizer on the mesh, tokenizer, which checkpoint to restore
     "moe_jax.run_setup": 7,
+    # upcycling's parameter transforms (pure: models' params and optimizer state in and out)
+    "moe_jax.upcycle_params": 7,
     # the commands
     "moe_jax.train": 8, "moe_jax.evaluate": 8, "moe_jax.generate": 8, "moe_jax.upcycle": 8,
     "moe_jax.hf": 8,
