@@ -83,3 +83,36 @@ def classifier(*, quick: bool, config: str) -> ml_collections.ConfigDict:
     c.log_every = 2
     c.checkpoint.update(every=3)
   return c
+
+
+GPU_TOKENS_PER_STEP = 256 * 256      # configs/lm_lm1b.py: 256 sequences of 256 tokens
+
+
+def lm_gpu(*, d_model: int, num_layers: int) -> ml_collections.ConfigDict:
+  """The accelerator-sized grids' base (`--grid gpu`, for what a CPU cannot reach): the lm1b
+  recipe of configs/lm_lm1b.py (32k SentencePiece pieces, bfloat16 compute, SwiGLU experts in
+  every other layer after a dense first one, 65,536 tokens per step) at `d_model` x
+  `num_layers` (d_ff 4 d_model, head size 64), dropless, trained on 20 tokens per dense
+  non-embedding parameter (Chinchilla), on one 8-GPU node's data=8 mesh. Not run on this
+  project's machines."""
+  from moe_jax import config as config_lib
+  c = config_lib.load_file(_COMMON.parent / "lm_lm1b.py")
+  c.model.update(d_model=d_model, num_layers=num_layers, num_heads=d_model // 64,
+                 d_ff=4 * d_model, expert_d_ff=4 * d_model, num_experts=0,
+                 dispatcher="dropless")
+  c.steps = gpu_steps(d_model, num_layers)
+  c.optim.update(warmup_steps=min(2000, c.steps // 10))
+  c.mesh = dict(data=-1, expert=1, model=1)
+  c.eval_every = 0
+  return c
+
+
+def dense_non_embedding(d_model: int, num_layers: int) -> int:
+  """A dense SwiGLU transformer's non-embedding parameters, 4 d^2 (attention) + 3 d (4 d)
+  (the FFN) per layer: the N a Chinchilla token budget is counted from."""
+  return num_layers * (4 * d_model ** 2 + 12 * d_model ** 2)
+
+
+def gpu_steps(d_model: int, num_layers: int) -> int:
+  """Steps for 20 tokens per dense non-embedding parameter at GPU_TOKENS_PER_STEP."""
+  return -(-20 * dense_non_embedding(d_model, num_layers) // GPU_TOKENS_PER_STEP)

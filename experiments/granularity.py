@@ -4,6 +4,7 @@ Mixture of Experts"; Dai et al. 2024, DeepSeekMoE).
     python -m experiments.run experiments/granularity.py --only 'G[18]'  # first: G1 vs G8
     python -m experiments.run experiments/granularity.py          # the grid: 7 points x 3 seeds
     python -m experiments.run experiments/granularity.py --quick  # seconds, for tests
+    python -m experiments.run experiments/granularity.py --grid gpu --estimate  # gamma: 17 GPU-h
 
 Granularity G in {1, 2, 4, 8}: 4G experts of width 256/G with top-G routing, so total and
 active parameters stay those of 4 experts of width 256, top-1, on the CPU protocol
@@ -86,3 +87,27 @@ def get_sweep(quick: bool) -> Sweep:
   points = [_point(g, False) for g in gs] + [_point(g, True) for g in gs if g >= 2]
   return Sweep(name="granularity", base=lambda: bases.lm_protocol(quick=quick), points=points,
                seeds=2 if quick else 3, analyze=analyze, description=__doc__.split("\n\n")[2])
+
+
+# The accelerator-sized grid (--grid gpu): Krajewski et al.'s gamma is how the best G moves
+# with compute, so it needs the G grid at several budgets; two sizes here.
+GPU_SIZES = ((512, 8), (768, 12))      # (d_model, num_layers)
+GPU_GS = (1, 2, 4, 8, 16)
+
+
+def get_gpu_sweep() -> Sweep:
+  """python -m experiments.run experiments/granularity.py --grid gpu [--estimate]: at two sizes,
+  G in {1, 2, 4, 8, 16}: 8G experts of width 4 d_model / G, top-G (the total and active
+  parameters of 8 experts top-1), every other layer, 2 paired seeds, on lm1b. Not run here;
+  17 GPU-hours by --estimate (docs/experiments.md, "What a CPU cannot reach")."""
+  points = []
+  for d, n in GPU_SIZES:
+    for g in GPU_GS:
+      points.append(point({"d_model": d, "G": g, "shared": False},
+                          {"model.d_model": d, "model.num_layers": n, "model.num_heads": d // 64,
+                           "model.d_ff": 4 * d, "model.num_experts": 8 * g,
+                           "model.expert_d_ff": 4 * d // g, "model.router_options": {"k": g},
+                           "steps": bases.gpu_steps(d, n), "mesh.data": 1, "mesh.expert": 8},
+                          name=f"d{d}-G{g}"))
+  return Sweep(name="granularity-gpu", base=lambda: bases.lm_gpu(d_model=512, num_layers=8),
+               points=points, seeds=2, analyze=analyze, description=get_gpu_sweep.__doc__)

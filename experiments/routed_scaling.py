@@ -3,6 +3,7 @@ Models"): the number-of-experts sweep at three base model sizes, and the fitted 
 
     python -m experiments.run experiments/routed_scaling.py          # 9 points x 3 seeds
     python -m experiments.run experiments/routed_scaling.py --quick  # seconds, for tests
+    python -m experiments.run experiments/routed_scaling.py --grid gpu --estimate  # c: 77 GPU-h
 
 Base sizes d_model in {48, 64, 96} (4 layers, d_ff = expert_d_ff = 4 d_model, MoE in layers 1
 and 3), each with E in {1 = dense, 4, 16} experts top-1, on the CPU protocol
@@ -137,3 +138,30 @@ def get_sweep(quick: bool) -> Sweep:
   return Sweep(name="routed_scaling", base=lambda: bases.lm_protocol(quick=quick),
                points=product(_sizes(sizes), _experts(experts)), seeds=2 if quick else 3,
                analyze=analyze, description=__doc__.split("\n\n")[2])
+
+
+# The accelerator-sized grid (--grid gpu): N from 8 M to 268 M (a factor of 32; Clark et al.'s
+# is 90), so that c's interval can exclude 0. Each size trains on 20 tokens per dense
+# non-embedding parameter, at every E (Clark's fixed token budget per size).
+GPU_SIZES = ((256, 8), (512, 8), (768, 12), (1024, 16))     # (d_model, num_layers)
+GPU_EXPERTS = (1, 8, 32, 64)
+
+
+def get_gpu_sweep() -> Sweep:
+  """python -m experiments.run experiments/routed_scaling.py --grid gpu [--estimate]: the law
+  over 4 sizes x E in {1, 8, 32, 64} (top-1, every other layer), 2 paired seeds, on lm1b (the
+  data prepared as configs/lm_lm1b.py says). Not run here; 77 GPU-hours by --estimate
+  (docs/experiments.md, "What a CPU cannot reach")."""
+  sizes = [point({"d_model": d, "layers": n},
+                 {"model.d_model": d, "model.num_layers": n, "model.num_heads": d // 64,
+                  "model.d_ff": 4 * d, "model.expert_d_ff": 4 * d,
+                  "steps": bases.gpu_steps(d, n)}, name=f"d{d}") for d, n in GPU_SIZES]
+  # Experts over the node's 8 devices (expert=8); the dense model as plain data parallelism.
+  experts = [point({"E": e}, {"model.num_experts": 0 if e == 1 else e,
+                              "model.router_options": {"k": 1},
+                              "mesh.data": 8 if e == 1 else 1,
+                              "mesh.expert": 1 if e == 1 else 8}, name=f"E{e}")
+             for e in GPU_EXPERTS]
+  return Sweep(name="routed_scaling-gpu", base=lambda: bases.lm_gpu(d_model=256, num_layers=8),
+               points=product(sizes, experts), seeds=2, analyze=analyze,
+               description=get_gpu_sweep.__doc__)

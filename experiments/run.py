@@ -75,6 +75,12 @@ def parse(argv):
                       help="inprocess: every run here, in order; slurm: each run a SLURM job "
                            "(submitit); local: each run a local process (submitit's local "
                            "executor)")
+  parser.add_argument("--grid", default="cpu", choices=("cpu", "gpu"),
+                      help="cpu: the sweep's grid for this project's CPUs; gpu: its "
+                      "accelerator-sized grid (the sweep file's get_gpu_sweep)")
+  parser.add_argument("--estimate", action="store_true",
+                      help="print what the runs would cost (FLOPs, GPU-hours) and stop: "
+                      "nothing is trained or written")
   parser.add_argument("--retrain", action="store_true",
                       help="train every run, also those --out's results.json records with "
                       "these settings")
@@ -114,13 +120,18 @@ def _start_distributed(args) -> None:
 def sweep_for(args):
   """The sweep the command names, with --config's base if given."""
   from experiments import sweep
-  return sweep.load(args.sweep, args.quick, args.config)[0]
+  return sweep.load(args.sweep, args.quick, args.config, grid=args.grid)[0]
 
 
 def run(args) -> None:
   from experiments import harness, hosts, launch, report
   sweep = sweep_for(args)
   args.sweep_name = sweep.name
+  if args.estimate:
+    from experiments import estimate
+    rows = estimate.estimate(sweep, seeds=args.seeds, only=args.only, overrides=args.overrides)
+    print("\n".join(estimate.describe(rows, sweep.name)))
+    return
   # Quick results are for tests and trying things: they never overwrite the committed ones.
   runs = REPO / "runs" / "sweeps" / (sweep.name + ("-quick" if args.quick else ""))
   out = pathlib.Path(args.out or (runs / "results" if args.quick
@@ -172,6 +183,7 @@ def command_line(args) -> str:
   parts += ["--quick"] * args.quick
   parts += [f"--{k} {getattr(args, k)}" for k in ("seeds", "only", "config")
             if getattr(args, k) is not None]
+  parts += ["--grid gpu"] * (args.grid == "gpu")
   parts += [f"--config.{o}" for o in args.overrides]
   return " ".join(parts)
 

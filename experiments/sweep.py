@@ -103,9 +103,10 @@ def override_flags(p: Point, seed: int) -> list[str]:
   return [f"{path}={text(value)}" for path, value in p.overrides.items()] + [f"seed={seed}"]
 
 
-def load(path, quick: bool, config_file: str | None = None):
+def load(path, quick: bool, config_file: str | None = None, grid: str = "cpu"):
   """(the Sweep of the sweep file at `path`, its module); with `config_file`, the sweep's base
-  config replaced by that config file's."""
+  config replaced by that config file's; grid='gpu': the file's accelerator-sized grid
+  (`get_gpu_sweep()`), for the sweeps whose question a CPU cannot reach."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(2, "No such sweep file", str(path))
@@ -114,8 +115,22 @@ def load(path, quick: bool, config_file: str | None = None):
   spec.loader.exec_module(module)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"{path} defines no get_sweep(quick) function")
-  sweep = module.get_sweep(quick)
+  if grid == "gpu":
+    if not hasattr(module, "get_gpu_sweep"):
+      raise ValueError(f"{path} has no GPU-sized grid (--grid gpu); the sweeps that have one: "
+                       + ", ".join(gpu_sweeps(path.parent)))
+    if quick:
+      raise ValueError("--grid gpu and --quick: the quick setting is the CPU grid's")
+    sweep = module.get_gpu_sweep()
+  else:
+    sweep = module.get_sweep(quick)
   if config_file:
     from moe_jax import config as config_lib
     sweep = sweep._replace(base=lambda: config_lib.load_file(config_file))
   return sweep, module
+
+
+def gpu_sweeps(directory) -> list[str]:
+  """The sweep files in `directory` that define an accelerator-sized grid."""
+  return sorted(f"{p.parent.name}/{p.name}" for p in pathlib.Path(directory).glob("*.py")
+                if re.search(r"^def get_gpu_sweep\(", p.read_text(), re.M))
