@@ -21,7 +21,8 @@ flops_per_token: forward FLOPs per token,
 with a = 1 for a causal decoder (a token attends to seq_len / 2 positions on average, QK^T and
 AV each 2 * H * d_head FLOPs per position: every query head attends, also when grouped-query
 attention shares keys and values) and a = 2 for a bidirectional encoder; H * d_head is d_model
-unless `head_dim` is set. Training costs 3x
+unless `head_dim` is set (latent attention: QK^T over qk_nope + qk_rope dims, AV over
+v_head_dim, so d_head counts as their mean). Training costs 3x
 the forward (Kaplan et al. 2020); `train_flops` is 3 * flops_per_token * tokens_seen.
 """
 from __future__ import annotations
@@ -63,6 +64,9 @@ def account(run, experts_per_token: dict[int, float] | None = None) -> dict:
     active -= size * (1.0 - min(k, moe.num_experts) / moe.num_experts)
   causal = tasks.get(run.task).causal
   query_width = model.num_heads * model.head_size
+  if model.attention == "mla":   # QK^T over nope + rope dims, AV over v_head_dim: their mean
+    query_width = model.num_heads * (model.qk_nope_head_dim + model.qk_rope_head_dim
+                                     + model.v_head_dim) / 2
   positions = run.positions or run.data.seq_len     # a classifier's own length
   attention = 2 * model.num_layers * positions * query_width * (1 if causal else 2)
   # A tied LM's output projection is the embedding table, excluded above as a lookup.

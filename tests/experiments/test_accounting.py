@@ -52,6 +52,12 @@ def test_attention_flops_follow_the_query_width_not_d_model():
       2 * LAYERS * SEQ_LEN * (4 * 64 - D_MODEL))
   assert gqa["flops_per_token"] - base["flops_per_token"] == weights(gqa, base)
   assert gqa["active_params"] < base["active_params"]
+  # Latent attention: QK^T over 24 + 8 dims per head, AV over 16: (32 + 16) / 2 per head.
+  mla = account(_run("model.num_experts=0", "model.attention=mla", "model.kv_lora_rank=32",
+                     "model.qk_nope_head_dim=24", "model.qk_rope_head_dim=8",
+                     "model.v_head_dim=16"))
+  assert mla["flops_per_token"] - 2 * (mla["active_params"] - VOCAB * D_MODEL) == (
+      2 * VOCAB * D_MODEL + 2 * LAYERS * SEQ_LEN * 4 * (24 + 8 + 16) / 2)
 
 
 @pytest.mark.parametrize("config, positions", [("classify_digits.py", 17),
