@@ -63,3 +63,13 @@ def test_decode_benchmark_runs(tmp_path):
   assert [r["path"] for r in json.loads(out.read_text())["rows"]] == ["KV cache",
                                                                       "recompute window"]
   assert result["rows"][0]["x_recompute"] > 0
+
+
+def test_protocol_step_benchmark_runs(tmp_path):
+  from benchmarks import protocol_step
+  out = tmp_path / "protocol_step.json"
+  protocol_step.main(["--steps", "2", "--out", str(out)])
+  result = json.loads(out.read_text())
+  assert result["loop_ms"] > 0 and result["step_alone_ms"] > 0 and result["ops_ms_per_step"]
+  assert result["fraction_of_matmul_rate"] == pytest.approx(
+      result["train_gflops_per_sec"] / result["matmul_gflops_per_sec"])
