@@ -34,7 +34,7 @@ import time
 import jax
 import numpy as np
 
-from moe_jax import config as config_lib, run_setup, workdir as workdir_lib
+from moe_jax import config as config_lib, run_setup, run_workdir, workdir as workdir_lib
 from moe_jax.eval_step import evaluate_split, make_eval_step
 from moe_jax.interrupts import Interrupts
 from moe_jax.parallel.distributed import host_local_to_global
@@ -55,7 +55,7 @@ def train(config, workdir, *, overrides=(), progress: bool = True) -> dict:
   workdir = pathlib.Path(workdir).expanduser().absolute()
   is_main = jax.process_index() == 0
   say = (lambda text: print(text, flush=True)) if is_main else (lambda text: None)
-  with Interrupts() as interrupts, run_setup.hold_workdir(workdir):
+  with Interrupts() as interrupts, run_workdir.hold_workdir(workdir):
     read_metrics(workdir)   # a corrupt metrics.jsonl: refused, naming the line, before any write
     s = run_setup.open_training(run, workdir, say)
     try:

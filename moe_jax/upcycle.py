@@ -59,7 +59,7 @@ import sys
 import jax
 from flax import nnx
 
-from moe_jax import config as config_lib, run_setup, workdir as workdir_lib
+from moe_jax import config as config_lib, run_setup, run_workdir, workdir as workdir_lib
 from moe_jax.checkpoint import Checkpoints
 from moe_jax.data.datasets import TOKENIZER_FILES
 from moe_jax.parallel.mesh import make_mesh
@@ -160,7 +160,7 @@ def upcycle(config, workdir, source_workdir, *, overrides=(),
                      else "fresh")
   command = command or f"the same moe_jax.upcycle.upcycle() call into {workdir}"
   outputs = (*TOKENIZER_FILES, workdir_lib.CONFIG_FILE, workdir_lib.HISTORY_FILE, RECORD_FILE)
-  with run_setup.hold_workdir(workdir), run_setup.seeding_workdir(
+  with run_workdir.hold_workdir(workdir), run_workdir.seeding_workdir(
       workdir, verb="upcycle", command=command, outputs=outputs, keep=keep_files):
     for note in notes:
       say(f"note: {note}")

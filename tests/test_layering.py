@@ -50,7 +50,7 @@ RANKS = {
     # run services that run setup provides, moe_jax/tasks/base.py)
     "moe_jax.config": 6, "moe_jax.model_section": 6, "moe_jax.overrides": 6,
     # opening a run: model and optimizer on the mesh, tokenizer, which checkpoint to restore
-    "moe_jax.run_setup": 7,
+    "moe_jax.run_setup": 7, "moe_jax.run_workdir": 7,
     # upcycling's parameter transforms (pure: models' params and optimizer state in and out)
     "moe_jax.upcycle_params": 7,
     # the commands

@@ -55,7 +55,7 @@ import textwrap
 import jax
 from flax import nnx
 
-from moe_jax import config as config_lib, run_setup, workdir as workdir_lib
+from moe_jax import config as config_lib, run_setup, run_workdir, workdir as workdir_lib
 from moe_jax.data import datasets
 from moe_jax.hf import model_io
 from moe_jax.parallel.mesh import make_mesh
@@ -166,7 +166,7 @@ def import_workdir(hf_dir, workdir, *, config=None, overrides=(), say=print) -> 
   _check_target(workdir)
   scratch = workdir.with_name(f".{workdir.name}.hf-import")
   skipped: list[str] = []
-  with run_setup.hold_workdir(scratch):
+  with run_workdir.hold_workdir(scratch):
     lead = jax.process_index() == 0
     if lead:
       _clear_scratch(scratch, workdir)
