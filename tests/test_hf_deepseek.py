@@ -1,8 +1,9 @@
 """The DeepSeek-V2/V3 family against transformers 5.25 (tests/fixtures/hf/make_fixtures.py made
 the fixtures): multi-head latent attention, YaRN on interleaved RoPE pairs, DeepSeek-V2's
 group_limited_greedy and V3's biased sigmoid routing, shared experts, a dense first layer.
-Logits equal transformers', export writes the same bytes, a data x expert sharded import and
-KV-cache decoding compute the same, and what is not understood is an error naming it."""
+Logits equal transformers', export writes the same bytes, a data x expert x model sharded
+import and KV-cache decoding compute the same, and what is not understood is an error naming
+it."""
 import json
 import shutil
 
@@ -53,7 +54,7 @@ def test_the_configs_map_onto_latent_attention_and_the_deepseek_router():
 
 def test_a_data_expert_sharded_import_and_kv_cache_decoding_give_the_same_logits():
   name = "deepseek_v3"             # its router's selection bias is state, placed too
-  mesh = make_mesh(data=2, expert=4)
+  mesh = make_mesh(data=2, expert=2, model=2)   # the latent projections' heads split too
   model, _ = hf.load(FIXTURES / name, mesh=mesh)
   bias = model.transformer.blocks[1].ffn.router_state["bias"][...]
   assert np.abs(np.asarray(bias)).max() > 0
