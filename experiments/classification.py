@@ -14,6 +14,10 @@ Validation accuracy, 3 paired seeds, each MoE point against dense. The papers' d
 (V-MoE, Riquelme et al. 2021; Soft MoE, Puigcerver et al. 2023): experts and soft routing help
 image classification at the same compute, at scale; at this size the question is whether they
 help at all.
+
+Measured (2026-12-06, runs at commit e47ee1b, E8 top-1 with this file at f72dabe; 2 CPU cores
+shared with other work, jax 0.10.2): 24 runs, 23 min summed; every MoE point is inconclusive
+against dense (experiments/results/classification/summary.md).
 """
 from __future__ import annotations
 
