@@ -20,6 +20,11 @@ learned balanced routers (bias / DeepSeek's aux-loss-free) balance load better t
 an aux loss at no loss cost (DeepSeek-V3); ReMoE matches or beats top-k at the same active
 count (Wang et al. 2024); hash routing is a strong baseline with no learned router (Roller
 2021).
+
+Measured so far (2026-12-06, runs at commit e47ee1b, 2 CPU cores shared with other work, jax
+0.10.2): topk-k1, topk-k2 and bias_balanced, 9 runs, 74 min summed (one --only command each):
+k=2 below k=1 (reproduced); bias_balanced against topk-k2 inconclusive. The other six points
+are queued (experiments/results/routers/summary.md).
 """
 from __future__ import annotations
 
