@@ -41,9 +41,12 @@ def analyze(records, out) -> list[str]:
                  f", dropped {np.mean(report.values(rs, 'dropped_fraction')):.3f}, step "
                  f"{np.mean(report.values(rs, 'step_ms')):.0f} ms")
   names = [n for n in g if n != "dropless"]
+  if not names:        # the grid run in parts (--only): nothing capped to compare yet
+    return lines + ["", "No capped point has run yet: the comparisons need at least one."]
   low, high = g[names[0]], g[names[-1]]
-  lines += ["", f"Drops hurt quality (the paper's sign: the loss at {names[0]} is higher): "
-            f"{names[0]} {report.compared(low, high, names[-1], expected=+1)}."]
+  if len(names) > 1:
+    lines += ["", f"Drops hurt quality (the paper's sign: the loss at {names[0]} is higher): "
+              f"{names[0]} {report.compared(low, high, names[-1], expected=+1)}."]
   if "dropless" in g:
     lines.append(f"Dropless (expected lower): {report.compared(g['dropless'], high, names[-1])}.")
   t = [np.mean(report.values(g[n], "step_ms")) for n in names]
