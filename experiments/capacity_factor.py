@@ -14,9 +14,10 @@ small groups: with 128-token groups even cf 2 dropped assignments at E = 8 (Swit
 groups of thousands of tokens). Papers: a low capacity factor drops tokens and raises the
 loss; a higher one costs step time (bigger buffers); dropless is the quality ceiling.
 
-Measured so far (2026-12-06, runs at commit e47ee1b, 2 CPU cores shared, jax 0.10.2): dropless
-and cf1.25, 6 runs, 23 min summed: dropless below cf1.25 by 0.062 nats/byte (reproduced);
-cf1.25 drops 10.8 % of assignments. cf 0.5 / 1.0 / 2.0 are queued.
+Measured so far (2026-12-06, runs at commit e47ee1b, 2 CPU cores shared, jax 0.10.2): dropless,
+cf1.25 and cf2.0, 9 runs, 35 min summed: dropless below both by 0.061-0.062 nats/byte
+(reproduced); cf1.25 and cf2.0 equal (inconclusive) although they drop 10.8 % and 5.0 %.
+cf 0.5 / 1.0 are queued.
 """
 from __future__ import annotations
 
