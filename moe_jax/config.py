@@ -67,7 +67,8 @@ class DataConfig:
   seq_len: int = 128
   batch_size: int = 16                 # global: summed over processes
   eval_batch_size: int = 16            # global
-  eval_max_batches: int = 0            # 0: the whole validation split
+  eval_max_batches: int = 0            # 0: the whole validation split; N: its first N batches
+                                       # in the fixed shuffled order (a sample of the split)
 
 
 @dataclasses.dataclass(frozen=True)

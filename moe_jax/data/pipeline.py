@@ -35,9 +35,15 @@ detected and gives different data. For Orbax, grain ships a handler:
 ``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)`` args (defined when
 ``orbax.checkpoint`` is importable); it writes one ``process_<i>-of-<n>.json`` per process.
 
-Evaluation (`eval_batches`): one deterministic, unshuffled pass over every window exactly once,
-padded to whole batches with a ``mask`` so every batch has the same shape (no recompilation, and
-the batch still divides over the data-parallel devices).
+Evaluation (`eval_batches`): one deterministic pass over every window exactly once, in one fixed
+shuffled order (`EVAL_ORDER_SEED`, the same for every run and process count), padded to whole
+batches with a ``mask`` so every batch has the same shape (no recompilation, and the batch still
+divides over the data-parallel devices). Shuffled because a model whose output depends on its
+routing group (a capacity-limited dispatcher, expert choice, soft MoE) must be evaluated on
+groups like those it trained on: in file order a batch is one file's contiguous text, whose
+tokens crowd the same experts (measured: capacity factor 1.25, 8 experts, step 500, a layer that
+dropped 2 % of training assignments dropped 14 % of validation ones in file order). For any other
+model the order changes nothing but the summation order of the mean.
 
 The grain API used (``grain.python``: ``MapDataset.source/slice/shuffle/repeat/batch/
 to_iter_dataset``, ``ReadOptions``, ``DatasetIterator.get_state/set_state``) is checked against
@@ -55,6 +61,7 @@ import numpy as np
 from moe_jax.validation import check_int
 
 _MAX_SEED = 2**32 - 1  # grain's shuffle takes a uint32 seed
+EVAL_ORDER_SEED = 0    # the evaluation order: fixed, so every run scores the same batches
 
 
 def _as_tokens(tokens, owner: str) -> np.ndarray:
@@ -204,13 +211,14 @@ def num_eval_batches(num_tokens: int, *, seq_len: int, batch_size: int,
 
 def eval_batches(tokens, *, seq_len: int, batch_size: int, shard_index: int | None = None,
                  shard_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """One deterministic pass over every window of `tokens`, in order, for evaluation.
+  """One deterministic pass over every window of `tokens`, in a fixed shuffled order (the
+  module's docstring says why), for evaluation.
 
   Yields ``{'inputs': int32[B, L], 'targets': int32[B, L], 'mask': float32[B, L]}``. Every
   window is scored exactly once (so every token but the first and the < L trailing ones is a
   target once). The last batch is padded with all-zero rows whose ``mask`` is 0, so all batches
   have the same shape; average a loss as ``sum(loss * mask) / sum(mask)``. With several shards,
-  shard i takes windows ``i::shard_count`` and every shard yields the same number of batches
+  shard i takes every shard_count-th window of that order from the i-th, and every shard yields the same number of batches
   (`num_eval_batches`), padding as needed, so no process waits on another.
   """
   owner = "eval_batches"
@@ -225,8 +233,8 @@ def eval_batches(tokens, *, seq_len: int, batch_size: int, shard_index: int | No
         f"seq_len+1={seq_len + 1} tokens")
   n_batches = num_eval_batches(tokens.size, seq_len=seq_len, batch_size=batch_size,
                                shard_count=shard_count)
-  return _eval_generator(tokens, seq_len, batch_size, np.arange(shard_index, total, shard_count),
-                         n_batches)
+  order = np.random.default_rng(EVAL_ORDER_SEED).permutation(total)
+  return _eval_generator(tokens, seq_len, batch_size, order[shard_index::shard_count], n_batches)
 
 
 def _eval_generator(tokens: np.ndarray, seq_len: int, batch_size: int, windows: np.ndarray,

@@ -141,8 +141,21 @@ def test_eval_batches_cover_each_window_once(corpus):
     assert b["inputs"].dtype == b["targets"].dtype == np.int32 and b["mask"].dtype == np.float32
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.sum() == n_windows * seq_len and mask[:n_windows].all()
-  targets = np.concatenate([b["targets"] for b in batches])[:n_windows].ravel()
-  np.testing.assert_array_equal(targets, corpus[1:1 + n_windows * seq_len])
+  targets = np.concatenate([b["targets"] for b in batches])[:n_windows]
+  starts = np.concatenate([b["inputs"] for b in batches])[:n_windows, 0]
+  windows = corpus[1:1 + n_windows * seq_len].reshape(n_windows, seq_len)
+  # The order depends on the number of windows only: read it off a corpus of positions.
+  positions = list(eval_batches(np.arange(corpus.size), seq_len=seq_len, batch_size=batch,
+                                **ONE_SHARD))
+  order = list(np.concatenate([b["inputs"] for b in positions])[:n_windows, 0] // seq_len)
+  assert sorted(order) == list(range(n_windows))          # every window once
+  np.testing.assert_array_equal(targets, windows[order])
+  np.testing.assert_array_equal(starts, corpus[np.array(order) * seq_len])
+  # Shuffled: a batch's windows come from across the split, not one stretch of text (a routing
+  # group at evaluation should look like a training batch's).
+  assert order != sorted(order)
+  first = sorted(order[:batch])
+  assert first[-1] - first[0] > n_windows // 2
   # Deterministic: a second pass is identical.
   _assert_batches_equal(batches, list(eval_batches(corpus, seq_len=seq_len, batch_size=batch,
                                                    **ONE_SHARD)))
@@ -155,6 +168,12 @@ def test_eval_shards_split_windows_with_equal_batch_counts():
   assert len(shards[0]) == len(shards[1]) == 2
   firsts = [b["inputs"][r, 0] for s in shards for b in s for r in range(2) if b["mask"][r, 0]]
   assert sorted(firsts) == list(range(0, 28, 4))
+  # The shards interleave the one order a single process reads: the same batches, split.
+  one = list(eval_batches(tokens, seq_len=4, batch_size=4, shard_index=0, shard_count=1))
+  single = [b["inputs"][r, 0] for b in one for r in range(4) if b["mask"][r, 0]]
+  interleaved = [s[b]["inputs"][r, 0] for b in range(2) for r in range(2) for s in shards
+                 if s[b]["mask"][r, 0]]
+  assert interleaved == single
 
 
 def test_bad_arguments(corpus):
