@@ -15,9 +15,9 @@ groups of thousands of tokens). Papers: a low capacity factor drops tokens and r
 loss; a higher one costs step time (bigger buffers); dropless is the quality ceiling.
 
 Measured so far (2026-12-06, runs at commit e47ee1b, 2 CPU cores shared, jax 0.10.2): dropless,
-cf1.25 and cf2.0, 9 runs, 35 min summed: dropless below both by 0.061-0.062 nats/byte
-(reproduced); cf1.25 and cf2.0 equal (inconclusive) although they drop 10.8 % and 5.0 %.
-cf 0.5 / 1.0 are queued.
+3 runs, 11.5 min summed. The first capped runs (cf 1.25, 2.0) were withdrawn: they were evaluated
+in file order, on routing groups of one file's text that overflow the experts (commit 6dfdff6
+evaluates in a fixed shuffled order); they are being rerun with cf 0.5 and 1.0.
 """
 from __future__ import annotations
 
