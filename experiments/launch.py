@@ -65,7 +65,8 @@ class SweepJob:
     import jax
     from moe_jax import cli, interrupts
     from moe_jax.parallel import distributed
-    from experiments import sweep as sweep_lib
+    from experiments import compile_cache, sweep as sweep_lib
+    compile_cache.enable(self.workdir)
     if self.args.cpu_devices:
       jax.config.update("jax_num_cpu_devices", self.args.cpu_devices)
     cli._quiet_background_threads()

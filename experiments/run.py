@@ -40,6 +40,7 @@ local processes. See experiments/launch.py.
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import sys
 import time
@@ -109,7 +110,7 @@ def main(argv=None) -> None:
     cli.run_reporting_errors(_start_distributed, args)
   from absl import logging
   logging.set_verbosity(logging.WARNING)
-  cli.run_reporting_errors(run, args)
+  cli.run_reporting_errors(functools.partial(run, cache_compiles=True), args)
 
 
 def _start_distributed(args) -> None:
@@ -123,8 +124,11 @@ def sweep_for(args):
   return sweep.load(args.sweep, args.quick, args.config, grid=args.grid)[0]
 
 
-def run(args) -> None:
-  from experiments import harness, hosts, launch, report
+def run(args, *, cache_compiles: bool = False) -> None:
+  """The command's work. cache_compiles: JAX's persistent compilation cache in the sweep's
+  workdir (experiments/compile_cache.py), a process-wide setting, so only the command sets it,
+  not a caller of this function (a test, a notebook)."""
+  from experiments import compile_cache, harness, hosts, launch, report
   sweep = sweep_for(args)
   args.sweep_name = sweep.name
   if args.estimate:
@@ -139,6 +143,8 @@ def run(args) -> None:
   # With --out and no --workdir the runs go beside the results (OUT/runs/...), so a sweep run
   # into a directory of its own writes nothing into the checkout.
   workdir = pathlib.Path(args.workdir or args.out or runs).absolute()
+  if cache_compiles:
+    compile_cache.enable(workdir)
   start = time.perf_counter()
   if not args.retrain:
     adopted = hosts.main_writes(lambda: harness.adopt_recorded(

@@ -119,6 +119,9 @@ def test_a_sweep_on_two_hosts_gives_the_one_host_records(reference, tmp_path):
   run_dir = out / "runs" / "E4" / "seed0"
   assert (run_dir / "train.log").exists() and (run_dir / "train.process1.log").exists()
   assert (out / "summary.md").exists() and (out / "results.csv").exists()
+  # The command caches compiled steps in its workdir unless JAX_COMPILATION_CACHE_DIR names a
+  # cache, as tests/conftest.py does for the suite.
+  assert not (out / "compile_cache").exists()
   # each host's data position is in the checkpoint
   assert sorted(p.name for p in (run_dir / "checkpoints" / "6" / "data").iterdir()
                 if p.suffix == ".json") == ["process_0-of-2.json", "process_1-of-2.json"]
