@@ -68,8 +68,8 @@ def analyze(records, out) -> list[str]:
     lines.append(f"No granularity fit: {e}.")
   g = report.groups(records)
   first, last = f"G{GS[0]}", max((n for n in g if not n.endswith("shared")),
-                                  key=lambda n: int(n[1:]))
-  if first in g and last != first:
+                                  key=lambda n: int(n[1:]), default=None)
+  if first in g and last not in (None, first):
     lines.append(f"Finer granularity (Krajewski et al.: lower loss): {last} "
                  f"{report.compared(g[last], g[first], first)}.")
   for name in g:
