@@ -21,10 +21,32 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moe_jax.models import rope as rope_lib
+from moe_jax.models import attention_mask, rope as rope_lib
 from moe_jax.models.linear import Linear
+from moe_jax.validation import check_int
 
 LATENT_NORM_EPS = 1e-6
+
+
+def validate(config, owner: str) -> None:
+  """The MLA fields of a TransformerConfig with attention='mla'; errors name the field."""
+  for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+    if getattr(config, name) is None:
+      raise ValueError(f"{owner}: attention='mla' needs {name}")
+    check_int(name, getattr(config, name), low=1, owner=owner)
+  if config.qk_rope_head_dim % 2:
+    raise ValueError(f"{owner}: qk_rope_head_dim={config.qk_rope_head_dim} must be even (RoPE "
+                     "rotates pairs)")
+  if config.q_lora_rank is not None:
+    check_int("q_lora_rank", config.q_lora_rank, low=1, owner=owner)
+  for name, off in (("num_kv_heads", None), ("head_dim", None), ("qk_norm", "none"),
+                    ("qkv_bias", False)):
+    if getattr(config, name) != off:
+      raise ValueError(f"{owner}: {name}={getattr(config, name)!r} does not apply to "
+                       f"attention='mla' (leave it {off!r})")
+  if not isinstance(config.rope_interleave, bool):
+    raise ValueError(f"{owner}: rope_interleave must be True or False")
+  rope_lib.check_scaling(config.rope_scaling, owner=f"{owner}")
 
 
 class LatentAttention(nnx.Module):
@@ -78,20 +100,13 @@ class LatentAttention(nnx.Module):
     k_nope, v = kv[..., :self.nope], kv[..., self.nope:]
     scores = (jnp.einsum("blhn,bshn->bhls", q[..., :self.nope], k_nope)
               + jnp.einsum("blhr,bsr->bhls", q[..., self.nope:], k_rope_BSR))
-    scores = scores.astype(jnp.float32) * self.scale
-    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    attn = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    attn = attention_mask.softmax(scores.astype(jnp.float32) * self.scale, allowed, dtype)
     return self.out(jnp.einsum("bhls,bshv->blhv", attn, v).reshape(batch, length, -1))
 
   def __call__(self, x_BLD, mask_BL=None):
     length = x_BLD.shape[1]
     q, latent, k_rope = self._query_latent(x_BLD, jnp.arange(length))
-    allowed = jnp.ones((length, length), bool)
-    if self.causal:
-      allowed = jnp.tril(allowed)
-    allowed = allowed[None, None]
-    if mask_BL is not None:
-      allowed = allowed & mask_BL[:, None, None, :]
+    allowed = attention_mask.allowed_keys(length, causal=self.causal, mask_BL=mask_BL)
     return self._attend(q, latent, k_rope, allowed, x_BLD.dtype)
 
   def cache_shapes(self, batch: int, length: int):
@@ -105,7 +120,7 @@ class LatentAttention(nnx.Module):
     c_cache, r_cache = cache
     c_cache = jax.lax.dynamic_update_slice_in_dim(c_cache, latent.astype(c_cache.dtype), start, 1)
     r_cache = jax.lax.dynamic_update_slice_in_dim(r_cache, k_rope.astype(r_cache.dtype), start, 1)
-    allowed = (jnp.arange(c_cache.shape[1])[None, :] <= positions[:, None])[None, None]
+    allowed = attention_mask.cached_keys(c_cache.shape[1], positions)
     out = self._attend(q, c_cache.astype(q.dtype), r_cache.astype(q.dtype), allowed,
                        x_BLD.dtype)
     return out, (c_cache, r_cache)

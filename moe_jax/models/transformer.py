@@ -34,9 +34,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from moe_jax.experts import ACTIVATIONS
-from moe_jax.models import rope as rope_lib
 from moe_jax.models.linear import Linear
-from moe_jax.models.mla import LatentAttention
+from moe_jax.models import attention_mask, mla
 from moe_jax.models.moe import MoE, MoEConfig
 from moe_jax.parallel.mesh import sharded_param
 from moe_jax.parallel.mesh import BATCH_AXES
@@ -141,7 +140,7 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
     raise ValueError(f"{owner}: head_dim={config.head_dim} must be even (RoPE rotates pairs)")
   check_choice("attention", config.attention, ATTENTIONS, owner=owner)
   if config.attention == "mla":
-    _validate_mla(config, owner)
+    mla.validate(config, owner)
   else:
     for name in MLA_FIELDS:
       if getattr(config, name) not in (None, False):
@@ -158,26 +157,6 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
       raise ValueError(f"{owner}: router {router.name!r} is not causal-safe (a token's routing "
                        "depends on later tokens), so a decoder would see the future; set "
                        f"{owner}.allow_non_causal_router=True to run it anyway for an ablation")
-
-
-def _validate_mla(config: TransformerConfig, owner: str) -> None:
-  for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-    if getattr(config, name) is None:
-      raise ValueError(f"{owner}: attention='mla' needs {name}")
-    check_int(name, getattr(config, name), low=1, owner=owner)
-  if config.qk_rope_head_dim % 2:
-    raise ValueError(f"{owner}: qk_rope_head_dim={config.qk_rope_head_dim} must be even (RoPE "
-                     "rotates pairs)")
-  if config.q_lora_rank is not None:
-    check_int("q_lora_rank", config.q_lora_rank, low=1, owner=owner)
-  for name, off in (("num_kv_heads", None), ("head_dim", None), ("qk_norm", "none"),
-                    ("qkv_bias", False)):
-    if getattr(config, name) != off:
-      raise ValueError(f"{owner}: {name}={getattr(config, name)!r} does not apply to "
-                       f"attention='mla' (leave it {off!r})")
-  if not isinstance(config.rope_interleave, bool):
-    raise ValueError(f"{owner}: rope_interleave must be True or False")
-  rope_lib.check_scaling(config.rope_scaling, owner=f"{owner}")
 
 
 def rope(x_BLHK, positions_L, base: float = 10000.0):
@@ -233,12 +212,7 @@ class Attention(nnx.Module):
     q, k, v = self._project(x_BLD)
     positions = jnp.arange(length)
     q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
-    allowed = jnp.ones((length, length), bool)
-    if self.causal:
-      allowed = jnp.tril(allowed)
-    allowed = allowed[None, None]
-    if mask_BL is not None:    # padding keys are never attended to
-      allowed = allowed & mask_BL[:, None, None, :]
+    allowed = attention_mask.allowed_keys(length, causal=self.causal, mask_BL=mask_BL)
     return self._attend(q, k, v, allowed, x_BLD.dtype)
 
   def _attend(self, q, k, v, allowed, dtype):
@@ -248,8 +222,7 @@ class Attention(nnx.Module):
       group = self.num_heads // self.num_kv_heads
       k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
     scores = jnp.einsum("blhk,bmhk->bhlm", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
-    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    attn = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    attn = attention_mask.softmax(scores, allowed, dtype)
     return self.out(jnp.einsum("bhlm,bmhk->blhk", attn, v).reshape(batch, length, -1))
 
   def decode(self, x_BLD, cache, start):
@@ -263,7 +236,7 @@ class Attention(nnx.Module):
     k_cache, v_cache = cache
     k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, 1)
     v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, 1)
-    allowed = (jnp.arange(k_cache.shape[1])[None, :] <= positions[:, None])[None, None]
+    allowed = attention_mask.cached_keys(k_cache.shape[1], positions)
     out = self._attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), allowed,
                        x_BLD.dtype)
     return out, (k_cache, v_cache)
@@ -288,7 +261,7 @@ class Block(nnx.Module):
                mesh=None):
     d, eps = config.d_model, config.norm_eps
     self.norm_attn = nnx.RMSNorm(d, epsilon=eps, rngs=rngs, param_dtype=config.param_dtype)
-    attention = LatentAttention if config.attention == "mla" else Attention
+    attention = mla.LatentAttention if config.attention == "mla" else Attention
     self.attn = attention(config, causal=causal, rngs=rngs, mesh=mesh)
     self.norm_ffn = nnx.RMSNorm(d, epsilon=eps, rngs=rngs, param_dtype=config.param_dtype)
     self.is_moe = config.is_moe_layer(layer)
