@@ -9,14 +9,12 @@ point whose `record.json` exists is finished and skipped. Before a run is starte
 reused, the config it will run with (the sweep's base, the command's overrides and the point's,
 resolved over the schema) is compared with the one its directory was started with
 (`sweep_config.json`): any difference is refused, naming the fields, so a rerun with other
-settings never reuses or resumes a run made with the old ones. The record of a run holds the final
-validation metrics, the parameter / FLOP accounting (experiments/accounting.py), tokens seen,
-wall time, tokens/s and the routing telemetry; results.csv / results.json hold one row per run.
+settings never reuses or resumes a run made with the old ones. A run's record
+(experiments/records.py) is its row of results.csv / results.json.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import fnmatch
 import json
 import math
@@ -26,20 +24,15 @@ import time
 from typing import Callable
 
 import jax
-import numpy as np
 
-from experiments import accounting, hosts
+from experiments import hosts
+from experiments.records import (RECORD, RECORD_VERSION, SWEEP_CONFIG, finished_record,
+                                 make_record, write_record)
 from experiments.sweep import Point, Sweep, override_flags
-from moe_jax import config as config_lib, run_setup
+from moe_jax import config as config_lib
 from moe_jax.evaluate import evaluate
-from moe_jax.run_log import read_metrics
 from moe_jax.train import train
 
-RECORD = "record.json"
-# Bumped when make_record gains or changes a field: a finished run's older record is rebuilt
-# from its run directory (nothing is retrained) the next time its sweep runs.
-RECORD_VERSION = 4
-SWEEP_CONFIG = "sweep_config.json"   # the resolved config the harness started the run with
 TRAIN_LOG = "train.log"              # the run's own output (the sweep's terminal: one line each)
 OWN_FILES = (SWEEP_CONFIG, TRAIN_LOG)   # what the harness writes in a run's workdir
 
@@ -111,11 +104,6 @@ def run_dirs(out_dir: pathlib.Path, p: Point, seed: int) -> pathlib.Path:
   return pathlib.Path(out_dir) / "runs" / p.name / f"seed{seed}"
 
 
-def read_record(out_dir: pathlib.Path, point_name: str, seed: int) -> dict:
-  return json.loads((pathlib.Path(out_dir) / "runs" / point_name / f"seed{seed}" /
-                     RECORD).read_text())
-
-
 def selected(sweep: Sweep, only: str | None) -> list[Point]:
   """The sweep's points whose name matches the glob `only` (all without one)."""
   points = [p for p in sweep.points if only is None or fnmatch.fnmatch(p.name, only)]
@@ -123,64 +111,6 @@ def selected(sweep: Sweep, only: str | None) -> list[Point]:
     names = ", ".join(p.name for p in sweep.points)
     raise ValueError(f"--only {only!r} matches none of the sweep's points: {names}")
   return points
-
-
-def _mean_over_layers(layers: dict, key: str):
-  values = [float(np.mean(m[key])) for m in layers.values() if key in m]
-  return float(np.mean(values)) if values else None
-
-
-def _interval_ce(line: dict) -> float:
-  for name in ("ce_mean", "loss_mean", "ce", "loss"):   # older logs have one batch's only
-    if name in line:
-      return line[name]
-
-
-def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> dict:
-  """One run's row: what the sweep varied, the final validation and the accounting."""
-  run = run_setup.open_run(workdir, ["mesh.data=1", "mesh.expert=1", "mesh.model=1"],
-                           num_devices=1)
-  result = json.loads((workdir / "eval.json").read_text())
-  layers = result.get("layers", {})
-  per_token = {int(k): float(m["experts_per_token"]) for k, m in layers.items()
-               if "experts_per_token" in m}
-  train_lines = [r for r in read_metrics(workdir) if "loss" in r]
-  # Tokens as train.py counts them for tokens_per_sec (a classifier's patches / bytes too),
-  # so step_ms and train_flops (FLOPs per token x tokens) are per the same token.
-  tokens_per_step = run.tokens_per_step
-  speeds = [r["tokens_per_sec"] for r in train_lines[1:] if "tokens_per_sec" in r]
-  tps = statistics.median(speeds) if speeds else None
-  # What the z-loss lowers: mean logsumexp(router logits)^2 (ST-MoE), over the last logged
-  # steps. mean |logit| cannot show it: the z-loss drives logsumexp to 0, so with E experts
-  # the logits settle near -log E, and their magnitude need not shrink.
-  z_losses = [r["aux/z_loss"] for r in train_lines[-10:] if "aux/z_loss" in r]
-  record = {
-      "point": p.name, "seed": seed, "record_version": RECORD_VERSION, **p.values,
-      "eval_loss": result["loss"],
-      "bits_per_byte": result.get("bits_per_byte"), "accuracy": result.get("accuracy"),
-      "kl_to_teacher": result.get("kl_to_teacher"),     # task distill only
-      # The mean over the last logging interval (one batch's loss in older runs' logs).
-      "train_loss": (train_lines[-1].get("loss_mean", train_lines[-1]["loss"])
-                     if train_lines else None),
-      **accounting.account(run, per_token),
-      "steps": run.steps, "tokens_seen": run.steps * tokens_per_step,
-      "wall_s": round(wall_s, 2), "tokens_per_sec": tps,
-      "step_ms": 1000.0 * tokens_per_step / tps if tps else None,
-      "max_vio": _mean_over_layers(layers, "max_vio"),
-      "dropped_fraction": _mean_over_layers(layers, "dropped_fraction"),
-      "router_logit_abs": _mean_over_layers(layers, "router_logit_abs"),
-      "router_z_loss": float(np.mean(z_losses)) if z_losses else None,
-      "experts_per_token": _mean_over_layers(layers, "experts_per_token"),
-      # (step, training cross-entropy, mean over the logging interval) at every logged step:
-      # each batch is unseen (a run sees under one epoch), so it tracks the held-out loss.
-      "loss_curve": [[r["step"], round(float(_interval_ce(r)), 5)] for r in train_lines],
-      "expert_load": {k: list(np.asarray(m["expert_load"], float).round(4))
-                      for k, m in layers.items() if "expert_load" in m},
-  }
-  record["train_flops"] = 3 * record["flops_per_token"] * record["tokens_seen"]
-  path = workdir / SWEEP_CONFIG
-  record["config"] = json.loads(path.read_text()) if path.exists() else None
-  return record
 
 
 def point_flags(p: Point, seed: int, overrides=()) -> list[str]:
@@ -209,22 +139,7 @@ def _run_point(base, workdir: pathlib.Path, p: Point, seed: int, overrides=()) -
     evaluate(None, workdir, plots=False)
   wall_s = time.perf_counter() - start
   return hosts.main_writes(
-      lambda: _write_record(workdir, make_record(workdir, p, seed, wall_s)), f"record {workdir}")
-
-
-def _write_record(workdir: pathlib.Path, record: dict) -> dict:
-  tmp = workdir / (RECORD + ".tmp")
-  tmp.write_text(json.dumps(record, indent=1))
-  tmp.replace(workdir / RECORD)          # a record exists only for a finished run
-  return record
-
-
-def _finished_record(workdir: pathlib.Path, p: Point, seed: int) -> dict:
-  """A finished run's record, rebuilt from its run directory if an older harness wrote it."""
-  record = json.loads((workdir / RECORD).read_text())
-  if record.get("record_version", 1) == RECORD_VERSION:
-    return record
-  return _write_record(workdir, make_record(workdir, p, seed, record["wall_s"]))
+      lambda: write_record(workdir, make_record(workdir, p, seed, wall_s)), f"record {workdir}")
 
 
 def has_checkpoint(workdir: pathlib.Path) -> bool:
@@ -294,7 +209,7 @@ def run_runs(sweep: Sweep, out_dir: pathlib.Path, todo, overrides=(),
     workdir = run_dirs(out_dir, p, seed)
     tag = f"[{i:>{len(str(len(todo)))}}/{len(todo)}] {p.name} seed {seed}"
     if is_finished(workdir):
-      record = hosts.main_writes(lambda: _finished_record(workdir, p, seed),
+      record = hosts.main_writes(lambda: finished_record(workdir, p, seed),
                                  f"finished {workdir}")
       records += [record] if hosts.is_main() else []
       continue
@@ -328,7 +243,7 @@ def collect(sweep: Sweep, out_dir, todo) -> list[dict]:
                      f"({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}): their "
                      "jobs are still running or failed (logs in "
                      f"{out_dir / 'jobs'}); rerun the sweep's command to start what is missing")
-  return [_finished_record(run_dirs(out_dir, p, s), p, s) for p, s in todo]
+  return [finished_record(run_dirs(out_dir, p, s), p, s) for p, s in todo]
 
 
 def adopt_recorded(sweep: Sweep, out_dir, results_json, *, seeds: int | None = None,
@@ -358,7 +273,7 @@ def adopt_recorded(sweep: Sweep, out_dir, results_json, *, seeds: int | None = N
       continue
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / SWEEP_CONFIG).write_text(json.dumps(row["config"], indent=1, sort_keys=True))
-    _write_record(workdir, row)
+    write_record(workdir, row)
     adopted.append(f"{p.name} seed {seed}")
   return adopted
 
@@ -377,27 +292,9 @@ def finished_records(sweep: Sweep, out_dir, *, seeds: int | None = None,
       check_settings(workdir, base, point_flags(p, seed, overrides))
     except SettingsChanged:
       continue
-    records.append(_finished_record(workdir, p, seed))
+    records.append(finished_record(workdir, p, seed))
   return records
 
 
 def _minutes(seconds: float) -> str:
   return f"{seconds:.0f} s" if seconds < 90 else f"{math.ceil(seconds / 60)} min"
-
-
-COLUMNS_FIRST = ("point", "seed")
-
-
-def write_results(records: list[dict], out_dir) -> list[pathlib.Path]:
-  """results.json (every field) and results.csv (the scalar fields, one row per run)."""
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "results.json").write_text(json.dumps(records, indent=1))
-  columns = list(COLUMNS_FIRST)
-  for r in records:
-    columns += [k for k, v in r.items() if k not in columns and not isinstance(v, (dict, list))]
-  with open(out_dir / "results.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(records)
-  return [out_dir / "results.json", out_dir / "results.csv"]

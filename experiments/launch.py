@@ -30,7 +30,7 @@ import signal
 import time
 from typing import Callable
 
-from experiments import harness
+from experiments import harness, records
 from experiments.sweep import Sweep
 
 LAUNCHERS = ("inprocess", "local", "slurm")
@@ -222,7 +222,7 @@ def wait(sweep: Sweep, workdir: pathlib.Path, jobs, say: Callable[[str], None] =
                       f"{last} (log: {job.paths.stderr})")
         continue
       for name, seed in runs:
-        record = harness.read_record(workdir, name, seed)
+        record = records.read_record(workdir, name, seed)
         say(f"[{ended}/{len(jobs)} jobs] {name} seed {seed}: "
             f"{harness.describe_run(record, sweep.metric)}")
     if pending:

@@ -128,7 +128,7 @@ def run(args, *, cache_compiles: bool = False) -> None:
   """The command's work. cache_compiles: JAX's persistent compilation cache in the sweep's
   workdir (experiments/compile_cache.py), a process-wide setting, so only the command sets it,
   not a caller of this function (a test, a notebook)."""
-  from experiments import compile_cache, harness, hosts, launch, report
+  from experiments import compile_cache, harness, hosts, launch, records as records_lib, report
   sweep = sweep_for(args)
   args.sweep_name = sweep.name
   if args.estimate:
@@ -176,7 +176,7 @@ def run(args, *, cache_compiles: bool = False) -> None:
     selected = {p.name for p in harness.selected(sweep, args.only)}
     earlier = sorted({r["point"] for r in records} - selected,
                      key=[p.name for p in sweep.points].index)
-    written = harness.write_results(records, out)
+    written = records_lib.write_results(records, out)
     written += report.write_summary(sweep, records, out, command=command_line(args),
                                     seconds=seconds, earlier=earlier)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -200,11 +200,11 @@ def test_a_sweep_runs_on_an_accelerator_config_with_overrides():
 
 def test_a_quick_sweep_with_out_keeps_its_runs_there(tmp_path, monkeypatch):
   """--out without --workdir: the runs go under --out, nothing into the checkout's runs/."""
-  from experiments import harness, report, run
+  from experiments import harness, records, report, run
   seen = {}
   monkeypatch.setattr(harness, "run_sweep", lambda sweep, workdir, **kw: seen.setdefault(
       "workdir", workdir) and [])
-  monkeypatch.setattr(harness, "write_results", lambda records, out: [])
+  monkeypatch.setattr(records, "write_results", lambda rows, out: [])
   monkeypatch.setattr(report, "write_summary", lambda *a, **kw: [])
   run.run(run.parse(["experiments/num_experts.py", "--quick", f"--out={tmp_path / 'o'}"]))
   assert seen["workdir"] == tmp_path / "o"
