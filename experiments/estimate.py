@@ -33,7 +33,7 @@ def estimate(sweep, *, seeds: int | None = None, only: str | None = None,
   """One row per (point, seed) of the selection: point, seed, active and total params,
   FLOPs per token, tokens, train FLOPs, GPU-hours."""
   base, rows, of_point = sweep.base(), [], {}
-  for p, seed in runs_of(sweep, seeds, only)[0]:
+  for p, seed in runs_of(sweep, seeds, only):
     if p.name not in of_point:        # a point's seeds differ in their draws, not their sizes
       flags = point_flags(p, seed, overrides)
       tree, _ = config_lib.resolve(base, flags)

@@ -162,14 +162,30 @@ def _describe(record: dict, metric: str) -> str:
   return text
 
 
+def seeds_of(sweep: Sweep, p: Point, seeds: int | None = None) -> int:
+  """How many seeds point `p` runs: the command's --seeds if given, else the point's own count
+  if it has one, else the sweep's."""
+  n = seeds if seeds is not None else (p.seeds if p.seeds is not None else sweep.seeds)
+  if n < 1:
+    raise ValueError(f"--seeds must be at least 1, got {n}")
+  return n
+
+
 def runs_of(sweep: Sweep, seeds: int | None = None,
-            only: str | None = None) -> tuple[list[tuple[Point, int]], int]:
-  """(the sweep's (point, seed) runs in order, seeds per point): the selected points, each
-  crossed with `seeds` (default: the sweep's)."""
-  seeds = sweep.seeds if seeds is None else seeds
-  if seeds < 1:
-    raise ValueError(f"--seeds must be at least 1, got {seeds}")
-  return [(p, s) for p in selected(sweep, only) for s in range(seeds)], seeds
+            only: str | None = None) -> list[tuple[Point, int]]:
+  """The sweep's (point, seed) runs in order: the selected points, each crossed with its seeds
+  (seeds_of)."""
+  return [(p, s) for p in selected(sweep, only) for s in range(seeds_of(sweep, p, seeds))]
+
+
+def grid_text(todo) -> str:
+  """'9 runs (3 points x 3 seeds)', or '13 runs (3 points, 3 to 5 seeds each)'."""
+  counts = {}
+  for p, _ in todo:
+    counts[p.name] = counts.get(p.name, 0) + 1
+  low, high = min(counts.values(), default=0), max(counts.values(), default=0)
+  each = f" x {low} seeds" if low == high else f", {low} to {high} seeds each"
+  return f"{len(todo)} runs ({len(counts)} points{each})"
 
 
 def check_all_settings(sweep: Sweep, out_dir: pathlib.Path, todo, overrides=()) -> None:
@@ -190,10 +206,10 @@ def run_sweep(sweep: Sweep, out_dir, *, seeds: int | None = None, only: str | No
   out_dir = pathlib.Path(out_dir)
   if not hosts.is_main():
     say = lambda line: None
-  todo, seeds = runs_of(sweep, seeds, only)
+  todo = runs_of(sweep, seeds, only)
   done = sum((run_dirs(out_dir, p, s) / RECORD).exists() for p, s in todo)
-  say(f"sweep {sweep.name}: {len(todo)} runs ({len(todo) // seeds} points x {seeds} seeds) in "
-      f"{out_dir}" + (f"; {done} finished earlier, skipped" if done else ""))
+  say(f"sweep {sweep.name}: {grid_text(todo)} in {out_dir}"
+      + (f"; {done} finished earlier, skipped" if done else ""))
   check_all_settings(sweep, out_dir, todo, overrides)
   return run_runs(sweep, out_dir, todo, overrides, say)
 
@@ -262,7 +278,7 @@ def adopt_recorded(sweep: Sweep, out_dir, results_json, *, seeds: int | None = N
   rows = {(r.get("point"), r.get("seed")): r for r in json.loads(results_json.read_text())
           if isinstance(r, dict)}
   base, adopted = sweep.base(), []
-  for p, seed in runs_of(sweep, seeds)[0]:
+  for p, seed in runs_of(sweep, seeds):
     row, workdir = rows.get((p.name, seed)), run_dirs(out_dir, p, seed)
     if (row is None or row.get("record_version") != RECORD_VERSION
         or not isinstance(row.get("config"), dict)
@@ -284,7 +300,7 @@ def finished_records(sweep: Sweep, out_dir, *, seeds: int | None = None,
   are the sweep's now, in grid order: what a sweep's results and summary are written from, so
   points run by separate commands (--only) end in one table."""
   out_dir, base, records = pathlib.Path(out_dir), sweep.base(), []
-  for p, seed in runs_of(sweep, seeds)[0]:
+  for p, seed in runs_of(sweep, seeds):
     workdir = run_dirs(out_dir, p, seed)
     if not (workdir / RECORD).exists():
       continue

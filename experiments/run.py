@@ -157,11 +157,10 @@ def run(args, *, cache_compiles: bool = False) -> None:
     harness.run_sweep(sweep, workdir, seeds=args.seeds, only=args.only,
                       overrides=args.overrides)
   else:
-    todo, seeds = harness.runs_of(sweep, args.seeds, args.only)
+    todo = harness.runs_of(sweep, args.seeds, args.only)
     if not args.collect:
       done = sum((harness.run_dirs(workdir, p, s) / harness.RECORD).exists() for p, s in todo)
-      print(f"sweep {sweep.name}: {len(todo)} runs ({len(todo) // seeds} points x {seeds} "
-            f"seeds) in {workdir}, as {args.launcher} jobs"
+      print(f"sweep {sweep.name}: {harness.grid_text(todo)} in {workdir}, as {args.launcher} jobs"
             + (f"; {done} finished earlier, skipped" if done else ""))
       harness.check_all_settings(sweep, workdir, todo, args.overrides)
       jobs = launch.submit(sweep, args, workdir, todo)

@@ -34,6 +34,10 @@ class Point(NamedTuple):
   # the point starts from (a dense source, a teacher) and prepare the workdir's first
   # checkpoint (an upcycled run), or name such a run in the overrides it returns.
   setup: Callable[..., Any] | None = None
+  # This point's seed count where the sweep's is too few: a comparison whose predicted effect
+  # is under 0.02 nats needs ~5 paired seeds (issue 27 §3), and its partner point as many.
+  # A command's --seeds sets every point's count.
+  seeds: int | None = None
 
 
 class Sweep(NamedTuple):
@@ -55,8 +59,9 @@ def _name(values: dict[str, Any]) -> str:
   return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
 
 
-def point(values: dict[str, Any], overrides: dict[str, Any], name: str | None = None) -> Point:
-  return Point(name or _name(values), dict(values), dict(overrides))
+def point(values: dict[str, Any], overrides: dict[str, Any], name: str | None = None,
+          seeds: int | None = None) -> Point:
+  return Point(name or _name(values), dict(values), dict(overrides), seeds=seeds)
 
 
 def axis(quantity: str, path: str | Sequence[str], values: Sequence[Any],
@@ -69,14 +74,16 @@ def axis(quantity: str, path: str | Sequence[str], values: Sequence[Any],
 
 
 def product(*grids: Sequence[Point]) -> list[Point]:
-  """Every combination of one point from each grid (values and overrides merged)."""
+  """Every combination of one point from each grid (values and overrides merged; the most
+  seeds any of them asks for)."""
   out = []
   for combo in itertools.product(*grids):
     values, overrides = {}, {}
     for p in combo:
       values.update(p.values)
       overrides.update(p.overrides)
-    out.append(point(values, overrides, "-".join(p.name for p in combo)))
+    seeds = max((p.seeds for p in combo if p.seeds is not None), default=None)
+    out.append(point(values, overrides, "-".join(p.name for p in combo), seeds=seeds))
   return out
 
 

@@ -39,6 +39,25 @@ def test_grids_cross_tie_and_join_points():
   assert override_flags(dense, 2) == ["model.num_experts=0", "model.router=topk", "seed=2"]
 
 
+def test_a_point_may_run_more_seeds_than_its_sweep_and_a_command_sets_them_all():
+  from experiments import harness
+  from experiments.sweep import Sweep
+  close = [p._replace(seeds=5) for p in axis("k", "model.router_options.k", [2])]
+  crossed = product(axis("E", "model.num_experts", [4, 8]), close)
+  assert [p.seeds for p in crossed] == [5, 5]            # the most any factor asks for
+  sweep = Sweep(name="s", base=lambda: None, seeds=3,
+                points=[point({"E": 1}, {}, name="dense"), crossed[0]])
+  todo = harness.runs_of(sweep)
+  assert [(p.name, s) for p, s in todo] == [("dense", 0), ("dense", 1), ("dense", 2)] + \
+      [("E4-k2", s) for s in range(5)]
+  assert harness.grid_text(todo) == "8 runs (2 points, 3 to 5 seeds each)"
+  assert len(harness.runs_of(sweep, seeds=2)) == 4      # --seeds 2: every point
+  assert harness.grid_text(harness.runs_of(sweep, seeds=2)) == "4 runs (2 points x 2 seeds)"
+  assert len(harness.runs_of(sweep, only="dense")) == 3
+  with pytest.raises(ValueError, match="--seeds must be at least 1, got 0"):
+    harness.runs_of(sweep, seeds=0)
+
+
 def _sweep_cmd(name, out, workdir, *extra):
   return [sys.executable, "-m", "experiments.run", f"experiments/{name}.py", "--quick",
           f"--out={out}", f"--workdir={workdir}", *extra]

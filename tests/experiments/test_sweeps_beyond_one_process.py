@@ -297,9 +297,9 @@ def test_a_seeds_points_that_share_a_helper_run_are_one_job():
   from experiments.harness import runs_of
   sweeps = {name: run_cli.load_sweep(REPO / "experiments" / f"{name}.py", quick=True)[0]
             for name in ("num_experts", "upcycling")}
-  todo, _ = runs_of(sweeps["num_experts"], seeds=2)
+  todo = runs_of(sweeps["num_experts"], seeds=2)
   assert launch.job_groups(sweeps["num_experts"], todo) == [[(p.name, s)] for p, s in todo]
-  todo, _ = runs_of(sweeps["upcycling"], seeds=2)
+  todo = runs_of(sweeps["upcycling"], seeds=2)
   groups = launch.job_groups(sweeps["upcycling"], todo)   # the dense source is per seed
   assert [sorted({s for _, s in g}) for g in groups] == [[0], [1]]
   assert [n for n, _ in groups[0]] == ["dense", "upcycled", "drop0.5", "scratch"]
