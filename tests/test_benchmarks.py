@@ -73,3 +73,12 @@ def test_protocol_step_benchmark_runs(tmp_path):
   assert result["loop_ms"] > 0 and result["step_alone_ms"] > 0 and result["ops_ms_per_step"]
   assert result["fraction_of_matmul_rate"] == pytest.approx(
       result["train_gflops_per_sec"] / result["matmul_gflops_per_sec"])
+
+
+def test_concurrent_runs_benchmark_runs(tmp_path):
+  from benchmarks import concurrent_runs
+  out = tmp_path / "concurrent_runs.json"
+  result = concurrent_runs.main(["--steps", "4", "--log_every", "1", "--rounds", "1",
+                                 "--out", str(out)])
+  assert json.loads(out.read_text())["x_per_core"] == pytest.approx(result["x_per_core"])
+  assert all(len(v) == 1 and v[0] > 0 for v in result["tokens_per_sec"].values())
