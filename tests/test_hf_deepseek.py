@@ -147,7 +147,11 @@ def test_what_is_not_understood_is_an_error_naming_it(tmp_path, name, changes, m
 
 
 # DeepSeek-V2-Lite's config.json on the Hub (transformers 4.x era, DeepSeek's remote code):
-# rope_scaling with "type", scoring_func, topk_method, the training-only fields.
+# rope_scaling with "type", scoring_func, topk_method, the training-only fields. Written from
+# memory (no network here); its sizes agree with the 16B model's arguments of DeepSeek's own
+# inference code (dim 2048, inter_dim 10944, moe_inter_dim 1408, 27 layers of which 1 dense,
+# 16 heads, 64 routed / 2 shared / 6 active, q_lora_rank 0, kv_lora_rank 512, head dims
+# 128 / 64 / 128, YaRN mscale 0.707), as a public copy of them reads.
 V2_LITE = {
     "architectures": ["DeepseekV2ForCausalLM"], "attention_bias": False,
     "attention_dropout": 0.0, "aux_loss_alpha": 0.001, "bos_token_id": 100000,
