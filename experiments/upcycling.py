@@ -28,7 +28,7 @@ import shutil
 
 import numpy as np
 
-from experiments import bases, harness, hosts, report, scaling_fit, stats
+from experiments import bases, harness, hosts, report, stats
 from experiments.sweep import Point, Sweep
 
 DENSE_STEPS, EXTRA_STEPS = 1500, 500   # the source 3x the continuation

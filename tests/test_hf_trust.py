@@ -20,7 +20,8 @@ import pytest
 
 from moe_jax.hf import convert, families, model_io, safetensors_io, workdirs
 from moe_jax.workdir import WorkdirError
-from tests.test_hf import FIXTURES, SMALL_RUN, _copy, _edit_config, _hf_cli, _tensors
+from tests.test_hf import FIXTURES, _copy, _edit_config, _tensors
+from tests.test_hf_cli import SMALL_RUN, _hf_cli
 from tests.train_helpers import (assert_one_line_error, losses, run_cli, snapshot,
                                  subprocess_env)
 

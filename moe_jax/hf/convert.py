@@ -209,12 +209,12 @@ def expected_count(section: dict, layout: str) -> int:
   return 3 + max(layers, 0) * per_layer + moe * per_moe + (max(layers, 0) - moe) * 3
 
 
-_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.")
 _ROUTER = re.compile(r"model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.gate\.weight")
 
 
 def _layers_present(names) -> list[int]:
-  return sorted({int(m.group(1)) for n in names if (m := _LAYER.match(n))})
+  return sorted({int(m.group(1)) for n in names if (m := LAYER_NAME.match(n))})
 
 
 def _layers_error(layers: int, present: list[int]) -> ValueError:

@@ -23,7 +23,7 @@ from moe_jax.hf import fields
 # Fields of the Hub's configs (DeepSeek's remote code) that transformers 5 does not read, and
 # that change nothing for inference: the training losses' coefficients, expert parallelism.
 # num_nextn_predict_layers: V3's multi-token-prediction layers, which transformers does not
-# build either (a checkpoint holding their tensors is refused, naming the first).
+# build either (their tensors are left out: model_io.without_mtp_layers).
 _HUB_IGNORED = {"aux_loss_alpha", "seq_aux", "ep_size", "auto_map", "pretraining_tp",
                 "qk_head_dim", "head_dim", "mlp_bias", "attention_bias", "attention_dropout",
                 "num_nextn_predict_layers"}
@@ -42,20 +42,8 @@ _YARN = {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
 
 
 def check_fields(family, hf_config: dict) -> None:
-  known = fields.IGNORED | _HUB_IGNORED | _FIELDS
-  for key in sorted(hf_config):
-    if not key.startswith("_") and key not in known:
-      raise ValueError(f"config.json: field {key!r}={hf_config[key]!r} is not understood for "
-                       f"{family.architecture}; moe_jax.hf does not import it")
-  for key, allowed in _REQUIRED.items():
-    if key in hf_config and hf_config[key] != allowed:
-      raise ValueError(f"config.json: {key}={hf_config[key]!r} is not supported for "
-                       f"{family.architecture} (moe_jax needs {key}={allowed!r})")
-  if hf_config.get("tie_word_embeddings", False):
-    raise ValueError("config.json: tie_word_embeddings=True is not supported")
-  if fields.get(hf_config, "hidden_act", "silu") != "silu":
-    raise ValueError(f"config.json: hidden_act={hf_config['hidden_act']!r} is not supported "
-                     "(DeepSeek's experts are SwiGLU: 'silu')")
+  fields.check_known(family, hf_config, fields.IGNORED | _HUB_IGNORED | _FIELDS, _REQUIRED,
+                     "DeepSeek")
   kv = hf_config.get("num_key_value_heads")
   if kv is not None and kv != hf_config.get("num_attention_heads"):
     raise ValueError(f"config.json: num_key_value_heads={kv!r} must equal num_attention_heads "
@@ -120,9 +108,17 @@ def _router_options(family, hf_config: dict, k: int, num_experts: int) -> dict:
       raise ValueError(f"config.json: topk_method={g('topk_method')!r} / scoring_func="
                        f"{g('scoring_func')!r}: DeepSeek-V3 routes by 'noaux_tc' over "
                        "'sigmoid' scores")
-    options.update(score="sigmoid", group_score="top2_sum",
-                   renormalize=bool(g("norm_topk_prob", True)))
+    options = v3_router_options(hf_config, k)
   return options
+
+
+def v3_router_options(hf_config: dict, k: int) -> dict:
+  """DeepSeek-V3's router (also GLM-4.5's): sigmoid scores plus the selection bias, groups
+  scored by their best two, renormalised when norm_topk_prob, times routed_scaling_factor."""
+  g = lambda key, default=None: hf_config.get(key, default)
+  return {"k": k, "num_groups": g("n_group") or 1, "top_groups": g("topk_group") or 1,
+          "routed_scaling_factor": float(g("routed_scaling_factor", 1.0)), "score": "sigmoid",
+          "group_score": "top2_sum", "renormalize": bool(g("norm_topk_prob", True))}
 
 
 def model_section(family, hf_config: dict, dtype: str) -> dict:

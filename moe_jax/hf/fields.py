@@ -1,4 +1,4 @@
-"""config.json field readers the family modules share (moe_jax.hf.families, moe_jax.hf.deepseek):
+"""config.json field readers the family modules share (families.py, deepseek.py, glm.py):
 the fields no family maps, typed reads, the number of routed experts."""
 from __future__ import annotations
 
@@ -28,3 +28,22 @@ def num_experts(family, hf_config: dict) -> int:
     raise ValueError(f"config.json: {given[0][0]}={given[0][1]!r} contradicts "
                      f"{given[1][0]}={given[1][1]!r}")
   return get(hf_config, given[0][0], kind=int)
+
+
+def check_known(family, hf_config: dict, known, required: dict, who: str) -> None:
+  """The checks a family module (deepseek.py, glm.py) makes first: every field is known (or
+  bookkeeping: '_...'), the `required` ones have their value, no tied embeddings, SwiGLU
+  experts. `who` names the family in the error ('DeepSeek's experts are SwiGLU')."""
+  for key in sorted(hf_config):
+    if not key.startswith("_") and key not in known:
+      raise ValueError(f"config.json: field {key!r}={hf_config[key]!r} is not understood for "
+                       f"{family.architecture}; moe_jax.hf does not import it")
+  for key, allowed in required.items():
+    if key in hf_config and hf_config[key] != allowed:
+      raise ValueError(f"config.json: {key}={hf_config[key]!r} is not supported for "
+                       f"{family.architecture} (moe_jax needs {key}={allowed!r})")
+  if hf_config.get("tie_word_embeddings", False):
+    raise ValueError("config.json: tie_word_embeddings=True is not supported")
+  if get(hf_config, "hidden_act", "silu") != "silu":
+    raise ValueError(f"config.json: hidden_act={hf_config['hidden_act']!r} is not supported "
+                     f"({who}'s experts are SwiGLU: 'silu')")

@@ -41,7 +41,7 @@ _CARRIED_MAX_BYTES = 64 * 2**20
 # What must agree between a model and the source it is exported as (the shapes are checked
 # tensor by tensor; these change the function without changing a shape).
 _SAME_FIELDS = ("rope_theta", "norm_eps", "qk_norm", "activation", "glu", "tie_embeddings",
-                "first_dense_layers", "moe_every", "attention", "rope_interleave",
+                "first_dense_layers", "moe_every", "attention", "rope_interleave", "rope_fraction",
                 "rope_scaling")
 # The router options that change what a family's router computes.
 _SAME_ROUTING = ("k", "order", "renormalize", "score", "num_groups", "top_groups",
@@ -57,6 +57,7 @@ class HFSource:
   layout: str                    # 'hub' or 'fused' (moe_jax.hf.convert)
   dtype: str                     # the tensors' dtype ('float32', 'bfloat16', 'float16')
   tensor_dtypes: dict = dataclasses.field(default_factory=dict)   # tensors in another one
+  mtp_tensors: int = 0           # multi-token-prediction tensors left out (without_mtp_layers)
 
   @property
   def family(self) -> families.Family:
@@ -130,7 +131,7 @@ def open_source(directory) -> tuple[HFSource, safetensors_io.Checkpoint]:
   directory = pathlib.Path(directory).expanduser().absolute()
   hf_config = read_config(directory)
   family = families.family_of(hf_config)
-  checkpoint = safetensors_io.open_checkpoint(directory)
+  checkpoint, mtp = without_mtp_layers(hf_config, safetensors_io.open_checkpoint(directory))
   convert.check_sizes(family, hf_config, checkpoint)    # before any size is used
   names = checkpoint.names()
   counts: dict[str, int] = {}
@@ -145,10 +146,24 @@ def open_source(directory) -> tuple[HFSource, safetensors_io.Checkpoint]:
   source = HFSource(str(directory), hf_config, family.architecture,
                     convert.detect_layout(names), common,
                     {n: str(checkpoint.dtype(n)) for n in names
-                     if str(checkpoint.dtype(n)) != common})
+                     if str(checkpoint.dtype(n)) != common}, mtp)
   convert.check_layers(family, source.section, source.layout, checkpoint, str(directory))
   convert.check_tensors(source.table(), checkpoint, str(directory))
   return source, checkpoint
+
+
+def without_mtp_layers(hf_config: dict, checkpoint):
+  """DeepSeek-V3's and GLM-4.5's multi-token-prediction layers (num_nextn_predict_layers of
+  them, stored as the layers after num_hidden_layers) are not part of the model transformers
+  builds, nor of moe_jax's: their tensors are left out. -> (the checkpoint without them, how
+  many tensors were left out). An export does not write them back."""
+  n = hf_config.get("num_nextn_predict_layers") or hf_config.get("num_mtp_layers") or 0
+  layers = hf_config.get("num_hidden_layers")
+  if not isinstance(n, int) or isinstance(n, bool) or n < 1 or not isinstance(layers, int):
+    return checkpoint, 0
+  mtp = [name for name in checkpoint.names()
+         if (m := convert.LAYER_NAME.match(name)) and layers <= int(m.group(1)) < layers + n]
+  return checkpoint.without(mtp), len(mtp)
 
 
 def model_config(section: dict) -> TransformerConfig:

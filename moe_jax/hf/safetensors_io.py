@@ -100,6 +100,11 @@ class Checkpoint:
   def names(self) -> list[str]:
     return sorted(self.files)
 
+  def without(self, names) -> "Checkpoint":
+    """The same checkpoint with those tensors left out (never read)."""
+    drop = set(names)
+    return Checkpoint({n: f for n, f in self.files.items() if n not in drop}, self.metadata)
+
   def shape(self, name: str) -> tuple[int, ...]:
     return tuple(self.files[name].entries[name]["shape"])
 

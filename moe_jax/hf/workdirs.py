@@ -196,6 +196,10 @@ def import_workdir(hf_dir, workdir, *, config=None, overrides=(), say=print) -> 
       raise
   for note in skipped:
     say(f"note: not carried along from {hf_path}: {note}")
+  if source.mtp_tensors:
+    say(f"note: the {source.mtp_tensors} tensors of the multi-token-prediction layers (after "
+        f"layer {run.model.num_layers - 1}) are not imported: neither moe_jax's model nor "
+        "transformers' uses them, and an export will not hold them")
   say(f"imported {source.architecture} from {hf_path} ({source.layout} layout, "
       f"{source.dtype}) into checkpoint 0 of {workdir}: {run.model.num_layers} layers, "
       f"{run.model.num_experts} experts, the optimizer state starts fresh. Note: "

@@ -68,6 +68,8 @@ class TransformerConfig:
   num_kv_heads: int | None = None     # grouped-query attention; None: num_heads
   head_dim: int | None = None         # None: d_model // num_heads
   rope_theta: float = 10000.0         # the RoPE base
+  rope_fraction: float = 1.0          # mha: the leading share of each head RoPE rotates (GLM-4.5:
+                                      # 0.5); the rest of the head passes unrotated
   norm_eps: float = 1e-6              # every RMSNorm's epsilon (nnx.RMSNorm's default)
   qk_norm: str = "none"               # RMSNorm on q and k before RoPE: 'none', 'head', 'full'
   qkv_bias: bool = False              # q, k, v projections with a bias (Qwen2, Qwen2-MoE)
@@ -130,6 +132,8 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
   check_choice("qk_norm", config.qk_norm, QK_NORMS, owner=owner)
   check_float("rope_theta", config.rope_theta, low=1.0, low_inclusive=False, owner=owner)
   check_float("norm_eps", config.norm_eps, low=0.0, low_inclusive=False, owner=owner)
+  check_float("rope_fraction", config.rope_fraction, low=0.0, low_inclusive=False, high=1.0,
+              owner=owner)
   if config.attention != "mha":
     pass
   elif config.head_dim is None:
@@ -138,6 +142,10 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
                        f"{config.num_heads} heads of even size (RoPE rotates pairs)")
   elif check_int("head_dim", config.head_dim, low=2, owner=owner) % 2:
     raise ValueError(f"{owner}: head_dim={config.head_dim} must be even (RoPE rotates pairs)")
+  if config.attention == "mha" and (rotary_dim(config) < 2 or rotary_dim(config) % 2):
+    raise ValueError(f"{owner}: rope_fraction={config.rope_fraction} of head size "
+                     f"{config.head_size} rotates {rotary_dim(config)} dims; RoPE needs an even "
+                     "number, at least 2 (it rotates pairs)")
   check_choice("attention", config.attention, ATTENTIONS, owner=owner)
   if config.attention == "mla":
     mla.validate(config, owner)
@@ -159,16 +167,24 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
                        f"{owner}.allow_non_causal_router=True to run it anyway for an ablation")
 
 
-def rope(x_BLHK, positions_L, base: float = 10000.0):
-  """Rotary position embedding: rotates pairs (x_i, x_{i+K/2}) by position-dependent angles
-  (pair i at frequency base^(-2i/K): the "rotate half" pairing of Hugging Face's Llama family,
-  not GPT-J's interleaved pairs)."""
-  half = x_BLHK.shape[-1] // 2
+def rotary_dim(config: TransformerConfig) -> int:
+  """How many leading dims of each head RoPE rotates (Hugging Face's int(head_dim *
+  partial_rotary_factor))."""
+  return int(config.head_size * config.rope_fraction)
+
+
+def rope(x_BLHK, positions_L, base: float = 10000.0, rotary: int | None = None):
+  """Rotary position embedding: rotates pairs (x_i, x_{i+R/2}) of the first R = `rotary` dims
+  (default: all K) by position-dependent angles (pair i at frequency base^(-2i/R): the "rotate
+  half" pairing of Hugging Face's Llama family, not GPT-J's interleaved pairs); dims R..K pass
+  unrotated (partial rotary, GPT-NeoX / GLM-4.5)."""
+  rotary = x_BLHK.shape[-1] if rotary is None else rotary
+  half = rotary // 2
   freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angle_L1K = (positions_L.astype(jnp.float32)[:, None] * freq)[:, None, :]
   cos, sin = jnp.cos(angle_L1K).astype(x_BLHK.dtype), jnp.sin(angle_L1K).astype(x_BLHK.dtype)
-  x1, x2 = x_BLHK[..., :half], x_BLHK[..., half:]
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  x1, x2, rest = x_BLHK[..., :half], x_BLHK[..., half:rotary], x_BLHK[..., rotary:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
 
 
 class Attention(nnx.Module):
@@ -180,6 +196,7 @@ class Attention(nnx.Module):
     heads, kv, size = config.num_heads, config.kv_heads, config.head_size
     self.num_heads, self.num_kv_heads, self.causal = heads, kv, causal
     self.rope_theta, self.qk_norm = config.rope_theta, config.qk_norm
+    self.rotary = rotary_dim(config)
     self.qkv = Linear(d, (heads + 2 * kv) * size, ("embed", "heads"), **kw)
     self.qkv_bias = (sharded_param(jnp.zeros(((heads + 2 * kv) * size,), config.param_dtype),
                                    ("heads",), mesh) if config.qkv_bias else None)
@@ -210,10 +227,13 @@ class Attention(nnx.Module):
   def __call__(self, x_BLD, mask_BL=None):
     batch, length, _ = x_BLD.shape
     q, k, v = self._project(x_BLD)
-    positions = jnp.arange(length)
-    q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+    q, k = self._rope(q, k, jnp.arange(length))
     allowed = attention_mask.allowed_keys(length, causal=self.causal, mask_BL=mask_BL)
     return self._attend(q, k, v, allowed, x_BLD.dtype)
+
+  def _rope(self, q, k, positions):
+    return (rope(q, positions, self.rope_theta, self.rotary),
+            rope(k, positions, self.rope_theta, self.rotary))
 
   def _attend(self, q, k, v, allowed, dtype):
     """softmax(q k^T / sqrt K) v over the allowed keys, then the output projection."""
@@ -232,7 +252,7 @@ class Attention(nnx.Module):
     length = x_BLD.shape[1]
     q, k, v = self._project(x_BLD)
     positions = start + jnp.arange(length)
-    q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+    q, k = self._rope(q, k, positions)
     k_cache, v_cache = cache
     k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, 1)
     v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, 1)

@@ -1,6 +1,6 @@
 """KV-cache decoding equals the full forward pass: a prefill then one token at a time gives the
 logits the whole sequence gives at every position (1e-5), for dense and MoE decoders with
-grouped-query attention, RoPE, q/k norms, tied and untied heads; and cached greedy sampling
+grouped-query attention, RoPE (also partial), q/k norms, tied and untied heads; and cached greedy sampling
 picks the same ids as recomputing the window."""
 import dataclasses
 
@@ -17,8 +17,10 @@ from moe_jax.models.transformer import make_config
 
 CASES = {
     "dense-gqa": dict(num_kv_heads=2),
+    # with GLM-4.5's partial rotary: RoPE on the first half of each head
     "moe-dropless-headnorm": dict(num_experts=4, expert_d_ff=32, dispatcher="dropless",
-                                  router_options={"k": 2}, qk_norm="head", num_kv_heads=2),
+                                  router_options={"k": 2}, qk_norm="head", num_kv_heads=2,
+                                  rope_fraction=0.5),
     "moe-hash-fullnorm-untied": dict(num_experts=4, expert_d_ff=32, dispatcher="dropless",
                                      router="hash", qk_norm="full", tie_embeddings=False),
     # Qwen2-MoE's pieces: q/k/v biases, a sigmoid-gated shared expert

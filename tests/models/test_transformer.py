@@ -201,7 +201,10 @@ def test_attention_fields_are_validated_and_reach_the_run_config():
       (dict(head_dim=7), r"head_dim=7 must be even"),
       (dict(qk_norm="layer"), r"'qk_norm'='layer' is not allowed"),
       (dict(rope_theta=0.0), r"'rope_theta'=0.0 is invalid"),
-      (dict(norm_eps=0.0), r"'norm_eps'=0.0 is invalid")]:
+      (dict(norm_eps=0.0), r"'norm_eps'=0.0 is invalid"),
+      (dict(rope_fraction=1.5), r"'rope_fraction'=1.5 is invalid"),
+      (dict(rope_fraction=0.4), r"rope_fraction=0.4 of head size 8 rotates 3 dims"),
+      (dict(rope_fraction=0.2), r"rotates 1 dims; RoPE needs an even number, at least 2")]:
     with pytest.raises(ValueError, match=message):
       DecoderLM(_config(**fields), rngs=nnx.Rngs(0))
   # d_model need not split into heads when head_dim is given (Qwen3: 4 x 16 heads on d=16).
@@ -215,3 +218,26 @@ def test_attention_fields_are_validated_and_reach_the_run_config():
           run.model.norm_eps) == (1, 8, "full", 1e6, 1e-5)
   with pytest.raises(ValueError, match=r"config.model: option 'qk_norm'='x' is not allowed"):
     config_lib.validate(small_config(), num_devices=8, overrides=["model.qk_norm=x"])
+
+
+def test_partial_rotary_rotates_the_leading_dims_as_gpt_neox_does():
+  """rope(..., rotary=R): the pair (x_i, x_{i+R/2}), i < R/2, turned by the angle
+  position * base^(-2i/R), written out pair by pair; dims R.. untouched (GLM-4.5: R = K/2)."""
+  from moe_jax.models.transformer import rope
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (1, 5, 2, 12)))
+  positions, base, rotary = np.arange(3, 8), 500.0, 8
+  got = np.asarray(rope(jnp.asarray(x), jnp.asarray(positions), base, rotary))
+  want = x.copy()
+  half = rotary // 2
+  for l, p in enumerate(positions):
+    for i in range(half):
+      angle = p * base ** (-2 * i / rotary)
+      a, b = x[0, l, :, i], x[0, l, :, i + half]
+      want[0, l, :, i] = a * np.cos(angle) - b * np.sin(angle)
+      want[0, l, :, i + half] = b * np.cos(angle) + a * np.sin(angle)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got[..., rotary:], x[..., rotary:])
+  # rope_fraction 1 is the full rotation, bit for bit
+  full = rope(jnp.asarray(x), jnp.asarray(positions), base)
+  np.testing.assert_array_equal(full, rope(jnp.asarray(x), jnp.asarray(positions), base, 12))
+
