@@ -21,6 +21,32 @@ ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
 }
+# GPT-OSS's clamped SwiGLU (its experts' swiglu_alpha and swiglu_limit): a GLU form, not an
+# elementwise activation, so it needs glu=True.
+SWIGLU_ALPHA, SWIGLU_LIMIT = 1.702, 7.0
+
+
+def clamped_swiglu(gate, up):
+  """(clip(up, -7, 7) + 1) * g * sigmoid(1.702 g), g = min(gate, 7) (GPT-OSS)."""
+  g = jnp.minimum(gate, SWIGLU_LIMIT)
+  return (jnp.clip(up, -SWIGLU_LIMIT, SWIGLU_LIMIT) + 1) * g * jax.nn.sigmoid(SWIGLU_ALPHA * g)
+
+
+GLU_FORMS: dict[str, Callable] = {"clamped_swiglu": clamped_swiglu}
+FFN_ACTIVATIONS = (*ACTIVATIONS, *GLU_FORMS)     # what a config's `activation` may name
+
+
+def check_activation(activation: str, glu: bool, owner: str) -> None:
+  check_choice("activation", activation, FFN_ACTIVATIONS, owner=owner)
+  if activation in GLU_FORMS and not glu:
+    raise ValueError(f"{owner}: activation={activation!r} is a GLU form: it needs glu=True")
+
+
+def glu_hidden(activation: str, gate, up):
+  """A GLU's hidden units: act(gate) * up, or the named GLU form of (gate, up)."""
+  if activation in GLU_FORMS:
+    return GLU_FORMS[activation](gate, up)
+  return ACTIVATIONS[activation](gate) * up
 
 
 def batched_matmul(x_ECI, w_EIO):
@@ -54,11 +80,12 @@ def _add_bias(y, b_EO, matmul):
 
 def make_experts(d_ff: int, *, activation: str = "gelu", glu: bool = False, bias: bool = False,
                  param_dtype=jnp.float32) -> Experts:
-  """FFN  act(x W_in) W_out  or, with glu, GLU  (act(x W_gate) * x W_up) W_down (SwiGLU = silu);
-  with bias, each projection x W + b (zeros at init)."""
+  """FFN  act(x W_in) W_out  or, with glu, GLU  (act(x W_gate) * x W_up) W_down (SwiGLU = silu;
+  activation='clamped_swiglu': GPT-OSS's form of the two); with bias, each projection x W + b
+  (zeros at init)."""
   check_int("d_ff", d_ff, low=1, owner="experts")
-  check_choice("activation", activation, ACTIVATIONS, owner="experts")
-  act = ACTIVATIONS[activation]
+  check_activation(activation, glu, owner="experts")
+  act = ACTIVATIONS.get(activation)
   names_in = ("w_gate", "w_up") if glu else ("w_in",)
   out_name = "w_down" if glu else "w_out"
   bias_of = lambda name: "b" + name[1:]
@@ -81,7 +108,8 @@ def make_experts(d_ff: int, *, activation: str = "gelu", glu: bool = False, bias
 
   def apply(params, x, matmul=batched_matmul):
     if glu:
-      h = act(project(params, x, "w_gate", matmul)) * project(params, x, "w_up", matmul)
+      h = glu_hidden(activation, project(params, x, "w_gate", matmul),
+                     project(params, x, "w_up", matmul))
     else:
       h = act(project(params, x, "w_in", matmul))
     return project(params, h, out_name, matmul)

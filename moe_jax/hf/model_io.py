@@ -42,7 +42,7 @@ _CARRIED_MAX_BYTES = 64 * 2**20
 # tensor by tensor; these change the function without changing a shape).
 _SAME_FIELDS = ("rope_theta", "norm_eps", "qk_norm", "activation", "glu", "tie_embeddings",
                 "first_dense_layers", "moe_every", "attention", "rope_interleave", "rope_fraction",
-                "rope_scaling")
+                "sliding_window", "sliding_every", "rope_scaling")
 # The router options that change what a family's router computes.
 _SAME_ROUTING = ("k", "order", "renormalize", "score", "num_groups", "top_groups",
                  "group_score", "routed_scaling_factor")

@@ -40,7 +40,8 @@ def validate(config, owner: str) -> None:
   if config.q_lora_rank is not None:
     check_int("q_lora_rank", config.q_lora_rank, low=1, owner=owner)
   for name, off in (("num_kv_heads", None), ("head_dim", None), ("qk_norm", "none"),
-                    ("qkv_bias", False), ("rope_fraction", 1.0)):
+                    ("qkv_bias", False), ("rope_fraction", 1.0), ("out_bias", False),
+                    ("attention_sinks", False), ("sliding_window", None)):
     if getattr(config, name) != off:
       raise ValueError(f"{owner}: {name}={getattr(config, name)!r} does not apply to "
                        f"attention='mla' (leave it {off!r})")

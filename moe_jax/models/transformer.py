@@ -26,6 +26,7 @@ F hidden dim.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -33,9 +34,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from moe_jax.experts import ACTIVATIONS
+from moe_jax.experts import ACTIVATIONS, check_activation, glu_hidden
 from moe_jax.models.linear import Linear
-from moe_jax.models import attention_mask, mla
+from moe_jax.models import mla, rope as rope_lib
+from moe_jax.models.attention import Attention, rope, rotary_dim  # noqa: F401 (re-exported)
 from moe_jax.models.moe import MoE, MoEConfig
 from moe_jax.parallel.mesh import sharded_param
 from moe_jax.parallel.mesh import BATCH_AXES
@@ -44,7 +46,7 @@ from moe_jax.validation import check_choice, check_float, check_int
 QK_NORMS = ("none", "head", "full")
 ATTENTIONS = ("mha", "mla")
 MLA_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
-              "v_head_dim", "rope_interleave", "rope_scaling")
+              "v_head_dim", "rope_interleave")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,10 @@ class TransformerConfig:
   norm_eps: float = 1e-6              # every RMSNorm's epsilon (nnx.RMSNorm's default)
   qk_norm: str = "none"               # RMSNorm on q and k before RoPE: 'none', 'head', 'full'
   qkv_bias: bool = False              # q, k, v projections with a bias (Qwen2, Qwen2-MoE)
+  out_bias: bool = False              # mha: the output projection with a bias (GPT-OSS)
+  attention_sinks: bool = False       # mha: a learned per-head sink logit in the softmax (GPT-OSS)
+  sliding_window: int | None = None   # mha, decoders: attend to the last `sliding_window` keys
+  sliding_every: int = 1              # ... on layers 0, e, 2e, ... (GPT-OSS: 2); others: all
   # 'mha' (multi-head / grouped-query) or 'mla' (DeepSeek-V2/V3's multi-head latent attention,
   # moe_jax.models.mla: the five sizes below; head_dim, num_kv_heads, qk_norm do not apply)
   attention: str = "mha"
@@ -82,7 +88,7 @@ class TransformerConfig:
   qk_rope_head_dim: int | None = None  # mla: per head, the RoPE part (the key's is shared)
   v_head_dim: int | None = None       # mla: per head, the value size
   rope_interleave: bool = False       # mla: RoPE pairs (x0, x1), (x2, x3) (DeepSeek's layout)
-  rope_scaling: dict | None = None    # mla: YaRN (moe_jax.models.rope); None: plain RoPE
+  rope_scaling: dict | None = None    # YaRN (moe_jax.models.rope); None: plain RoPE
 
   @property
   def kv_heads(self) -> int:
@@ -128,7 +134,7 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
   if config.moe is not None and not isinstance(config.moe, MoEConfig):
     raise ValueError(f"{owner}: moe must be a MoEConfig or None, got {config.moe!r}")
   check_int("first_dense_layers", config.first_dense_layers, low=0, owner=owner)
-  check_choice("activation", config.activation, ACTIVATIONS, owner=owner)
+  check_activation(config.activation, config.glu, owner=owner)
   check_choice("qk_norm", config.qk_norm, QK_NORMS, owner=owner)
   check_float("rope_theta", config.rope_theta, low=1.0, low_inclusive=False, owner=owner)
   check_float("norm_eps", config.norm_eps, low=0.0, low_inclusive=False, owner=owner)
@@ -159,6 +165,14 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
     if config.num_heads % config.num_kv_heads:
       raise ValueError(f"{owner}: num_kv_heads={config.num_kv_heads} must divide num_heads="
                        f"{config.num_heads} (each key/value head serves a group of query heads)")
+  if config.attention == "mha":
+    rope_lib.check_scaling(config.rope_scaling, owner=owner)
+  check_int("sliding_every", config.sliding_every, low=1, owner=owner)
+  if config.sliding_window is not None:
+    check_int("sliding_window", config.sliding_window, low=1, owner=owner)
+    if not causal:
+      raise ValueError(f"{owner}: sliding_window={config.sliding_window} is for decoders "
+                       "(a causal window); this model is an encoder")
   if causal and config.moe is not None and not config.allow_non_causal_router:
     router = config.moe.built_router
     if not router.causal_safe:
@@ -167,113 +181,19 @@ def validate(config: TransformerConfig, *, causal: bool, owner: str = "model") -
                        f"{owner}.allow_non_causal_router=True to run it anyway for an ablation")
 
 
-def rotary_dim(config: TransformerConfig) -> int:
-  """How many leading dims of each head RoPE rotates (Hugging Face's int(head_dim *
-  partial_rotary_factor))."""
-  return int(config.head_size * config.rope_fraction)
-
-
-def rope(x_BLHK, positions_L, base: float = 10000.0, rotary: int | None = None):
-  """Rotary position embedding: rotates pairs (x_i, x_{i+R/2}) of the first R = `rotary` dims
-  (default: all K) by position-dependent angles (pair i at frequency base^(-2i/R): the "rotate
-  half" pairing of Hugging Face's Llama family, not GPT-J's interleaved pairs); dims R..K pass
-  unrotated (partial rotary, GPT-NeoX / GLM-4.5)."""
-  rotary = x_BLHK.shape[-1] if rotary is None else rotary
-  half = rotary // 2
-  freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_L1K = (positions_L.astype(jnp.float32)[:, None] * freq)[:, None, :]
-  cos, sin = jnp.cos(angle_L1K).astype(x_BLHK.dtype), jnp.sin(angle_L1K).astype(x_BLHK.dtype)
-  x1, x2, rest = x_BLHK[..., :half], x_BLHK[..., half:rotary], x_BLHK[..., rotary:]
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
-
-
-class Attention(nnx.Module):
-  """Fused q|k|v projection [D, (H + 2G) K] (q's H heads, then k's G, then v's G), RoPE,
-  softmax attention, output projection [H K, D]."""
-
-  def __init__(self, config: TransformerConfig, *, causal: bool, rngs: nnx.Rngs, mesh=None):
-    d, kw = config.d_model, dict(rngs=rngs, mesh=mesh, param_dtype=config.param_dtype)
-    heads, kv, size = config.num_heads, config.kv_heads, config.head_size
-    self.num_heads, self.num_kv_heads, self.causal = heads, kv, causal
-    self.rope_theta, self.qk_norm = config.rope_theta, config.qk_norm
-    self.rotary = rotary_dim(config)
-    self.qkv = Linear(d, (heads + 2 * kv) * size, ("embed", "heads"), **kw)
-    self.qkv_bias = (sharded_param(jnp.zeros(((heads + 2 * kv) * size,), config.param_dtype),
-                                   ("heads",), mesh) if config.qkv_bias else None)
-    self.out = Linear(heads * size, d, ("heads", "embed"), **kw)
-    if config.qk_norm != "none":
-      norm = lambda n: nnx.RMSNorm(n, epsilon=config.norm_eps, rngs=rngs,
-                                   param_dtype=config.param_dtype)
-      full = config.qk_norm == "full"
-      self.q_norm = norm(heads * size if full else size)
-      self.k_norm = norm(kv * size if full else size)
-
-  def _project(self, x_BLD):
-    """q [B,L,H,K], k and v [B,L,G,K]; q and k normed as `qk_norm` says (before RoPE)."""
-    batch, length, _ = x_BLD.shape
-    heads, kv = self.num_heads, self.num_kv_heads
-    qkv = self.qkv(x_BLD)
-    if self.qkv_bias is not None:
-      qkv = qkv + self.qkv_bias[...].astype(qkv.dtype)
-    size = qkv.shape[-1] // (heads + 2 * kv)
-    q, k, v = jnp.split(qkv, [heads * size, (heads + kv) * size], axis=-1)
-    if self.qk_norm == "full":   # OLMoE: over all of q's (k's) features, before the head split
-      q, k = self.q_norm(q), self.k_norm(k)
-    q, k, v = (a.reshape(batch, length, -1, size) for a in (q, k, v))
-    if self.qk_norm == "head":   # Qwen3: over each head's K
-      q, k = self.q_norm(q), self.k_norm(k)
-    return q, k, v
-
-  def __call__(self, x_BLD, mask_BL=None):
-    batch, length, _ = x_BLD.shape
-    q, k, v = self._project(x_BLD)
-    q, k = self._rope(q, k, jnp.arange(length))
-    allowed = attention_mask.allowed_keys(length, causal=self.causal, mask_BL=mask_BL)
-    return self._attend(q, k, v, allowed, x_BLD.dtype)
-
-  def _rope(self, q, k, positions):
-    return (rope(q, positions, self.rope_theta, self.rotary),
-            rope(k, positions, self.rope_theta, self.rotary))
-
-  def _attend(self, q, k, v, allowed, dtype):
-    """softmax(q k^T / sqrt K) v over the allowed keys, then the output projection."""
-    batch, length = q.shape[:2]
-    if self.num_kv_heads != self.num_heads:   # query head h reads key/value head h // group
-      group = self.num_heads // self.num_kv_heads
-      k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
-    scores = jnp.einsum("blhk,bmhk->bhlm", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
-    attn = attention_mask.softmax(scores, allowed, dtype)
-    return self.out(jnp.einsum("bhlm,bmhk->blhk", attn, v).reshape(batch, length, -1))
-
-  def decode(self, x_BLD, cache, start):
-    """Causal attention of L new positions start .. start+L-1 over the cached keys and values
-    of the positions before them: -> (output, the cache with theirs written in). `cache` is
-    (k, v), each [B, S, G, K] (S >= start + L); entries at S's later positions are unused."""
-    length = x_BLD.shape[1]
-    q, k, v = self._project(x_BLD)
-    positions = start + jnp.arange(length)
-    q, k = self._rope(q, k, positions)
-    k_cache, v_cache = cache
-    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, 1)
-    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, 1)
-    allowed = attention_mask.cached_keys(k_cache.shape[1], positions)
-    out = self._attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), allowed,
-                       x_BLD.dtype)
-    return out, (k_cache, v_cache)
-
-
 class DenseFFN(nnx.Module):
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, mesh=None):
     d, f = config.d_model, config.d_ff or 4 * config.d_model
     kw = dict(rngs=rngs, mesh=mesh, param_dtype=config.param_dtype)
-    self.act, self.glu = ACTIVATIONS[config.activation], config.glu
+    self.activation, self.glu = config.activation, config.glu
     self.w_in = Linear(d, f, ("embed", "mlp"), **kw)
     self.w_up = Linear(d, f, ("embed", "mlp"), **kw) if config.glu else None
     self.w_out = Linear(f, d, ("mlp", "embed"), **kw)
 
   def __call__(self, x):
-    h = self.act(self.w_in(x))
-    return self.w_out(h * self.w_up(x) if self.glu else h)
+    if self.glu:
+      return self.w_out(glu_hidden(self.activation, self.w_in(x), self.w_up(x)))
+    return self.w_out(ACTIVATIONS[self.activation](self.w_in(x)))
 
 
 class Block(nnx.Module):
@@ -281,7 +201,8 @@ class Block(nnx.Module):
                mesh=None):
     d, eps = config.d_model, config.norm_eps
     self.norm_attn = nnx.RMSNorm(d, epsilon=eps, rngs=rngs, param_dtype=config.param_dtype)
-    attention = mla.LatentAttention if config.attention == "mla" else Attention
+    attention = (mla.LatentAttention if config.attention == "mla"
+                 else functools.partial(Attention, layer=layer))
     self.attn = attention(config, causal=causal, rngs=rngs, mesh=mesh)
     self.norm_ffn = nnx.RMSNorm(d, epsilon=eps, rngs=rngs, param_dtype=config.param_dtype)
     self.is_moe = config.is_moe_layer(layer)

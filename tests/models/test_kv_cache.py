@@ -23,6 +23,15 @@ CASES = {
                                   rope_fraction=0.5),
     "moe-hash-fullnorm-untied": dict(num_experts=4, expert_d_ff=32, dispatcher="dropless",
                                      router="hash", qk_norm="full", tie_embeddings=False),
+    # GPT-OSS's pieces: sinks, a sliding window on every other layer, q/k/v and output biases,
+    # YaRN, the clamped SwiGLU, a biased router taking the softmax of its top-k logits
+    "moe-gpt-oss": dict(
+        num_experts=4, expert_d_ff=32, dispatcher="dropless", num_kv_heads=2, qkv_bias=True,
+        out_bias=True, attention_sinks=True, sliding_window=3, sliding_every=2,
+        activation="clamped_swiglu", glu=True, expert_bias=True,
+        router_options={"k": 2, "order": "topk_softmax", "bias": True},
+        rope_scaling={"factor": 4.0, "original_max_position_embeddings": 8,
+                      "truncate": False}),
     # Qwen2-MoE's pieces: q/k/v biases, a sigmoid-gated shared expert
     "moe-shared-gated-qkv-bias-first-dense": dict(
         num_experts=4, expert_d_ff=32, dispatcher="dropless", shared_d_ff=16, shared_gate=True,
@@ -35,9 +44,10 @@ def _model(**fields):
                        **fields)
   model = DecoderLM(config, rngs=nnx.Rngs(0))
   for i, block in enumerate(model.transformer.blocks):   # biases start at 0: make them count
-    if block.attn.qkv_bias is not None:
-      bias = block.attn.qkv_bias
-      bias[...] = jax.random.normal(jax.random.PRNGKey(i), bias[...].shape)
+    for bias in (block.attn.qkv_bias, getattr(block.attn, "out_bias", None),
+                 getattr(block.attn, "sinks", None)):
+      if bias is not None:
+        bias[...] = jax.random.normal(jax.random.PRNGKey(i), bias[...].shape)
   return model
 
 
