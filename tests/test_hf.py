@@ -133,6 +133,30 @@ def test_hub_configs_are_understood(name):
           or "model.layers.0.mlp.experts.3.gate_proj.weight" in names)
 
 
+def decoded_logits(model, tokens, prefill: int = 5):
+  """The logits KV-cache decoding gives: `prefill` positions at once, then one at a time."""
+  import jax.numpy as jnp
+  tokens = jnp.asarray(tokens)
+  step = nnx.jit(lambda m, t, c, s: m.decode(t, c, s)[::2], static_argnums=3)
+  logits, caches = step(model, tokens[:, :prefill], model.init_cache(*tokens.shape), 0)
+  pieces = [logits]
+  for i in range(prefill, tokens.shape[1]):
+    logits, caches = step(model, tokens[:, i:i + 1], caches, i)
+    pieces.append(logits)
+  return np.concatenate(pieces, 1)
+
+
+def copy_with_config(tmp_path, name, changes=None):
+  """The fixture `name` copied, its config.json updated with `changes`."""
+  directory = tmp_path / name
+  shutil.copytree(FIXTURES / name, directory)
+  if changes:
+    config = json.loads((directory / "config.json").read_text())
+    config.update(changes)
+    (directory / "config.json").write_text(json.dumps(config))
+  return directory
+
+
 def _tensors(directory):
   ckpt = safetensors_io.open_checkpoint(directory)
   return {n: (str(ckpt.dtype(n)), ckpt.shape(n), ckpt[n].tobytes()) for n in ckpt.names()}

@@ -5,16 +5,14 @@ a dense first layer. Logits equal transformers', export writes the same bytes, K
 decoding computes the same, the Hub's multi-token-prediction layers are left out, and what is
 not understood is an error naming it."""
 import json
-import shutil
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from moe_jax import hf
 from moe_jax.hf import safetensors_io
-from tests.test_hf import FIXTURES, REFERENCE, _logits, _tensors
+from tests.test_hf import (FIXTURES, REFERENCE, _logits, _tensors, copy_with_config,
+                           decoded_logits)
 
 NAME = "glm4_moe"
 
@@ -38,31 +36,14 @@ def test_logits_equal_transformers_export_writes_the_same_bytes_and_decoding_agr
           == json.loads((FIXTURES / NAME / "config.json").read_text()))
   # KV cache: prefill 5 positions, then one token at a time (the partial rotation at each
   # position's own angle)
-  tokens = jnp.asarray(REFERENCE[f"{NAME}_tokens"])
-  step = nnx.jit(lambda m, t, c, s: m.decode(t, c, s)[::2], static_argnums=3)
-  logits, caches = step(model, tokens[:, :5], model.init_cache(2, 8), 0)
-  pieces = [logits]
-  for i in range(5, 8):
-    logits, caches = step(model, tokens[:, i:i + 1], caches, i)
-    pieces.append(logits)
-  np.testing.assert_allclose(np.concatenate(pieces, 1), REFERENCE[f"{NAME}_logits"],
-                             rtol=0, atol=1e-5)
-
-
-def _copy(tmp_path, changes=None):
-  directory = tmp_path / NAME
-  shutil.copytree(FIXTURES / NAME, directory)
-  if changes:
-    config = json.loads((directory / "config.json").read_text())
-    config.update(changes)
-    (directory / "config.json").write_text(json.dumps(config))
-  return directory
+  np.testing.assert_allclose(decoded_logits(model, REFERENCE[f"{NAME}_tokens"]),
+                             REFERENCE[f"{NAME}_logits"], rtol=0, atol=1e-5)
 
 
 def test_the_multi_token_prediction_layers_of_a_hub_checkpoint_are_left_out(tmp_path):
   """The Hub's GLM-4.5 stores its MTP layer as model.layers.{num_hidden_layers}.* (with
   eh_proj, enorm, hnorm, shared_head): not the model's, so not imported, and said so."""
-  directory = _copy(tmp_path)
+  directory = copy_with_config(tmp_path, NAME)
   source_tensors = safetensors_io.open_checkpoint(directory)
   tensors = {n: np.array(source_tensors[n]) for n in source_tensors.names()}
   mtp = {"model.layers.2.eh_proj.weight": np.ones((32, 64), np.float32),
@@ -96,7 +77,7 @@ def test_the_multi_token_prediction_layers_of_a_hub_checkpoint_are_left_out(tmp_
 ])
 def test_what_is_not_understood_is_an_error_naming_it(tmp_path, changes, message):
   with pytest.raises(ValueError, match=message):
-    hf.load(_copy(tmp_path, changes))
+    hf.load(copy_with_config(tmp_path, NAME, changes))
 
 
 # GLM-4.5-Air's config.json on the Hub (transformers 4.54 era). Written from memory (no

@@ -28,7 +28,7 @@ import re
 import ml_dtypes
 import numpy as np
 
-from moe_jax.hf import families
+from moe_jax.hf import families, gpt_oss
 from moe_jax.hf.families import Family
 
 LAYOUTS = ("hub", "fused")
@@ -64,6 +64,9 @@ def forward(m: Mapping, arrays: list) -> list:
     return [_t(arrays[0][:, :f]), _t(arrays[0][:, f:])]
   if m.kind == "down":                   # [E, D, F] -> [E, F, D]
     return [_t(arrays[0])]
+  if m.kind == "interleaved":            # GPT-OSS [..., 2F]: even columns gate, odd up
+    return [np.ascontiguousarray(arrays[0][..., 0::2]),
+            np.ascontiguousarray(arrays[0][..., 1::2])]
   raise AssertionError(m.kind)
 
 
@@ -82,6 +85,9 @@ def inverse(m: Mapping, arrays: list) -> list:
     return [_t(a) for a in arrays[0]]
   if m.kind == "gate_up":
     return [np.concatenate([_t(arrays[0]), _t(arrays[1])], axis=1)]
+  if m.kind == "interleaved":
+    both = np.stack([arrays[0], arrays[1]], axis=-1)          # [..., F, 2]
+    return [both.reshape(*both.shape[:-2], -1)]
   raise AssertionError(m.kind)
 
 
@@ -164,6 +170,13 @@ def iter_mappings(family: Family, section: dict, layout: str):
     if family.attention == "mla":
       from moe_jax.hf import deepseek
       yield from deepseek.attention_mappings(s, p, b, copy, linear)
+    elif family.architecture == gpt_oss.ARCHITECTURE:
+      yield from [
+          Mapping((b + ("attn", "qkv", "kernel"),),
+                  (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
+                  ((heads * k, d), (kv * k, d), (kv * k, d)), "qkv"),
+          linear(b + ("attn", "out", "kernel"), a + "o_proj.weight", (d, heads * k)),
+          *gpt_oss.attention_mappings(s, p, b, copy)]
     else:
       yield from [
           Mapping((b + ("attn", "qkv", "kernel"),),
@@ -181,7 +194,9 @@ def iter_mappings(family: Family, section: dict, layout: str):
                 copy(b + ("attn", "k_norm", "scale"), a + "k_norm.weight",
                      (kv * k if full else k,))]
     moe = i >= s["first_dense_layers"] and (i - s["first_dense_layers"]) % s["moe_every"] == 0
-    if moe:
+    if moe and family.architecture == gpt_oss.ARCHITECTURE:
+      yield from gpt_oss.moe_mappings(s, p, b, Mapping)
+    elif moe:
       yield from _moe(family, p, b, s, layout)
     else:
       f = s["d_ff"]
@@ -206,6 +221,9 @@ def expected_count(section: dict, layout: str) -> int:
   if section.get("attention") == "mla":
     from moe_jax.hf import deepseek
     per_layer = 2 + deepseek.attention_count(section)
+  if section.get("attention_sinks"):          # GPT-OSS
+    per_layer += gpt_oss.ATTENTION_TENSORS - (not section.get("out_bias"))
+    per_moe = gpt_oss.MOE_TENSORS
   return 3 + max(layers, 0) * per_layer + moe * per_moe + (max(layers, 0) - moe) * 3
 
 

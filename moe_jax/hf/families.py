@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from moe_jax.hf import deepseek, glm
+from moe_jax.hf import deepseek, glm, gpt_oss
 from moe_jax.hf.fields import IGNORED, get as _get, num_experts as _num_experts  # noqa: F401
 
 DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -66,6 +66,9 @@ FAMILIES = {f.architecture: f for f in (
     Family("DeepseekV3ForCausalLM", "deepseek_v3", "mlp", ("gate_proj", "up_proj", "down_proj"),
            ("n_routed_experts",), "moe_intermediate_size", "none", None, {},
            attention="mla", shared_name="shared_experts", router_bias=True),
+    # Its fields and tensors are read by moe_jax.hf.gpt_oss.
+    Family("GptOssForCausalLM", "gpt_oss", "mlp", ("gate_proj", "up_proj", "down_proj"),
+           ("num_local_experts", "num_experts"), "intermediate_size", "none", None, {}),
     # Its fields are read by moe_jax.hf.glm.
     Family("Glm4MoeForCausalLM", "glm4_moe", "mlp", ("gate_proj", "up_proj", "down_proj"),
            ("n_routed_experts", "num_local_experts"), "moe_intermediate_size", "none", None,
@@ -189,6 +192,8 @@ def model_section(family: Family, hf_config: dict, dtype: str) -> dict:
     return deepseek.model_section(family, hf_config, dtype)
   if family.architecture == "Glm4MoeForCausalLM":
     return glm.model_section(family, hf_config, dtype)
+  if family.architecture == gpt_oss.ARCHITECTURE:
+    return gpt_oss.model_section(family, hf_config, dtype)
   check_fields(family, hf_config)
   g = lambda key, kind=int, default=None: _get(hf_config, key, default, kind=kind)
   d_model, heads = g("hidden_size"), g("num_attention_heads")

@@ -1,0 +1,118 @@
+"""The GPT-OSS family (`GptOssForCausalLM`: gpt-oss-20b, gpt-oss-120b): config.json ->
+config.model.* and its tensors, read against transformers 5.25's modeling_gpt_oss.py.
+
+What it has that moe_jax's other families do not, and what moe_jax maps it to:
+- attention: q/k/v and output biases (attention_bias: `qkv_bias`, `out_bias`), a learned
+  per-head sink logit in the softmax (`attention_sinks`), a 128-token sliding window on the
+  even layers (layer_types alternating sliding / full from layer 0: `sliding_window`,
+  `sliding_every=2`), YaRN (`rope_scaling`, with `truncate`), head_dim 64 != hidden / heads;
+- the router: x W + b (`topk` with `bias`), the softmax over its top-k logits
+  (`order='topk_softmax'`);
+- the experts: biases on every projection (`expert_bias`), the clamped SwiGLU
+  (`activation='clamped_swiglu'`, swiglu_alpha 1.702 and swiglu_limit 7.0), and one stored
+  layout: gate_up_proj [E, D, 2F] with gate and up interleaved along the last axis (even
+  columns the gate, odd the up), its bias [E, 2F] likewise, down_proj [E, F, D], all x @ W.
+The Hub's checkpoints hold the experts MXFP4-quantised (`quantization_config`); they are
+refused with how to dequantise them first.
+"""
+from __future__ import annotations
+
+from moe_jax.hf import deepseek, fields
+
+ARCHITECTURE = "GptOssForCausalLM"
+_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+           "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+           "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_parameters",
+           "rope_scaling", "tie_word_embeddings", "attention_bias", "attention_dropout",
+           "num_local_experts", "num_experts", "num_experts_per_tok", "experts_per_token",
+           "sliding_window", "layer_types", "swiglu_alpha", "swiglu_limit",
+           # the Hub's: the context its YaRN extends (also in rope_scaling), and MXFP4
+           "initial_context_length", "quantization_config"}
+_REQUIRED = {"attention_dropout": 0.0, "swiglu_alpha": 1.702, "swiglu_limit": 7.0}
+
+
+def check_fields(family, hf_config: dict) -> None:
+  if hf_config.get("quantization_config") is not None:
+    method = (hf_config["quantization_config"] or {}).get("quant_method")
+    raise ValueError(f"config.json: quantization_config (quant_method={method!r}): quantised "
+                     "weights are not supported; dequantise them first (transformers: "
+                     "from_pretrained(..., quantization_config=Mxfp4Config(dequantize=True)), "
+                     "then save_pretrained)")
+  fields.check_known(family, hf_config, fields.IGNORED | _FIELDS, _REQUIRED, "GPT-OSS")
+  given = {f: hf_config[f] for f in ("num_experts_per_tok", "experts_per_token")
+           if f in hf_config}
+  if len(set(given.values())) > 1:
+    raise ValueError(f"config.json: num_experts_per_tok={given['num_experts_per_tok']!r} "
+                     f"contradicts experts_per_token={given['experts_per_token']!r}")
+
+
+def _windows(hf_config: dict, layers: int) -> tuple[int | None, int]:
+  """(sliding_window, sliding_every) from layer_types: GPT-OSS's alternation (sliding on the
+  even layers) or full attention everywhere."""
+  types = hf_config.get("layer_types")
+  sliding = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+  if types is None or types == sliding:
+    return fields.get(hf_config, "sliding_window", 128, kind=int), 2
+  if types == ["full_attention"] * layers:
+    return None, 1
+  raise ValueError(f"config.json: layer_types={types!r} is not supported (moe_jax reads "
+                   "sliding windows on the even layers, as GPT-OSS has them, or none)")
+
+
+def model_section(family, hf_config: dict, dtype: str) -> dict:
+  check_fields(family, hf_config)
+  g = lambda key, kind=int, default=None: fields.get(hf_config, key, default, kind=kind)
+  d_model, heads = g("hidden_size"), g("num_attention_heads")
+  layers, num_experts = g("num_hidden_layers"), fields.num_experts(family, hf_config)
+  k = hf_config.get("num_experts_per_tok", hf_config.get("experts_per_token"))
+  k = fields.get({"num_experts_per_tok": k}, "num_experts_per_tok", kind=int)
+  if not 1 <= k <= num_experts:
+    raise ValueError(f"config.json: num_experts_per_tok={k} must be in 1..{num_experts}")
+  kv = hf_config.get("num_key_value_heads") or heads
+  head_dim = hf_config.get("head_dim")
+  if head_dim is not None and heads * head_dim == d_model:
+    head_dim = None
+  theta, scaling = deepseek.rope(hf_config)
+  window, every = _windows(hf_config, layers)
+  bias = bool(g("attention_bias", bool, True))
+  return {
+      "vocab_size": g("vocab_size"), "d_model": d_model, "num_layers": layers,
+      "num_heads": heads, "num_kv_heads": None if kv == heads else kv, "head_dim": head_dim,
+      "max_len": g("max_position_embeddings"), "d_ff": g("intermediate_size"),
+      "activation": "clamped_swiglu", "glu": True, "num_experts": num_experts,
+      "router": "topk", "router_options": {"k": k, "order": "topk_softmax", "bias": True},
+      "expert_d_ff": g("intermediate_size"), "expert_bias": True, "moe_every": 1,
+      "first_dense_layers": 0, "dispatcher": "dropless", "tie_embeddings": False,
+      "rope_theta": theta, "rope_scaling": scaling,
+      "norm_eps": float(g("rms_norm_eps", (int, float))), "qk_norm": "none",
+      "qkv_bias": bias, "out_bias": bias, "attention_sinks": True,
+      "sliding_window": window, "sliding_every": every, "dtype": dtype, "param_dtype": dtype,
+  }
+
+
+def attention_mappings(s: dict, prefix: str, block: tuple, copy) -> list:
+  """The output bias and the sinks of one layer (q/k/v are the shared grouped-query ones)."""
+  a, at = prefix + "self_attn.", block + ("attn",)
+  out = [copy(at + ("sinks",), a + "sinks", (s["num_heads"],))]
+  if s.get("out_bias"):
+    out.append(copy(at + ("out_bias",), a + "o_proj.bias", (s["d_model"],)))
+  return out
+
+
+def moe_mappings(s: dict, prefix: str, block: tuple, mapping) -> list:
+  """The router (weight and bias) and the experts in GPT-OSS's one layout."""
+  d, e, f = s["d_model"], s["num_experts"], s["expert_d_ff"]
+  m, router, ex = prefix + "mlp.", block + ("ffn", "router_params"), block + ("ffn",
+                                                                              "expert_params")
+  return [mapping((router + ("w",),), (m + "router.weight",), ((e, d),), "linear"),
+          mapping((router + ("b",),), (m + "router.bias",), ((e,),), "copy"),
+          mapping((ex + ("w_gate",), ex + ("w_up",)), (m + "experts.gate_up_proj",),
+                  ((e, d, 2 * f),), "interleaved"),
+          mapping((ex + ("b_gate",), ex + ("b_up",)), (m + "experts.gate_up_proj_bias",),
+                  ((e, 2 * f),), "interleaved"),
+          mapping((ex + ("w_down",),), (m + "experts.down_proj",), ((e, f, d),), "copy"),
+          mapping((ex + ("b_down",),), (m + "experts.down_proj_bias",), ((e, d),), "copy")]
+
+
+MOE_TENSORS = 6              # per layer: router weight and bias, the four expert tensors
+ATTENTION_TENSORS = 2        # per layer beyond the shared ones: the sinks, o_proj's bias

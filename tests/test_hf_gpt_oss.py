@@ -1,0 +1,88 @@
+"""The GPT-OSS family (GptOssForCausalLM) against transformers 5.25 (the fixture is
+tests/fixtures/hf/make_fixtures.py's `gpt_oss`): attention sinks, a sliding window on the even
+layers, q/k/v and output biases, head_dim != hidden / heads, YaRN, a biased router taking the
+softmax of its top-k logits, biased experts with the clamped SwiGLU in the interleaved gate_up
+layout. Logits equal transformers', export writes the same bytes, KV-cache decoding computes
+the same, and MXFP4 weights or anything else not understood is an error naming it."""
+import json
+
+import numpy as np
+import pytest
+
+from moe_jax import hf
+from tests.test_hf import (FIXTURES, REFERENCE, _logits, _tensors, copy_with_config,
+                           decoded_logits)
+
+NAME = "gpt_oss"
+
+
+def test_logits_equal_transformers_export_writes_the_same_bytes_and_decoding_agrees(tmp_path):
+  model, source = hf.load(FIXTURES / NAME)
+  s = source.section
+  assert (s["attention_sinks"], s["sliding_window"], s["sliding_every"], s["qkv_bias"],
+          s["out_bias"], s["head_dim"], s["activation"], s["expert_bias"]) == \
+      (True, 4, 2, True, True, 12, "clamped_swiglu", True)
+  assert s["router_options"] == {"k": 2, "order": "topk_softmax", "bias": True}
+  assert s["rope_scaling"] == {"factor": 4.0, "original_max_position_embeddings": 16,
+                               "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False}
+  np.testing.assert_allclose(_logits(model, REFERENCE[f"{NAME}_tokens"]),
+                             REFERENCE[f"{NAME}_logits"], rtol=0, atol=1e-5)
+  hf.export(model, source, tmp_path / "out")
+  assert _tensors(tmp_path / "out") == _tensors(FIXTURES / NAME)     # interleaved back
+  assert (json.loads((tmp_path / "out" / "config.json").read_text())
+          == json.loads((FIXTURES / NAME / "config.json").read_text()))
+  # KV cache: prefill 5 positions (past layer 0's 4-token window), then one at a time
+  np.testing.assert_allclose(decoded_logits(model, REFERENCE[f"{NAME}_tokens"]),
+                             REFERENCE[f"{NAME}_logits"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(quantization_config={"quant_method": "mxfp4"}),
+     r"quant_method='mxfp4'\): quantised weights are not supported; dequantise them first"),
+    (dict(layer_types=["full_attention", "sliding_attention"]),
+     r"layer_types=\['full_attention', 'sliding_attention'\] is not supported"),
+    (dict(swiglu_limit=5.0), r"swiglu_limit=5.0 is not supported"),
+    (dict(some_new_field=1), r"field 'some_new_field'=1 is not understood"),
+    (dict(attention_bias=False), r"tensor 'model.layers.0.self_attn.k_proj.bias' is not "
+                                 r"understood"),
+])
+def test_what_is_not_understood_is_an_error_naming_it(tmp_path, changes, message):
+  with pytest.raises(ValueError, match=message):
+    hf.load(copy_with_config(tmp_path, NAME, changes))
+
+
+# gpt-oss-20b's config.json on the Hub (transformers 4.55 era). Written from memory (no
+# network here); its sizes are transformers' GptOssConfig defaults but for 24 layers and 32
+# experts. Its experts are MXFP4: refused until dequantised, then understood.
+GPT_OSS_20B = {
+    "architectures": ["GptOssForCausalLM"], "attention_bias": True, "attention_dropout": 0.0,
+    "eos_token_id": 200002, "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu",
+    "hidden_size": 2880, "initial_context_length": 4096, "initializer_range": 0.02,
+    "intermediate_size": 2880,
+    "layer_types": ["sliding_attention", "full_attention"] * 12,
+    "max_position_embeddings": 131072, "model_type": "gpt_oss", "num_attention_heads": 64,
+    "num_experts_per_tok": 4, "num_hidden_layers": 24, "num_key_value_heads": 8,
+    "num_local_experts": 32, "output_router_logits": False, "pad_token_id": 199999,
+    "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn",
+                                                       "model.layers.*.mlp.router",
+                                                       "model.embed_tokens", "lm_head"],
+                            "quant_method": "mxfp4"},
+    "rms_norm_eps": 1e-05, "rope_scaling": {
+        "beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+        "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": False},
+    "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128,
+    "swiglu_limit": 7.0, "tie_word_embeddings": False, "transformers_version": "4.55.0.dev0",
+    "use_cache": True, "vocab_size": 201088}
+
+
+def test_the_hub_config_of_gpt_oss_20b_is_understood_once_dequantised():
+  family = hf.families.family_of(GPT_OSS_20B)
+  with pytest.raises(ValueError, match=r"Mxfp4Config\(dequantize=True\)"):
+    hf.families.model_section(family, GPT_OSS_20B, "bfloat16")
+  dequantised = {k: v for k, v in GPT_OSS_20B.items() if k != "quantization_config"}
+  s = hf.families.model_section(family, dequantised, "bfloat16")
+  assert (s["num_experts"], s["expert_d_ff"], s["num_kv_heads"], s["head_dim"],
+          s["sliding_window"], s["sliding_every"], s["rope_theta"]) == \
+      (32, 2880, 8, 64, 128, 2, 150000.0)
+  assert s["rope_scaling"]["factor"] == 32.0 and s["rope_scaling"]["truncate"] is False
+  assert s["router_options"]["k"] == 4
