@@ -24,9 +24,11 @@ count (Wang et al. 2024); hash routing is a strong baseline with no learned rout
 2021).
 
 Measured so far (2026-12-06, runs at commit e47ee1b, 2 CPU cores shared with other work, jax
-0.10.2): topk-k1, topk-k2 and bias_balanced, 9 runs, 74 min summed (one --only command each):
-k=2 below k=1 (reproduced); bias_balanced against topk-k2 inconclusive. The other six points
-are queued (experiments/results/routers/summary.md).
+0.10.2): topk-k1, topk-k2, bias_balanced and relu at 3 seeds, 12 runs, 132 min summed (one
+--only command each; relu's dispatch computes all 8 experts, zero gates included, so its step
+is slower than top-2's by this implementation): k=2 below k=1 (reproduced); bias_balanced and relu against topk-k2
+inconclusive. Seeds 3-4 of the close calls and the other five points are queued
+(experiments/results/routers/summary.md).
 """
 from __future__ import annotations
 
