@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from moe_jax import experts
-from moe_jax.models import DecoderLM, attention_mask
+from moe_jax.models import attention_mask
 from moe_jax.models.attention import Attention, window_of
 from moe_jax.models.transformer import make_config
 
@@ -93,10 +93,7 @@ def test_the_clamped_swiglu_is_gpt_oss_formula():
   g, u = np.minimum(np.asarray(gate), 7.0), np.clip(np.asarray(up), -7.0, 7.0)
   want = (u + 1) * g / (1 + np.exp(-1.702 * g))
   np.testing.assert_allclose(experts.clamped_swiglu(gate, up), want, rtol=1e-6)
-  model = DecoderLM(_config(activation="clamped_swiglu", glu=True, num_experts=4,
-                            expert_d_ff=8, dispatcher="dropless"), rngs=nnx.Rngs(0))
-  logits, _ = model(jnp.zeros((1, 4), jnp.int32))
-  assert np.isfinite(np.asarray(logits)).all()
+  # (a model with it: tests/test_hf_gpt_oss.py, against transformers)
 
 
 @pytest.mark.parametrize("fields,causal,message", [

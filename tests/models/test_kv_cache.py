@@ -51,11 +51,15 @@ def _model(**fields):
   return model
 
 
-# make test's budget: dense-gqa (the MoE cases have GQA too) and the hash router's case in
-# test-all; latent attention (DeepSeek) decodes in tests/test_hf_deepseek.py.
+# make test's budget: dense-gqa (the MoE cases have GQA too), the hash router's case, and the
+# GLM-like and GPT-OSS-like cases in test-all (make test decodes GLM-4.5 and GPT-OSS against
+# transformers' logits: tests/test_hf_glm.py, tests/test_hf_gpt_oss.py); latent attention
+# (DeepSeek) decodes in tests/test_hf_deepseek.py.
+SLOW_CASES = ("dense-gqa", "moe-hash-fullnorm-untied", "moe-dropless-headnorm", "moe-gpt-oss")
+
+
 @pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.slow) if c in ("dense-gqa", "moe-hash-fullnorm-untied")
-    else c for c in CASES])
+    pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES])
 def test_prefill_then_one_token_at_a_time_equals_the_full_forward(case):
   model = _model(**CASES[case])
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, 64)
