@@ -2,14 +2,16 @@
 tests/fixtures/hf/make_fixtures.py's `gpt_oss`): attention sinks, a sliding window on the even
 layers, q/k/v and output biases, head_dim != hidden / heads, YaRN, a biased router taking the
 softmax of its top-k logits, biased experts with the clamped SwiGLU in the interleaved gate_up
-layout. Logits equal transformers', export writes the same bytes, KV-cache decoding computes
-the same, and MXFP4 weights or anything else not understood is an error naming it."""
+layout; the Hub's MXFP4 experts. Logits equal transformers', export writes the same bytes (an
+MXFP4 source: dequantised), KV-cache decoding computes the same, and what is not understood is
+an error naming it."""
 import json
 
 import numpy as np
 import pytest
 
 from moe_jax import hf
+from moe_jax.hf import mxfp4
 from tests.test_hf import (FIXTURES, REFERENCE, _logits, _tensors, copy_with_config,
                            decoded_logits)
 
@@ -37,8 +39,10 @@ def test_logits_equal_transformers_export_writes_the_same_bytes_and_decoding_agr
 
 
 @pytest.mark.parametrize("changes,message", [
+    (dict(quantization_config={"quant_method": "bitsandbytes"}),
+     r"quant_method='bitsandbytes'\) is not supported; moe_jax reads GPT-OSS's 'mxfp4'"),
     (dict(quantization_config={"quant_method": "mxfp4"}),
-     r"quant_method='mxfp4'\): quantised weights are not supported; dequantise them first"),
+     r"says the experts are MXFP4, but the checkpoint holds float expert tensors"),
     (dict(layer_types=["full_attention", "sliding_attention"]),
      r"layer_types=\['full_attention', 'sliding_attention'\] is not supported"),
     (dict(swiglu_limit=5.0), r"swiglu_limit=5.0 is not supported"),
@@ -53,7 +57,7 @@ def test_what_is_not_understood_is_an_error_naming_it(tmp_path, changes, message
 
 # gpt-oss-20b's config.json on the Hub (transformers 4.55 era). Written from memory (no
 # network here); its sizes are transformers' GptOssConfig defaults but for 24 layers and 32
-# experts. Its experts are MXFP4: refused until dequantised, then understood.
+# experts. Its experts are MXFP4 (read as such).
 GPT_OSS_20B = {
     "architectures": ["GptOssForCausalLM"], "attention_bias": True, "attention_dropout": 0.0,
     "eos_token_id": 200002, "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu",
@@ -75,14 +79,50 @@ GPT_OSS_20B = {
     "use_cache": True, "vocab_size": 201088}
 
 
-def test_the_hub_config_of_gpt_oss_20b_is_understood_once_dequantised():
-  family = hf.families.family_of(GPT_OSS_20B)
-  with pytest.raises(ValueError, match=r"Mxfp4Config\(dequantize=True\)"):
-    hf.families.model_section(family, GPT_OSS_20B, "bfloat16")
-  dequantised = {k: v for k, v in GPT_OSS_20B.items() if k != "quantization_config"}
-  s = hf.families.model_section(family, dequantised, "bfloat16")
+def test_the_hub_config_of_gpt_oss_20b_is_understood():
+  s = hf.families.model_section(hf.families.family_of(GPT_OSS_20B), GPT_OSS_20B, "bfloat16")
   assert (s["num_experts"], s["expert_d_ff"], s["num_kv_heads"], s["head_dim"],
           s["sliding_window"], s["sliding_every"], s["rope_theta"]) == \
       (32, 2880, 8, 64, 128, 2, 150000.0)
   assert s["rope_scaling"]["factor"] == 32.0 and s["rope_scaling"]["truncate"] is False
   assert s["router_options"]["k"] == 4
+
+
+def test_mxfp4_codes_decode_as_sign_exponent_mantissa_times_the_block_scale():
+  """Every byte (two E2M1 codes: the low nibble is the even element) against the format's
+  definition, (-1)^s * (e == 0 ? m / 2 : 2^(e-1) * (1 + m / 2)), times 2^(scale - 127)."""
+  def e2m1(code):
+    s, e, m = code >> 3, (code >> 1) & 3, code & 1
+    return (-1.0) ** s * (m / 2 if e == 0 else 2.0 ** (e - 1) * (1 + m / 2))
+  blocks = np.arange(256, dtype=np.uint8).reshape(16, 16)          # 16 blocks of 16 bytes
+  scales = np.arange(120, 136, dtype=np.uint8)
+  got = mxfp4.dequantize(blocks, scales)
+  assert got.shape == (16 * 32,) and got.dtype == np.float32
+  for b in range(16):
+    for j in range(16):
+      byte = int(blocks[b, j])
+      for half, code in ((0, byte & 15), (1, byte >> 4)):
+        assert got[b * 32 + 2 * j + half] == e2m1(code) * 2.0 ** (int(scales[b]) - 127)
+  with pytest.raises(ValueError, match=r"blocks \[16, 8\] and scales \[16\] do not pair"):
+    mxfp4.dequantize(blocks[:, :8], scales)
+
+
+def test_the_hubs_mxfp4_layout_imports_and_exports_dequantised(tmp_path):
+  """The fixture's experts are MXFP4 blocks and scales (transformers' own MXFP4 reader gave
+  its reference logits, tests/fixtures/hf/make_fixtures.py): imported dequantised, and
+  exported as the float tensors they stand for, without quantization_config."""
+  name = "gpt_oss_mxfp4"
+  model, source = hf.load(FIXTURES / name)
+  assert source.layout == "mxfp4"
+  np.testing.assert_allclose(_logits(model, REFERENCE[f"{name}_tokens"]),
+                             REFERENCE[f"{name}_logits"], rtol=0, atol=1e-5)
+  hf.export(model, source, tmp_path / "out")
+  config = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert "quantization_config" not in config
+  assert {k: v for k, v in config.items()} == {
+      k: v for k, v in json.loads((FIXTURES / name / "config.json").read_text()).items()
+      if k != "quantization_config"}
+  again, float_source = hf.load(tmp_path / "out")
+  assert float_source.layout == "fused"
+  np.testing.assert_array_equal(_logits(again, REFERENCE[f"{name}_tokens"]),
+                                _logits(model, REFERENCE[f"{name}_tokens"]))

@@ -28,7 +28,7 @@ import re
 import ml_dtypes
 import numpy as np
 
-from moe_jax.hf import families, gpt_oss
+from moe_jax.hf import families, gpt_oss, mxfp4
 from moe_jax.hf.families import Family
 
 LAYOUTS = ("hub", "fused")
@@ -67,6 +67,10 @@ def forward(m: Mapping, arrays: list) -> list:
   if m.kind == "interleaved":            # GPT-OSS [..., 2F]: even columns gate, odd up
     return [np.ascontiguousarray(arrays[0][..., 0::2]),
             np.ascontiguousarray(arrays[0][..., 1::2])]
+  if m.kind in ("mxfp4", "mxfp4_interleaved"):   # blocks, scales [E, out, in/32(, 16)]
+    w = _t(mxfp4.dequantize(*arrays))              # -> [E, in, out]
+    return forward(dataclasses.replace(m, kind="interleaved"), [w]) if m.kind.endswith(
+        "interleaved") else [w]
   raise AssertionError(m.kind)
 
 
@@ -195,7 +199,7 @@ def iter_mappings(family: Family, section: dict, layout: str):
                      (kv * k if full else k,))]
     moe = i >= s["first_dense_layers"] and (i - s["first_dense_layers"]) % s["moe_every"] == 0
     if moe and family.architecture == gpt_oss.ARCHITECTURE:
-      yield from gpt_oss.moe_mappings(s, p, b, Mapping)
+      yield from gpt_oss.moe_mappings(s, p, b, Mapping, quantized=layout == "mxfp4")
     elif moe:
       yield from _moe(family, p, b, s, layout)
     else:
@@ -223,7 +227,7 @@ def expected_count(section: dict, layout: str) -> int:
     per_layer = 2 + deepseek.attention_count(section)
   if section.get("attention_sinks"):          # GPT-OSS
     per_layer += gpt_oss.ATTENTION_TENSORS - (not section.get("out_bias"))
-    per_moe = gpt_oss.MOE_TENSORS
+    per_moe = gpt_oss.MXFP4_TENSORS if layout == "mxfp4" else gpt_oss.MOE_TENSORS
   return 3 + max(layers, 0) * per_layer + moe * per_moe + (max(layers, 0) - moe) * 3
 
 
@@ -288,14 +292,24 @@ def check_layers(family: Family, section: dict, layout: str, checkpoint, where: 
 
 
 def detect_layout(names) -> str:
-  """'fused' if the checkpoint holds fused expert tensors, else 'hub'."""
+  """'fused' if the checkpoint holds fused expert tensors, 'mxfp4' if it holds them MXFP4
+  (GPT-OSS on the Hub), else 'hub'."""
+  if any(n.endswith(".experts.gate_up_proj_blocks") for n in names):
+    return "mxfp4"
   return "fused" if any(n.endswith(".experts.gate_up_proj") for n in names) else "hub"
+
+
+def export_layout(layout: str) -> str:
+  """The layout an export writes: the source's, but MXFP4 experts are written as the float
+  tensors they stand for (moe_jax does not quantise)."""
+  return "fused" if layout == "mxfp4" else layout
 
 
 def check_tensors(table: list[Mapping], checkpoint, where: str) -> None:
   """Names and shapes (from the headers) against the table: an unknown or missing tensor, or
   a wrong shape, is an error naming it. Biases are unknown names: these families have none."""
   expected = {n: s for m in table for n, s in zip(m.tensors, m.shapes)}
+  quantized = {n for m in table if m.kind.startswith("mxfp4") for n in m.tensors}
   names = set(checkpoint.names())
   for name in sorted(names - set(expected)):
     why = (" (moe_jax imports the q/k/v biases of a config with qkv_bias, and no other "
@@ -308,9 +322,14 @@ def check_tensors(table: list[Mapping], checkpoint, where: str) -> None:
     if checkpoint.shape(name) != expected[name]:
       raise ValueError(f"{where}: tensor {name!r} has shape {list(checkpoint.shape(name))}, "
                        f"config.json implies {list(expected[name])}")
-    if checkpoint.dtype(name) not in FLOAT_DTYPES:
+    if name in quantized:
+      if checkpoint.dtype(name) != np.uint8:
+        raise ValueError(f"{where}: tensor {name!r} has dtype {checkpoint.dtype(name)}, MXFP4 "
+                         "blocks and scales are uint8")
+    elif checkpoint.dtype(name) not in FLOAT_DTYPES:
       raise ValueError(f"{where}: tensor {name!r} has dtype {checkpoint.dtype(name)}, not a "
-                       "float (quantised checkpoints are not supported)")
+                       "float (quantised checkpoints are not supported but GPT-OSS's MXFP4 "
+                       "experts)")
 
 
 def to_params(table: list[Mapping], checkpoint) -> dict[tuple, np.ndarray]:

@@ -12,12 +12,13 @@ What it has that moe_jax's other families do not, and what moe_jax maps it to:
   (`activation='clamped_swiglu'`, swiglu_alpha 1.702 and swiglu_limit 7.0), and one stored
   layout: gate_up_proj [E, D, 2F] with gate and up interleaved along the last axis (even
   columns the gate, odd the up), its bias [E, 2F] likewise, down_proj [E, F, D], all x @ W.
-The Hub's checkpoints hold the experts MXFP4-quantised (`quantization_config`); they are
-refused with how to dequantise them first.
+The Hub's checkpoints hold the two expert matrices MXFP4-quantised (`quantization_config`,
+`*_blocks` and `*_scales` tensors): they are dequantised on import (moe_jax.hf.mxfp4) and an
+export writes them as float tensors, a dequantised checkpoint without quantization_config.
 """
 from __future__ import annotations
 
-from moe_jax.hf import deepseek, fields
+from moe_jax.hf import deepseek, fields, mxfp4
 
 ARCHITECTURE = "GptOssForCausalLM"
 _FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -32,18 +33,26 @@ _REQUIRED = {"attention_dropout": 0.0, "swiglu_alpha": 1.702, "swiglu_limit": 7.
 
 
 def check_fields(family, hf_config: dict) -> None:
-  if hf_config.get("quantization_config") is not None:
-    method = (hf_config["quantization_config"] or {}).get("quant_method")
-    raise ValueError(f"config.json: quantization_config (quant_method={method!r}): quantised "
-                     "weights are not supported; dequantise them first (transformers: "
-                     "from_pretrained(..., quantization_config=Mxfp4Config(dequantize=True)), "
-                     "then save_pretrained)")
+  quant = hf_config.get("quantization_config")
+  if quant is not None and (not isinstance(quant, dict) or quant.get("quant_method") != "mxfp4"):
+    method = quant.get("quant_method") if isinstance(quant, dict) else quant
+    raise ValueError(f"config.json: quantization_config (quant_method={method!r}) is not "
+                     "supported; moe_jax reads GPT-OSS's 'mxfp4' experts (or float weights)")
   fields.check_known(family, hf_config, fields.IGNORED | _FIELDS, _REQUIRED, "GPT-OSS")
   given = {f: hf_config[f] for f in ("num_experts_per_tok", "experts_per_token")
            if f in hf_config}
   if len(set(given.values())) > 1:
     raise ValueError(f"config.json: num_experts_per_tok={given['num_experts_per_tok']!r} "
                      f"contradicts experts_per_token={given['experts_per_token']!r}")
+
+
+def check_layout(hf_config: dict, layout: str) -> None:
+  """config.json's quantization_config and the tensors agree: MXFP4 experts iff it says so."""
+  said = hf_config.get("quantization_config") is not None
+  if said != (layout == "mxfp4"):
+    raise ValueError("config.json: quantization_config " + (
+        "says the experts are MXFP4, but the checkpoint holds float expert tensors" if said
+        else "is absent, but the checkpoint holds MXFP4 expert blocks and scales"))
 
 
 def _windows(hf_config: dict, layers: int) -> tuple[int | None, int]:
@@ -99,20 +108,37 @@ def attention_mappings(s: dict, prefix: str, block: tuple, copy) -> list:
   return out
 
 
-def moe_mappings(s: dict, prefix: str, block: tuple, mapping) -> list:
-  """The router (weight and bias) and the experts in GPT-OSS's one layout."""
+def moe_mappings(s: dict, prefix: str, block: tuple, mapping, quantized: bool = False) -> list:
+  """The router (weight and bias) and the experts in GPT-OSS's layout: float, or (the Hub's)
+  the two expert matrices as MXFP4 blocks and scales over their input axis."""
   d, e, f = s["d_model"], s["num_experts"], s["expert_d_ff"]
   m, router, ex = prefix + "mlp.", block + ("ffn", "router_params"), block + ("ffn",
                                                                               "expert_params")
+  x = m + "experts."
+  if quantized:
+    for size, name in ((d, "hidden_size"), (f, "intermediate_size")):
+      if size % mxfp4.BLOCK:
+        raise ValueError(f"config.json: {name}={size} is not a multiple of {mxfp4.BLOCK}, the "
+                         "MXFP4 block")
+    q = lambda out, inp: ((e, out, inp // mxfp4.BLOCK, mxfp4.BLOCK // 2),
+                          (e, out, inp // mxfp4.BLOCK))
+    weights = [mapping((ex + ("w_gate",), ex + ("w_up",)),
+                       (x + "gate_up_proj_blocks", x + "gate_up_proj_scales"), q(2 * f, d),
+                       "mxfp4_interleaved"),
+               mapping((ex + ("w_down",),), (x + "down_proj_blocks", x + "down_proj_scales"),
+                       q(d, f), "mxfp4")]
+  else:
+    weights = [mapping((ex + ("w_gate",), ex + ("w_up",)), (x + "gate_up_proj",),
+                       ((e, d, 2 * f),), "interleaved"),
+               mapping((ex + ("w_down",),), (x + "down_proj",), ((e, f, d),), "copy")]
   return [mapping((router + ("w",),), (m + "router.weight",), ((e, d),), "linear"),
           mapping((router + ("b",),), (m + "router.bias",), ((e,),), "copy"),
-          mapping((ex + ("w_gate",), ex + ("w_up",)), (m + "experts.gate_up_proj",),
-                  ((e, d, 2 * f),), "interleaved"),
-          mapping((ex + ("b_gate",), ex + ("b_up",)), (m + "experts.gate_up_proj_bias",),
+          *weights,
+          mapping((ex + ("b_gate",), ex + ("b_up",)), (x + "gate_up_proj_bias",),
                   ((e, 2 * f),), "interleaved"),
-          mapping((ex + ("w_down",),), (m + "experts.down_proj",), ((e, f, d),), "copy"),
-          mapping((ex + ("b_down",),), (m + "experts.down_proj_bias",), ((e, d),), "copy")]
+          mapping((ex + ("b_down",),), (x + "down_proj_bias",), ((e, d),), "copy")]
 
 
 MOE_TENSORS = 6              # per layer: router weight and bias, the four expert tensors
+MXFP4_TENSORS = 8            # ... with the two expert matrices as blocks and scales
 ATTENTION_TENSORS = 2        # per layer beyond the shared ones: the sinks, o_proj's bias

@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moe_jax.model_section import DTYPES
-from moe_jax.hf import convert, families, links, safetensors_io
+from moe_jax.hf import convert, families, gpt_oss, links, safetensors_io
 from moe_jax.models.moe import RouterState
 from moe_jax.models.transformer import DecoderLM, TransformerConfig, make_config
 
@@ -70,6 +70,10 @@ class HFSource:
 
   def table(self) -> list[convert.Mapping]:
     return convert.mappings(self.family, self.section, self.layout)
+
+  def export_table(self) -> list[convert.Mapping]:
+    """The tensors an export writes: the source's layout, MXFP4 experts as float ones."""
+    return convert.mappings(self.family, self.section, convert.export_layout(self.layout))
 
 
 def carried_files(directory, skipped: list[str] | None = None) -> list[str]:
@@ -148,6 +152,8 @@ def open_source(directory) -> tuple[HFSource, safetensors_io.Checkpoint]:
                     {n: str(checkpoint.dtype(n)) for n in names
                      if str(checkpoint.dtype(n)) != common}, mtp)
   convert.check_layers(family, source.section, source.layout, checkpoint, str(directory))
+  if family.architecture == gpt_oss.ARCHITECTURE:      # after its config's own checks
+    gpt_oss.check_layout(hf_config, source.layout)
   convert.check_tensors(source.table(), checkpoint, str(directory))
   return source, checkpoint
 
@@ -260,7 +266,7 @@ def export_tensors(model: DecoderLM, source: HFSource, dtype: str | None = None)
   it, or all in `dtype`."""
   check_exportable(model.transformer.config, source)
   params = dict(_flat(nnx.to_pure_dict(nnx.state(model, (nnx.Param, RouterState)))))
-  table = source.table()
+  table = source.export_table()
   for m in table:
     for path in m.params:
       if path not in params:
@@ -291,14 +297,17 @@ def export(model: DecoderLM, source: HFSource, out_dir, *, dtype: str | None = N
            max_shard_bytes: int = 5 * 2**30) -> list[str]:
   """Writes `model` as a transformers checkpoint directory `out_dir` (new or empty): the
   source's config.json (its `dtype` field updated only if `dtype` changes it), the weights
-  as safetensors in the source's layout, sharded beyond `max_shard_bytes`, and the source's
-  carried files. Written beside `out_dir` and renamed into place, so a failed export leaves
+  as safetensors in the source's layout (MXFP4 experts as float: a dequantised checkpoint,
+  without quantization_config), sharded beyond `max_shard_bytes`, and the source's carried
+  files. Written beside `out_dir` and renamed into place, so a failed export leaves
   nothing half-written. Returns the file names."""
   out_dir = check_out_dir(out_dir)
   if dtype is not None and dtype not in DTYPES:
     raise ValueError(f"export: dtype={dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
   tensors = export_tensors(model, source, dtype)
   config = dict(source.hf_config)
+  if source.layout == "mxfp4":          # written as the float tensors they stand for
+    config.pop("quantization_config", None)
   if dtype is not None and dtype != source.dtype:
     config["dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"] = dtype
   tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
