@@ -30,7 +30,7 @@ def _upcycle_command(workdir, source, *flags):
   return cli_command(workdir, f"--from={source}", *flags, module="moe_jax.upcycle")
 
 
-def test_upcycled_run_starts_as_the_dense_model_and_trains_on(dense, tmp_path):
+def test_upcycled_run_starts_as_the_dense_model_trains_on_and_refuses_reuse(dense, tmp_path):
   before = snapshot(dense)
   workdir = tmp_path / "moe"
   proc = run_cli(_upcycle_command(workdir, dense, *EXACT))
@@ -50,6 +50,14 @@ def test_upcycled_run_starts_as_the_dense_model_and_trains_on(dense, tmp_path):
   assert sorted(losses(workdir)) == [1, 2, 3, 4]
   assert losses(workdir)[1] < losses(dense)[1] - 0.5    # it starts where the dense run got to
   assert snapshot(dense) == before                     # the source was only read
+  # Refused, in one line, writing nothing: an MoE run as the source, and a used workdir.
+  moe = snapshot(workdir)
+  assert_one_line_error(run_cli(_upcycle_command(tmp_path / "again", workdir)),
+                        r"the source run is not dense \(its config.model.num_experts=4\)")
+  assert not (tmp_path / "again").exists()
+  assert_one_line_error(run_cli(_upcycle_command(workdir, dense)),
+                        "already holds a run; upcycle into a new directory")
+  assert snapshot(workdir) == moe
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -65,18 +73,6 @@ def test_refusals_are_one_line_and_write_nothing(dense, tmp_path, flags, message
   assert_one_line_error(run_cli(_upcycle_command(workdir, dense, *flags)), message)
   assert not workdir.exists()
   assert snapshot(dense) == before
-
-
-def test_a_source_that_is_not_dense_and_a_used_workdir_are_refused(dense, tmp_path):
-  moe = tmp_path / "moe"
-  assert run_cli(_upcycle_command(moe, dense)).returncode == 0
-  before = snapshot(moe)
-  assert_one_line_error(run_cli(_upcycle_command(tmp_path / "again", moe)),
-                        r"the source run is not dense \(its config.model.num_experts=4\)")
-  assert not (tmp_path / "again").exists()
-  assert_one_line_error(run_cli(_upcycle_command(moe, dense)),
-                        "already holds a run; upcycle into a new directory")
-  assert snapshot(moe) == before
 
 
 def _upcycled_state(workdir):

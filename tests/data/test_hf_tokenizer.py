@@ -60,6 +60,9 @@ def test_bad_tokenizer_files_are_one_line(tmp_path):
     HFTokenizer.load(tmp_path)
 
 
+# make test's budget: test-all (make test imports a checkpoint with its tokenizer.json and
+# evaluates text with it: tests/test_hf_cli.py)
+@pytest.mark.slow
 def test_a_run_trains_evaluates_and_resumes_on_a_tokenizer_json(tmp_path):
   """data.tokenizer names a tokenizer.json: it is copied into the workdir when the run starts,
   and evaluate (as a resume) reads that copy (the original may be gone)."""

@@ -153,6 +153,9 @@ def test_a_sentencepiece_tokenizer_trains_on_the_training_files(tmp_path):
   assert tok.decode(tok.encode(texts[0])) == texts[0]
 
 
+# make test's budget: test-all (make test resumes a packed stream exactly in
+# tests/test_tfds_training.py's mock lm1b run, the same iterator over other documents)
+@pytest.mark.slow
 @pytest.mark.xdist_group("subprocess_training")
 def test_a_run_killed_mid_training_resumes_with_the_uninterrupted_losses(corpus,
                                                                          tmp_path_factory):
