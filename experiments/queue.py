@@ -64,11 +64,11 @@ def _start(line: str, core: int, log: pathlib.Path, niceness: int) -> subprocess
   def pin():
     os.sched_setaffinity(0, {core})
     os.nice(niceness)
-  out = open(log, "a")
-  out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} core {core}: {line}\n")
-  out.flush()
-  return subprocess.Popen([sys.executable, "-m", "experiments.run", *shlex.split(line)],
-                          cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
+  with open(log, "a") as out:      # the child keeps its own copy of the descriptor
+    out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} core {core}: {line}\n")
+    out.flush()
+    return subprocess.Popen([sys.executable, "-m", "experiments.run", *shlex.split(line)],
+                            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
 
 
 def run_queue(path, cores: list[int], *, niceness: int = 0, poll_s: float = 2.0,
