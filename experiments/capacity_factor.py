@@ -14,10 +14,12 @@ small groups: with 128-token groups even cf 2 dropped assignments at E = 8 (Swit
 groups of thousands of tokens). Papers: a low capacity factor drops tokens and raises the
 loss; a higher one costs step time (bigger buffers); dropless is the quality ceiling.
 
-Measured so far (2026-12-06, runs at commit e47ee1b, 2 CPU cores shared, jax 0.10.2): dropless,
-3 runs, 11.5 min summed. The first capped runs (cf 1.25, 2.0) were withdrawn: they were evaluated
-in file order, on routing groups of one file's text that overflow the experts (commit 6dfdff6
-evaluates in a fixed shuffled order); they are being rerun with cf 0.5 and 1.0.
+Measured so far (2026-12-06, 2 CPU cores shared, jax 0.10.2): dropless (runs at e47ee1b),
+cf1.25 and cf2.0 (runs at c4c551b / 8277551, one core each), 9 runs, 71 min summed: cf1.25
+(2.4 % dropped at validation) against cf2.0 (0.7 %) and dropless against cf2.0, both
+inconclusive. The first capped runs, evaluated in file order on routing groups of one file's
+text that overflow the experts, were withdrawn (commit 6dfdff6 evaluates in a fixed shuffled
+order). cf 0.5 / 1.0 are queued.
 """
 from __future__ import annotations
 
