@@ -310,6 +310,8 @@ def test_second_signal_exits_at_once_without_a_partial_checkpoint(tmp_path):
   assert sorted(losses(workdir)) == list(range(1, STEPS + 1))
 
 
+# make test's budget: test-all (make test resumes a run stopped mid-training exactly above)
+@pytest.mark.slow
 def test_kill_during_the_final_validation_is_redone_by_the_rerun(reference, tmp_path):
   workdir = tmp_path / "run"
   # The whole validation split, 8 windows a batch: the final validation takes a while.

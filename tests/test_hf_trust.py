@@ -271,6 +271,8 @@ def test_cli_a_checkpoint_path_cannot_inject_code(tmp_path):
 
 # --- item 3: a killed import reruns ---------------------------------------------------------
 
+# make test's budget: test-all (make test reruns a killed upcycle, the same scratch-and-rename)
+@pytest.mark.slow
 def test_cli_import_killed_mid_write_reruns_to_the_same_result(tmp_path):
   """SIGKILL once checkpoint 0 is being written (into the scratch directory beside the
   workdir): the workdir does not exist yet, and the same command then imports in full, as a

@@ -69,8 +69,9 @@ def _null_reference(config):
   return reference
 
 
-@pytest.mark.parametrize("dispatcher", [   # make test's budget: sort's case in test-all
-    pytest.param(d, marks=pytest.mark.slow) if d == "sort" else d for d in dispatchers.every()])
+@pytest.mark.parametrize("dispatcher", [   # make test's budget: all but einsum's in test-all
+    pytest.param(d, marks=pytest.mark.slow) if d != "einsum" else d
+    for d in dispatchers.every()])
 def test_null_experts_equal_their_formula_forward_and_gradients(dispatcher):
   config = MoEConfig(num_experts=4, expert_d_ff=12, router_options={"k": 2},
                      dispatcher=dispatcher, capacity_factor=8.0, group_size=4, zero_experts=1,

@@ -225,6 +225,8 @@ def _job_processes(jobs_dir: pathlib.Path) -> list[int]:
   return pids
 
 
+# make test's budget: test-all (make test checks the jobs' resources and grouping below)
+@pytest.mark.slow
 def test_a_sweep_as_jobs_gives_the_same_records_and_a_preempted_job_resumes(tmp_path):
   """The launcher is killed while its job runs (the job goes on); the command, rerun, waits for
   that job instead of submitting another; the job, preempted mid-run, is requeued and resumes."""
