@@ -7,7 +7,7 @@ import random
 import matplotlib.figure
 import pytest
 
-from experiments import capacity_factor, sweep as sweep_lib
+from experiments import capacity_factor, routed_scaling, sweep as sweep_lib
 from tests.experiments.test_harness import SWEEPS
 from tests.train_helpers import REPO
 
@@ -47,3 +47,22 @@ def test_capacity_factor_reads_the_dropless_point_alone_then_with_one_capped(tmp
   lines = capacity_factor.analyze(capped + dropless, tmp_path)
   assert any(l.startswith("Dropless (expected lower)") for l in lines), lines
   assert not any(l.startswith("Drops hurt quality") for l in lines)     # needs two cf values
+
+
+def _sized(d, e, seed, loss):
+  return {"point": f"d{d}-E{e}", "seed": seed, "d_model": d, "E": e, "eval_loss": loss,
+          "non_embedding_params": 1000 * d}
+
+
+def test_routed_scaling_compares_each_size_with_its_dense_model_before_a_fit_is_possible(
+    tmp_path):
+  # One base size (the sweep's first committed part): no law can be fitted, but each E
+  # against that size's dense model is a paired comparison already.
+  rng = random.Random(0)
+  rows = [_sized(48, e, s, loss + 0.002 * rng.random()) for s in range(3)
+          for e, loss in ((1, 1.36), (4, 1.30), (16, 1.26))]
+  lines = routed_scaling.analyze(rows, tmp_path)
+  assert any(l.startswith("No fit:") for l in lines), lines
+  per_size = [l for l in lines if l.startswith("- N = 48k")]
+  assert [l.split(",")[0] for l in per_size] == ["- N = 48k: E = 4", "- N = 48k: E = 16"]
+  assert all("against dense: Δ -0." in l and "**reproduced**" in l for l in per_size), per_size
