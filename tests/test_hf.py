@@ -150,11 +150,16 @@ def copy_with_config(tmp_path, name, changes=None):
   """The fixture `name` copied, its config.json updated with `changes`."""
   directory = tmp_path / name
   shutil.copytree(FIXTURES / name, directory)
+  edit_config(directory, **(changes or {}))
+  return directory
+
+
+def edit_config(directory, **changes):
+  """config.json in `directory` updated with `changes`."""
   if changes:
     config = json.loads((directory / "config.json").read_text())
     config.update(changes)
     (directory / "config.json").write_text(json.dumps(config))
-  return directory
 
 
 def _tensors(directory):
@@ -162,14 +167,34 @@ def _tensors(directory):
   return {n: (str(ckpt.dtype(n)), ckpt.shape(n), ckpt[n].tobytes()) for n in ckpt.names()}
 
 
+def assert_logits_and_export_equal(model, source, name, out):
+  """The imported fixture's logits are transformers' (to 1e-5), and its export to `out`
+  writes the fixture's tensors, byte for byte, and its config.json."""
+  np.testing.assert_allclose(_logits(model, REFERENCE[f"{name}_tokens"]),
+                             REFERENCE[f"{name}_logits"], rtol=0, atol=1e-5)
+  return assert_export_equal(model, source, name, out)
+
+
+def assert_export_equal(model, source, name, out):
+  """The export to `out` writes the fixture's tensors, byte for byte, and its config.json."""
+  files = hf.export(model, source, out)
+  assert _tensors(out) == _tensors(FIXTURES / name)
+  assert (json.loads((out / "config.json").read_text())
+          == json.loads((FIXTURES / name / "config.json").read_text()))
+  return files
+
+
+def assert_load_refused(tmp_path, name, changes, message):
+  """The fixture with config.json updated by `changes` is refused, `message` in the error."""
+  with pytest.raises(ValueError, match=message):
+    hf.load(copy_with_config(tmp_path, name, changes))
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_export_writes_the_same_tensors_and_config(name, tmp_path):
   model, source = hf.load(FIXTURES / name)
-  files = hf.export(model, source, tmp_path / "out")
+  files = assert_export_equal(model, source, name, tmp_path / "out")
   assert "generation_config.json" in files      # carried along
-  assert _tensors(tmp_path / "out") == _tensors(FIXTURES / name)
-  assert (json.loads((tmp_path / "out" / "config.json").read_text())
-          == json.loads((FIXTURES / name / "config.json").read_text()))
 
 
 def test_bfloat16_stays_bfloat16():
@@ -241,18 +266,6 @@ def test_safetensors_round_trip_and_corrupt_files(tmp_path):
     safetensors_io.write_file(tmp_path / "y.safetensors", {"z": np.zeros(2, np.complex64)})
 
 
-def _copy(tmp_path, name="olmoe"):
-  out = tmp_path / name
-  shutil.copytree(FIXTURES / name, out)
-  return out
-
-
-def _edit_config(directory, **changes):
-  config = json.loads((directory / "config.json").read_text())
-  config.update(changes)
-  (directory / "config.json").write_text(json.dumps(config))
-
-
 @pytest.mark.parametrize("name,changes,message", [
     ("olmoe", dict(architectures=["OlmoForCausalLM"]),
      r"architectures=\['OlmoForCausalLM'\] is not supported"),
@@ -275,14 +288,11 @@ def _edit_config(directory, **changes):
                                     r"implies \[256, 64\]"),
 ])
 def test_what_is_not_understood_is_an_error_naming_it(tmp_path, name, changes, message):
-  directory = _copy(tmp_path, name)
-  _edit_config(directory, **changes)
-  with pytest.raises(ValueError, match=message):
-    hf.load(directory)
+  assert_load_refused(tmp_path, name, changes, message)
 
 
 def test_bias_tensors_are_refused_by_name(tmp_path):
-  directory = _copy(tmp_path)
+  directory = copy_with_config(tmp_path, "olmoe")
   ckpt = safetensors_io.open_checkpoint(directory)
   tensors = {n: np.array(ckpt[n]) for n in ckpt.names()}
   tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(32, np.float32)

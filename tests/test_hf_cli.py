@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from moe_jax.hf import workdirs
-from tests.test_hf import FIXTURES, _copy, _edit_config, _tensors
+from tests.test_hf import FIXTURES, _tensors, copy_with_config, edit_config
 from tests.train_helpers import (REPO, assert_one_line_error, losses, run_cli, snapshot,
                                  subprocess_env)
 
@@ -96,8 +96,8 @@ def test_an_import_reads_text_with_the_checkpoints_own_tokenizer(tmp_path):
 
 
 def test_cli_refuses_an_unsupported_checkpoint_in_one_line_writing_nothing(tmp_path):
-  bad = _copy(tmp_path)
-  _edit_config(bad, architectures=["GPT2LMHeadModel"])
+  bad = copy_with_config(tmp_path, "olmoe")
+  edit_config(bad, architectures=["GPT2LMHeadModel"])
   before = snapshot(bad)
   assert_one_line_error(_hf_cli("import", f"--from={bad}", f"--workdir={tmp_path / 'w'}",
                                 "--cpu_devices=1"),

@@ -4,8 +4,6 @@ group_limited_greedy and V3's biased sigmoid routing, shared experts, a dense fi
 Logits equal transformers', export writes the same bytes, a data x expert x model sharded
 import and KV-cache decoding compute the same, and what is not understood is an error naming
 it."""
-import json
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +15,8 @@ from moe_jax import hf
 from moe_jax.models import rope
 from moe_jax.parallel import make_mesh
 from moe_jax.routing import deepseek
-from tests.test_hf import FIXTURES, REFERENCE, _logits, _tensors
+from tests.test_hf import (FIXTURES, REFERENCE, _logits, assert_load_refused,
+                           assert_logits_and_export_equal)
 
 NAMES = ["deepseek_v2", "deepseek_v3"]
 
@@ -25,12 +24,7 @@ NAMES = ["deepseek_v2", "deepseek_v3"]
 @pytest.mark.parametrize("name", NAMES)
 def test_logits_equal_transformers_and_export_writes_the_same_bytes(name, tmp_path):
   model, source = hf.load(FIXTURES / name)
-  np.testing.assert_allclose(_logits(model, REFERENCE[f"{name}_tokens"]),
-                             REFERENCE[f"{name}_logits"], rtol=0, atol=1e-5)
-  hf.export(model, source, tmp_path / "out")
-  assert _tensors(tmp_path / "out") == _tensors(FIXTURES / name)
-  assert (json.loads((tmp_path / "out" / "config.json").read_text())
-          == json.loads((FIXTURES / name / "config.json").read_text()))
+  assert_logits_and_export_equal(model, source, name, tmp_path / "out")
 
 
 def test_the_configs_map_onto_latent_attention_and_the_deepseek_router():
@@ -119,12 +113,6 @@ def test_yarn_frequencies_and_scales_follow_the_paper():
   assert rope.frequencies(dim, base)[1] == 1.0
 
 
-def _copy(tmp_path, name):
-  directory = tmp_path / name
-  shutil.copytree(FIXTURES / name, directory)
-  return directory
-
-
 @pytest.mark.parametrize("name,changes,message", [
     ("deepseek_v2", dict(topk_method="noaux_tc"), r"topk_method='noaux_tc' is not supported"),
     ("deepseek_v2", dict(norm_topk_prob=True), r"norm_topk_prob=True is not supported for "
@@ -138,12 +126,7 @@ def _copy(tmp_path, name):
     ("deepseek_v3", dict(q_lora_rank=None), r"tensor 'model.layers.0.self_attn.q_a_"),
 ])
 def test_what_is_not_understood_is_an_error_naming_it(tmp_path, name, changes, message):
-  directory = _copy(tmp_path, name)
-  config = json.loads((directory / "config.json").read_text())
-  config.update(changes)
-  (directory / "config.json").write_text(json.dumps(config))
-  with pytest.raises(ValueError, match=message):
-    hf.load(directory)
+  assert_load_refused(tmp_path, name, changes, message)
 
 
 # DeepSeek-V2-Lite's config.json on the Hub (transformers 4.x era, DeepSeek's remote code):

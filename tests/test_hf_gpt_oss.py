@@ -12,8 +12,8 @@ import pytest
 
 from moe_jax import hf
 from moe_jax.hf import mxfp4
-from tests.test_hf import (FIXTURES, REFERENCE, _logits, _tensors, copy_with_config,
-                           decoded_logits)
+from tests.test_hf import (FIXTURES, REFERENCE, _logits, assert_load_refused,
+                           assert_logits_and_export_equal, decoded_logits)
 
 NAME = "gpt_oss"
 
@@ -27,12 +27,7 @@ def test_logits_equal_transformers_export_writes_the_same_bytes_and_decoding_agr
   assert s["router_options"] == {"k": 2, "order": "topk_softmax", "bias": True}
   assert s["rope_scaling"] == {"factor": 4.0, "original_max_position_embeddings": 16,
                                "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False}
-  np.testing.assert_allclose(_logits(model, REFERENCE[f"{NAME}_tokens"]),
-                             REFERENCE[f"{NAME}_logits"], rtol=0, atol=1e-5)
-  hf.export(model, source, tmp_path / "out")
-  assert _tensors(tmp_path / "out") == _tensors(FIXTURES / NAME)     # interleaved back
-  assert (json.loads((tmp_path / "out" / "config.json").read_text())
-          == json.loads((FIXTURES / NAME / "config.json").read_text()))
+  assert_logits_and_export_equal(model, source, NAME, tmp_path / "out")  # interleaved back
   # KV cache: prefill 5 positions (past layer 0's 4-token window), then one at a time
   np.testing.assert_allclose(decoded_logits(model, REFERENCE[f"{NAME}_tokens"]),
                              REFERENCE[f"{NAME}_logits"], rtol=0, atol=1e-5)
@@ -51,8 +46,7 @@ def test_logits_equal_transformers_export_writes_the_same_bytes_and_decoding_agr
                                  r"understood"),
 ])
 def test_what_is_not_understood_is_an_error_naming_it(tmp_path, changes, message):
-  with pytest.raises(ValueError, match=message):
-    hf.load(copy_with_config(tmp_path, NAME, changes))
+  assert_load_refused(tmp_path, NAME, changes, message)
 
 
 # gpt-oss-20b's config.json on the Hub (transformers 4.55 era). Written from memory (no

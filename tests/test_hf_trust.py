@@ -20,7 +20,7 @@ import pytest
 
 from moe_jax.hf import convert, families, model_io, safetensors_io, workdirs
 from moe_jax.workdir import WorkdirError
-from tests.test_hf import FIXTURES, _copy, _edit_config, _tensors
+from tests.test_hf import FIXTURES, _tensors, copy_with_config, edit_config
 from tests.test_hf_cli import SMALL_RUN, _hf_cli
 from tests.train_helpers import (assert_one_line_error, losses, run_cli, snapshot,
                                  subprocess_env)
@@ -62,8 +62,8 @@ def _refused(tmp_path, source, pattern):
 def test_cli_refuses_absurd_sizes_before_allocating(tmp_path, field, value, pattern):
   """The repro: num_experts 1e7 in the 146 KB OLMoE fixture took 38 s and 7.6 GB, then a
   39-line MemoryError."""
-  source = _copy(tmp_path)
-  _edit_config(source, **{field: value})
+  source = copy_with_config(tmp_path, "olmoe")
+  edit_config(source, **{field: value})
   start = time.monotonic()
   _refused(tmp_path, source, pattern)
   assert time.monotonic() - start < 60
@@ -71,7 +71,7 @@ def test_cli_refuses_absurd_sizes_before_allocating(tmp_path, field, value, patt
 
 @pytest.mark.parametrize("name", ALL)
 def test_sizes_are_checked_against_the_headers_in_no_time(tmp_path, name):
-  directory = _copy(tmp_path, name)
+  directory = copy_with_config(tmp_path, name)
   source, checkpoint = model_io.open_source(directory)     # as made: every count agrees
   assert convert.expected_count(source.section, source.layout) == len(checkpoint.names())
   original = json.loads((FIXTURES / name / "config.json").read_text())
@@ -80,8 +80,8 @@ def test_sizes_are_checked_against_the_headers_in_no_time(tmp_path, name):
   for changes, message in [({field: 10**8}, rf"{field}=100000000, but the checkpoint's router "),
                            ({"num_hidden_layers": 10**9}, r"num_hidden_layers=1000000000, but"),
                            ({"num_hidden_layers": 1}, r"hold layers 0..1 \(2 layers\)")]:
-    _edit_config(directory, **original)
-    _edit_config(directory, **changes)
+    edit_config(directory, **original)
+    edit_config(directory, **changes)
     start = time.monotonic()
     with pytest.raises(ValueError, match=message):
       model_io.open_source(directory)
@@ -92,7 +92,7 @@ def test_sizes_are_checked_against_the_headers_in_no_time(tmp_path, name):
 def test_a_header_lacking_tensors_is_refused_before_the_table_is_built(tmp_path):
   """The routers agree with config.json but expert 3's tensors are gone: the tensor count
   (computed, not listed) is checked first, naming the first missing tensor."""
-  directory = _copy(tmp_path)
+  directory = copy_with_config(tmp_path, "olmoe")
   ckpt = safetensors_io.open_checkpoint(directory)
   tensors = {n: ckpt[n].copy() for n in ckpt.names() if ".experts.3." not in n}
   del ckpt
@@ -145,7 +145,7 @@ def _point_shard_at(directory, shard, bad):
 def test_cli_refuses_a_shard_name_outside_the_checkpoint(tmp_path, bad):
   """Before: `../other/...` imported another checkpoint's weights, /etc/passwd was parsed."""
   shutil.copytree(FIXTURES / "mixtral", tmp_path / "other")     # what ../other would read
-  source = _copy(tmp_path, "mixtral")
+  source = copy_with_config(tmp_path, "mixtral")
   index = _point_shard_at(source, "model-00001-of-00003.safetensors", bad)
   _refused(tmp_path, source, rf"^error: {re.escape(str(index))}: weight_map entry "
                              rf"'[^']+': {re.escape(repr(bad))} is not a shard file name")
@@ -154,7 +154,7 @@ def test_cli_refuses_a_shard_name_outside_the_checkpoint(tmp_path, bad):
 @pytest.mark.parametrize("bad", ["sub/model.safetensors", "..", "", "a\\b.safetensors", 3,
                                  "model.safetensors\0.txt"])
 def test_shard_names_must_be_plain_file_names(tmp_path, bad):
-  source = _copy(tmp_path, "mixtral")
+  source = copy_with_config(tmp_path, "mixtral")
   _point_shard_at(source, "model-00002-of-00003.safetensors", bad)
   with pytest.raises(ValueError,
                      match=r"weight_map entry 'model\.[^']+': .+ is not a shard file name"):
@@ -162,7 +162,7 @@ def test_shard_names_must_be_plain_file_names(tmp_path, bad):
 
 
 def test_cli_missing_shard_names_the_index(tmp_path):
-  source = _copy(tmp_path, "mixtral")
+  source = copy_with_config(tmp_path, "mixtral")
   (source / "model-00002-of-00003.safetensors").unlink()
   index = source / safetensors_io.INDEX_FILE
   _refused(tmp_path, source, rf"^error: {re.escape(str(index))}: weight_map puts tensor "
@@ -174,7 +174,7 @@ def test_cli_import_and_export_leave_symbolic_links_behind(tmp_path):
   """Before: `vocab.txt -> /etc/passwd` was copied into the workdir and then into the export a
   user would publish. Plain files still travel; each link left behind is a note."""
   (tmp_path / "secret.txt").write_text("SECRET")
-  source = _copy(tmp_path)
+  source = copy_with_config(tmp_path, "olmoe")
   (source / "vocab.txt").symlink_to("/etc/passwd")
   (source / "merges.txt").symlink_to(tmp_path / "secret.txt")
   (source / "special_tokens_map.json").symlink_to("../secret.txt")
@@ -238,7 +238,7 @@ def test_cli_refuses_a_shard_linked_out_of_the_checkpoint(tmp_path, layout):
   hub cache's repository folder) is not read."""
   shutil.copytree(FIXTURES / "mixtral", tmp_path / "other")
   # mixtral's shards 1 and 3 stay links into blobs/ in the hub layout: those are followed
-  source = _copy(tmp_path, "mixtral") if layout == "plain" else _hub_snapshot(tmp_path, "mixtral")
+  source = copy_with_config(tmp_path, "mixtral") if layout == "plain" else _hub_snapshot(tmp_path, "mixtral")
   shard = source / "model-00002-of-00003.safetensors"
   shard.unlink()
   shard.symlink_to(tmp_path / "other" / shard.name)
