@@ -17,6 +17,12 @@ Per size, each E against dense as a paired comparison (b < 0 at that size). c > 
 of N that a CPU cannot train: Clark's law is fitted over 15 M to 1.3 B parameters, a factor of
 90; here N spans a factor of 4 at 110 k to 440 k, where the interval of c is expected to
 include 0, so c is reported, not decided. Paper: b < 0 (experts lower the loss) and c > 0 (their benefit shrinks as N grows).
+
+Measured so far (2026-12-06, 2 CPU cores shared with other work, jax 0.10.2): d_model 48 at
+E = 1, 4, 16 (runs at a10081f-era code and e603e82), 9 runs, 72 min summed (6 to 16 min a run,
+by the load beside it): E4 and E16 below dense at that size, Δ -0.055 [-0.082, -0.028] and
+-0.101 [-0.120, -0.081], reproduced. d64 and d96 are queued (their runs cost about 1.7x and
+3.5x d48's FLOPs); no law is fitted until a second size has run.
 """
 from __future__ import annotations
 
