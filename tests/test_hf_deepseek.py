@@ -160,3 +160,26 @@ def test_the_hub_config_of_deepseek_v2_lite_is_understood():
       (64, 1408, 2816, 1)
   assert s["router_options"]["k"] == 6 and s["router_options"]["num_groups"] == 1
   assert s["rope_scaling"]["factor"] == 40 and s["rope_theta"] == 10000.0
+
+
+# The fields whose defaults matter, and transformers 5.25's DeepseekV2Config / DeepseekV3Config
+# values for them (their class attributes), written here by hand.
+OMITTED = ("n_shared_experts", "routed_scaling_factor", "n_group", "topk_group",
+           "first_k_dense_replace", "norm_topk_prob", "topk_method")
+
+
+def test_fields_a_config_leaves_out_read_as_transformers_defaults():
+  v2 = {k: v for k, v in V2_LITE.items() if k not in OMITTED}
+  s = hf.families.model_section(hf.families.family_of(v2), v2, "bfloat16")
+  assert (s["shared_d_ff"], s["first_dense_layers"]) == (2 * 1408, 0)
+  assert s["router_options"] == dict(k=6, num_groups=1, top_groups=1, routed_scaling_factor=1.0,
+                                     score="softmax", group_score="max", renormalize=False,
+                                     bias_update_rate=0.0)
+  v3 = {**v2, "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+        "num_experts_per_tok": 8, "rope_scaling": None}
+  for dropped in ("scoring_func", "seq_aux", "aux_loss_alpha", "pretraining_tp", "moe_layer_freq"):
+    v3.pop(dropped)
+  s = hf.families.model_section(hf.families.family_of(v3), v3, "bfloat16")
+  assert (s["shared_d_ff"], s["first_dense_layers"]) == (1408, 3)
+  assert s["router_options"] == dict(k=8, num_groups=8, top_groups=4, routed_scaling_factor=2.5,
+                                     score="sigmoid", group_score="top2_sum", renormalize=True)

@@ -99,3 +99,15 @@ def test_the_hub_config_of_glm_4_5_air_is_understood():
           s["head_dim"], s["num_kv_heads"], s["rope_fraction"], s["rope_theta"],
           s["qk_norm"], s["qkv_bias"]) == (128, 1408, 1408, 1, 128, 8, 0.5, 1e6, "none", True)
   assert s["router_options"]["k"] == 8 and s["router_options"]["renormalize"] is True
+
+
+def test_fields_a_config_leaves_out_read_as_transformers_defaults():
+  """transformers 5.25's Glm4MoeConfig defaults (its class attributes), written here by hand."""
+  sparse = {k: v for k, v in GLM_45_AIR.items()
+            if k not in ("n_shared_experts", "routed_scaling_factor", "n_group", "topk_group",
+                         "first_k_dense_replace", "norm_topk_prob")}
+  s = hf.families.model_section(hf.families.family_of(sparse), sparse, "bfloat16")
+  assert (s["shared_d_ff"], s["first_dense_layers"]) == (1408, 1)
+  assert s["router_options"] == dict(k=8, num_groups=1, top_groups=1, score="sigmoid",
+                                     group_score="top2_sum", renormalize=True,
+                                     routed_scaling_factor=1.0)

@@ -121,16 +121,31 @@ def v3_router_options(hf_config: dict, k: int) -> dict:
           "group_score": "top2_sum", "renormalize": bool(g("norm_topk_prob", True))}
 
 
+# What transformers 5.25's DeepseekV2Config / DeepseekV3Config assume for a field config.json
+# leaves out (a hand-written or older config): read so, the import computes what transformers
+# computes from the same file. V3's differ from the neutral values (1 group, no shared expert,
+# scale 1, no dense layer), so guessing those would build another model.
+DEFAULTS = {
+    "DeepseekV2ForCausalLM": {"n_shared_experts": 2, "routed_scaling_factor": 1.0,
+                              "first_k_dense_replace": 0, "topk_method": "greedy",
+                              "norm_topk_prob": False},
+    "DeepseekV3ForCausalLM": {"n_shared_experts": 1, "routed_scaling_factor": 2.5,
+                              "n_group": 8, "topk_group": 4, "first_k_dense_replace": 3,
+                              "norm_topk_prob": True},
+}
+
+
 def model_section(family, hf_config: dict, dtype: str) -> dict:
   check_fields(family, hf_config)
+  hf_config = {**DEFAULTS[family.architecture], **hf_config}
   g = lambda key, kind=int, default=None: fields.get(hf_config, key, default, kind=kind)
   layers, num_experts = g("num_hidden_layers"), fields.num_experts(family, hf_config)
   k = g("num_experts_per_tok")
   if not 1 <= k <= num_experts:
     raise ValueError(f"config.json: num_experts_per_tok={k} must be in 1..{num_experts}")
-  first_dense = g("first_k_dense_replace", int, 0)
+  first_dense = g("first_k_dense_replace")
   theta, scaling = rope(hf_config)
-  shared = g("n_shared_experts", int, 0) or 0
+  shared = g("n_shared_experts")
   expert_d_ff = g("moe_intermediate_size")
   q_lora = hf_config.get("q_lora_rank")
   return {

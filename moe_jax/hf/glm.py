@@ -52,8 +52,15 @@ def rope(hf_config: dict) -> tuple[float, float]:
   return float(theta), float(fraction)
 
 
+# transformers 5.25's Glm4MoeConfig defaults for fields config.json may leave out (see
+# deepseek.DEFAULTS for why they are read as transformers reads them).
+DEFAULTS = {"n_shared_experts": 1, "routed_scaling_factor": 1.0, "n_group": 1, "topk_group": 1,
+            "first_k_dense_replace": 1, "norm_topk_prob": True}
+
+
 def model_section(family, hf_config: dict, dtype: str) -> dict:
   check_fields(family, hf_config)
+  hf_config = {**DEFAULTS, **hf_config}
   g = lambda key, kind=int, default=None: fields.get(hf_config, key, default, kind=kind)
   d_model, heads = g("hidden_size"), g("num_attention_heads")
   layers, num_experts = g("num_hidden_layers"), fields.num_experts(family, hf_config)
@@ -65,7 +72,7 @@ def model_section(family, hf_config: dict, dtype: str) -> dict:
   if head_dim is not None and heads * head_dim == d_model:
     head_dim = None                   # the default split: keep the section minimal
   theta, fraction = rope(hf_config)
-  shared = g("n_shared_experts", int, 0) or 0
+  shared = g("n_shared_experts")
   expert_d_ff = g("moe_intermediate_size")
   options = deepseek.v3_router_options(hf_config, k)
   return {
@@ -74,7 +81,7 @@ def model_section(family, hf_config: dict, dtype: str) -> dict:
       "max_len": g("max_position_embeddings"), "d_ff": g("intermediate_size"),
       "activation": "silu", "glu": True, "num_experts": num_experts, "router": "deepseek",
       "router_options": options, "expert_d_ff": expert_d_ff, "moe_every": 1,
-      "first_dense_layers": g("first_k_dense_replace", int, 1), "dispatcher": "dropless",
+      "first_dense_layers": g("first_k_dense_replace"), "dispatcher": "dropless",
       "tie_embeddings": False, "rope_theta": theta, "rope_fraction": fraction,
       "norm_eps": float(g("rms_norm_eps", (int, float))),
       "qk_norm": "head" if g("use_qk_norm", bool, False) else "none",
