@@ -21,6 +21,7 @@ import argparse
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -35,12 +36,18 @@ def read_lines(path: pathlib.Path) -> list[str]:
 
 
 def sweep_of(line: str) -> str:
-  """The sweep file a command runs (its first argument)."""
-  return shlex.split(line)[0]
+  """The sweep file a command runs (its positional argument), as a resolved path, so that
+  `./experiments/x.py` and `experiments/x.py` are one sweep. ValueError: a malformed line."""
+  positional = [a for a in shlex.split(line) if not a.startswith("-")]
+  if len(positional) != 1:
+    raise ValueError(f"names {len(positional)} sweep files (one experiments.run command: a "
+                     "sweep file and its --options)")
+  return str((REPO / positional[0]).resolve())
 
 
 def next_line(lines: list[str], running: list[str]) -> str | None:
-  """The first line that is not running and whose sweep has no running command."""
+  """The first line that is not running and whose sweep has no running command (the lines
+  are well formed: run_queue sets the others aside)."""
   busy = {sweep_of(line) for line in running}
   return next((line for line in lines
                if line not in running and sweep_of(line) not in busy), None)
@@ -48,16 +55,22 @@ def next_line(lines: list[str], running: list[str]) -> str | None:
 
 def remove_line(path: pathlib.Path, line: str) -> None:
   """Removes the command's first occurrence from the file (kept as the user wrote it
-  otherwise); an atomic rewrite, so a stop mid-write loses nothing."""
-  kept, removed = [], False
-  for raw in path.read_text().splitlines():
-    if not removed and raw.split("#", 1)[0].strip() == line:
-      removed = True
-      continue
-    kept.append(raw)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text("\n".join(kept) + ("\n" if kept else ""))
-  tmp.replace(path)
+  otherwise); an atomic rewrite, so a stop mid-write loses nothing. The file may be edited
+  while the queue runs: a rewrite whose source changed meanwhile is redone from the new text,
+  so an added line is not lost (short of an edit inside the last microseconds)."""
+  while True:
+    before = path.stat().st_mtime_ns, path.stat().st_size
+    kept, removed = [], False
+    for raw in path.read_text().splitlines():
+      if not removed and raw.split("#", 1)[0].strip() == line:
+        removed = True
+        continue
+      kept.append(raw)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(kept) + ("\n" if kept else ""))
+    if (path.stat().st_mtime_ns, path.stat().st_size) == before:
+      tmp.replace(path)
+      return
 
 
 def _start(line: str, core: int, log: pathlib.Path, niceness: int) -> subprocess.Popen:
@@ -67,8 +80,15 @@ def _start(line: str, core: int, log: pathlib.Path, niceness: int) -> subprocess
   with open(log, "a") as out:      # the child keeps its own copy of the descriptor
     out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} core {core}: {line}\n")
     out.flush()
+    # A session of its own: a Ctrl-C at the terminal reaches the queue alone, which passes
+    # each command one SIGTERM (a second signal makes a run exit without its checkpoint).
     return subprocess.Popen([sys.executable, "-m", "experiments.run", *shlex.split(line)],
-                            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
+                            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin,
+                            start_new_session=True)
+
+
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def run_queue(path, cores: list[int], *, niceness: int = 0, poll_s: float = 2.0,
@@ -79,6 +99,9 @@ def run_queue(path, cores: list[int], *, niceness: int = 0, poll_s: float = 2.0,
   logs.mkdir(exist_ok=True)
   running: dict[int, tuple[str, subprocess.Popen]] = {}
   failed: list[str] = []
+  # A session's end (SIGHUP) or a kill (SIGTERM) stops the queue as a Ctrl-C does: its
+  # commands are stopped, not left running unseen.
+  previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
   try:
     while True:
       for core, (line, proc) in list(running.items()):
@@ -91,7 +114,16 @@ def run_queue(path, cores: list[int], *, niceness: int = 0, poll_s: float = 2.0,
         else:
           failed.append(line)
           say(f"FAILED (core {core}, exit {proc.returncode}; log in {logs}): {line}")
-      todo = [line for line in read_lines(path) if line not in failed]
+      todo = []
+      for line in read_lines(path):
+        try:
+          sweep_of(line)
+        except ValueError as e:
+          if line not in failed:
+            failed.append(line)
+            say(f"FAILED (not run: {e}): {line}")
+        if line not in failed:
+          todo.append(line)
       for core in cores:
         if core in running:
           continue
@@ -104,12 +136,16 @@ def run_queue(path, cores: list[int], *, niceness: int = 0, poll_s: float = 2.0,
       if not running:
         return failed
       time.sleep(poll_s)
-  except KeyboardInterrupt:
+  finally:
+    # Stopped (or failed) with commands running: each saves a checkpoint and exits
+    # (moe_jax.interrupts), its line kept for the next start.
     for _, proc in running.values():
-      proc.terminate()        # the run saves a checkpoint and stops (moe_jax.interrupts)
+      if proc.poll() is None:
+        proc.terminate()
     for _, proc in running.values():
       proc.wait()
-    raise
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
 
 
 def main(argv=None) -> None:
@@ -123,11 +159,19 @@ def main(argv=None) -> None:
   if not path.is_file():
     sys.exit(f"error: {path} is not a file (one experiments.run command per line)")
   allowed = sorted(os.sched_getaffinity(0))
-  cores = allowed if args.cores is None else [int(c) for c in args.cores.split(",")]
-  if not set(cores) <= set(allowed):
+  try:
+    cores = allowed if args.cores is None else [int(c) for c in args.cores.split(",")]
+  except ValueError:
+    cores = None
+  if cores is None or not set(cores) <= set(allowed):
     sys.exit(f"error: --cores {args.cores}: this process may use cores "
              f"{','.join(map(str, allowed))}")
-  failed = run_queue(path, cores, niceness=args.nice)
+  try:
+    failed = run_queue(path, cores, niceness=args.nice)
+  except KeyboardInterrupt as stop:
+    print(f"queue {path}: stopped ({stop or 'SIGINT'}), the running commands saved their "
+          f"checkpoints; {len(read_lines(path))} commands left. Run the same command to go on.")
+    sys.exit(130)
   left = read_lines(path)
   print(f"queue {path}: {len(left)} commands left" + (f", {len(failed)} failed" if failed
                                                       else ""))
