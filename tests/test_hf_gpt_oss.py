@@ -7,13 +7,17 @@ MXFP4 source: dequantised), KV-cache decoding computes the same, and what is not
 an error naming it."""
 import json
 
+import jax
+import ml_dtypes
 import numpy as np
 import pytest
+from flax import nnx
 
 from moe_jax import hf
-from moe_jax.hf import mxfp4
+from moe_jax.hf import mxfp4, safetensors_io
 from tests.test_hf import (FIXTURES, REFERENCE, _logits, assert_load_refused,
-                           assert_logits_and_export_equal, decoded_logits)
+                           assert_logits_and_export_equal, copy_with_config,
+                           decoded_logits)
 
 NAME = "gpt_oss"
 
@@ -113,10 +117,29 @@ def test_the_hubs_mxfp4_layout_imports_and_exports_dequantised(tmp_path):
   hf.export(model, source, tmp_path / "out")
   config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert "quantization_config" not in config
-  assert {k: v for k, v in config.items()} == {
+  assert config == {
       k: v for k, v in json.loads((FIXTURES / name / "config.json").read_text()).items()
       if k != "quantization_config"}
   again, float_source = hf.load(tmp_path / "out")
   assert float_source.layout == "fused"
   np.testing.assert_array_equal(_logits(again, REFERENCE[f"{name}_tokens"]),
                                 _logits(model, REFERENCE[f"{name}_tokens"]))
+
+
+def test_mxfp4_experts_take_the_checkpoints_dtype_and_a_nan_scale_is_refused(tmp_path):
+  """A bfloat16 checkpoint's MXFP4 experts import as bfloat16 (float32 would double the
+  memory of the model's largest tensors; the decoded values are exact in bfloat16)."""
+  directory = copy_with_config(tmp_path, "gpt_oss_mxfp4", {"dtype": "bfloat16"})
+  ckpt = safetensors_io.open_checkpoint(directory)
+  tensors = {n: np.asarray(ckpt[n]) for n in ckpt.names()}
+  tensors = {n: t if t.dtype == np.uint8 else t.astype(ml_dtypes.bfloat16)
+             for n, t in tensors.items()}
+  (directory / "model.safetensors").unlink()
+  safetensors_io.write_checkpoint(directory, tensors)
+  model = hf.load(directory)[0]
+  dtypes = {str(v.dtype) for v in jax.tree.leaves(nnx.state(model, nnx.Param))}
+  assert dtypes == {"bfloat16"}
+  scales = next(n for n in tensors if n.endswith("_scales"))
+  with pytest.raises(ValueError, match="a scale of 0xFF"):
+    mxfp4.dequantize(tensors[scales.replace("_scales", "_blocks")],
+                     np.full_like(tensors[scales], 0xFF))

@@ -194,7 +194,12 @@ def fill_model(config: TransformerConfig, table, checkpoint, *, mesh=None,
         node = node[key]
       target = node[path[-1]]
       assert target.shape == array.shape, (path, target.shape, array.shape)
-      array = array.astype(target.dtype) if cast else array
+      if cast:
+        array = array.astype(target.dtype)
+      elif m.kind.startswith("mxfp4"):
+        # MXFP4 decodes to float32; its own dtype is the checkpoint's (bfloat16 on the Hub),
+        # exact for every value, where float32 would double the largest tensors' memory.
+        array = array.astype(config.param_dtype)
       if mesh is None:
         node[path[-1]] = jnp.asarray(array)
       else:
