@@ -13,7 +13,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from moe_jax import hf
-from moe_jax.hf import safetensors_io, workdirs
+from moe_jax.hf import model_io, safetensors_io, workdirs
+from moe_jax.models.transformer import DecoderLM
 from moe_jax.parallel import make_mesh
 from moe_jax.workdir import WorkdirError
 from tests.train_helpers import REPO, snapshot
@@ -195,6 +196,25 @@ def test_export_writes_the_same_tensors_and_config(name, tmp_path):
   model, source = hf.load(FIXTURES / name)
   files = assert_export_equal(model, source, name, tmp_path / "out")
   assert "generation_config.json" in files      # carried along
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(rope_theta=500.0), r"the model's rope_theta=500.0 but OlmoeForCausalLM"),
+    (dict(router_options={"k": 1}), r"the model's router \(.*'k': 1.*\) is not "
+                                    r"OlmoeForCausalLM's"),
+    # No tensor of the family holds a q/k/v bias: written, it would be dropped.
+    (dict(qkv_bias=True), r"the model's param transformer/blocks/0/attn/qkv_bias has no "
+                          r"tensor in OlmoeForCausalLM"),
+])
+def test_export_refuses_a_model_the_source_family_cannot_hold(tmp_path, changes, message):
+  source = hf.load(FIXTURES / "olmoe")[1]
+  section = {**source.section, **changes}
+  if "router_options" in changes:
+    section["router_options"] = {**source.section["router_options"], **changes["router_options"]}
+  model = DecoderLM(model_io.model_config(section), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=message):
+    hf.export(model, source, tmp_path / "out")
+  assert not (tmp_path / "out").exists()
 
 
 def test_bfloat16_stays_bfloat16():

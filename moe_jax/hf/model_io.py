@@ -266,6 +266,19 @@ def check_exportable(config: TransformerConfig, source: HFSource) -> None:
                      f"{source.architecture}'s ({theirs and theirs.built_router.options})")
 
 
+def _check_nothing_left_behind(params: dict, table, source: HFSource) -> None:
+  """Every param of the model goes into a tensor: one the family has no tensor for (a bias,
+  attention sinks, a shared expert the source lacks) would be dropped, and the checkpoint would
+  compute another model. A router state the family lacks may stay behind while it is zeros
+  (DeepSeek-V2's selection bias, which its router never moves)."""
+  written = {path for m in table for path in m.params}
+  for path, value in params.items():
+    if path not in written and not ("router_state" in path and not value.any()):
+      raise ValueError(f"export: the model's param {'/'.join(map(str, path))} has no tensor in "
+                       f"{source.architecture} (from {source.directory}): written, the "
+                       "checkpoint would compute another model")
+
+
 def export_tensors(model: DecoderLM, source: HFSource, dtype: str | None = None) -> dict:
   """{HF name: array} of `model` in `source`'s layout; each tensor in the source's dtype for
   it, or all in `dtype`."""
@@ -278,6 +291,7 @@ def export_tensors(model: DecoderLM, source: HFSource, dtype: str | None = None)
         raise ValueError(f"export: the model has no param {'/'.join(map(str, path))}, which "
                          f"{source.architecture} needs")
   host = {p: np.asarray(jax.device_get(v)) for p, v in params.items()}
+  _check_nothing_left_behind(host, table, source)
   tensors = convert.from_params(table, host)
   for m in table:
     for name, shape in zip(m.tensors, m.shapes):
