@@ -318,8 +318,8 @@ def test_bias_tensors_are_refused_by_name(tmp_path):
   tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(32, np.float32)
   safetensors_io.write_checkpoint(directory, tensors)
   with pytest.raises(ValueError, match=r"tensor 'model.layers.0.self_attn.q_proj.bias' is not "
-                                       r"understood \(moe_jax imports the q/k/v biases "
-                                       r"of a config with qkv_bias"):
+                                       r"understood \(moe_jax imports the biases a "
+                                       r"family's config implies: q/k/v with qkv_bias"):
     hf.load(directory)
 
 

@@ -8,14 +8,16 @@ Each Mapping ties moe_jax params (paths into nnx.to_pure_dict of the model's Par
 tensors with a `kind` saying how, and gives the HF shapes the config implies, so a checkpoint
 is checked from its safetensors headers alone, before any data is read. HF Linear weights are
 [out, in] (y = x W^T), moe_jax kernels [in, out]: 'linear' transposes. Every conversion is a
-transpose, a stack or a concatenation, so moe_jax -> HF -> moe_jax is exact, bit for bit.
+transpose, a stack, a concatenation or an interleave, so moe_jax -> HF -> moe_jax is exact, bit
+for bit; but for MXFP4 experts, which are decoded one way (an export writes them as floats).
 
 Layouts: 'hub' is the layout of the checkpoints on the Hub (and what transformers 5 still
 saves by default): one Linear per expert, `...experts.{e}.w1.weight` (Mixtral, under
 block_sparse_moe) or `...mlp.experts.{e}.gate_proj.weight` (Qwen2/3-MoE, OLMoE). 'fused' is
 transformers 5's in-memory layout, saved with `save_pretrained(save_original_format=False)`:
 `mlp.experts.gate_up_proj` [E, 2F, D] (gate rows first) and `mlp.experts.down_proj` [E, D, F],
-the router at `mlp.gate.weight` for every family.
+the router at `mlp.gate.weight` for every family. 'mxfp4' is GPT-OSS's Hub layout: its experts'
+weights as MXFP4 blocks and scales (moe_jax.hf.mxfp4), read only.
 
 Axis letters: E experts, D model dim, F expert hidden dim, H heads, G key/value heads, K head
 dim, V vocab.
@@ -31,7 +33,6 @@ import numpy as np
 from moe_jax.hf import families, gpt_oss, mxfp4
 from moe_jax.hf.families import Family
 
-LAYOUTS = ("hub", "fused")
 FLOAT_DTYPES = tuple(np.dtype(d) for d in ("float32", "float16", "float64", ml_dtypes.bfloat16))
 
 
@@ -232,7 +233,7 @@ def expected_count(section: dict, layout: str) -> int:
 
 
 LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.")
-_ROUTER = re.compile(r"model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.gate\.weight")
+_ROUTER = re.compile(r"model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.(?:gate|router)\.weight")
 
 
 def _layers_present(names) -> list[int]:
@@ -307,14 +308,14 @@ def export_layout(layout: str) -> str:
 
 def check_tensors(table: list[Mapping], checkpoint, where: str) -> None:
   """Names and shapes (from the headers) against the table: an unknown or missing tensor, or
-  a wrong shape, is an error naming it. Biases are unknown names: these families have none."""
+  a wrong shape, is an error naming it. A bias the config implies none of is an unknown name."""
   expected = {n: s for m in table for n, s in zip(m.tensors, m.shapes)}
   quantized = {n for m in table if m.kind.startswith("mxfp4") for n in m.tensors}
   names = set(checkpoint.names())
   for name in sorted(names - set(expected)):
-    why = (" (moe_jax imports the q/k/v biases of a config with qkv_bias, and no other "
-           "bias: Mixtral, Qwen3-MoE and OLMoE have none)"
-           if name.endswith(".bias") else "")
+    why = (" (moe_jax imports the biases a family's config implies: q/k/v with qkv_bias or "
+           "attention_bias, GPT-OSS's output, router and expert biases; Mixtral, Qwen3-MoE "
+           "and OLMoE have none)" if name.endswith(".bias") else "")
     raise ValueError(f"{where}: tensor {name!r} is not understood{why}")
   for name in sorted(set(expected) - names):
     raise ValueError(f"{where}: tensor {name!r} is missing (config.json implies it)")

@@ -162,13 +162,17 @@ def without_mtp_layers(hf_config: dict, checkpoint):
   """DeepSeek-V3's and GLM-4.5's multi-token-prediction layers (num_nextn_predict_layers of
   them, stored as the layers after num_hidden_layers) are not part of the model transformers
   builds, nor of moe_jax's: their tensors are left out. -> (the checkpoint without them, how
-  many tensors were left out). An export does not write them back."""
+  many tensors were left out). An export does not write them back. A layer counts as one only
+  if it holds an MTP module's projection (eh_proj): a num_hidden_layers one too small must not
+  pass a model layer off as an MTP layer and import the model truncated."""
   n = hf_config.get("num_nextn_predict_layers") or hf_config.get("num_mtp_layers") or 0
   layers = hf_config.get("num_hidden_layers")
   if not isinstance(n, int) or isinstance(n, bool) or n < 1 or not isinstance(layers, int):
     return checkpoint, 0
-  mtp = [name for name in checkpoint.names()
-         if (m := convert.LAYER_NAME.match(name)) and layers <= int(m.group(1)) < layers + n]
+  names = checkpoint.names()
+  marked = {i for i in range(layers, layers + n) if f"model.layers.{i}.eh_proj.weight" in names}
+  mtp = [name for name in names
+         if (m := convert.LAYER_NAME.match(name)) and int(m.group(1)) in marked]
   return checkpoint.without(mtp), len(mtp)
 
 

@@ -57,7 +57,7 @@ from flax import nnx
 
 from moe_jax import config as config_lib, run_setup, run_workdir, workdir as workdir_lib
 from moe_jax.data import datasets
-from moe_jax.hf import model_io
+from moe_jax.hf import convert, model_io
 from moe_jax.parallel.mesh import make_mesh
 
 RECORD_FILE = "imported_from.json"
@@ -300,6 +300,7 @@ def export_workdir(workdir, out_dir, *, step: int | None = None, dtype: str | No
   files = []
   if jax.process_index() == 0:
     files = model_io.export(model, source, out_dir, dtype=dtype)
-  say(f"exported checkpoint {step} of {workdir} as {source.architecture} ({source.layout} "
+  say(f"exported checkpoint {step} of {workdir} as {source.architecture} "
+      f"({convert.export_layout(source.layout)} "
       f"layout, {dtype or source.dtype}) into {out_dir}: {', '.join(files)}")
   return files
