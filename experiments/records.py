@@ -6,6 +6,7 @@ compares before it starts, resumes or reuses a run)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import pathlib
 import statistics
@@ -106,15 +107,25 @@ COLUMNS_FIRST = ("point", "seed")
 
 
 def write_results(records: list[dict], out_dir) -> list[pathlib.Path]:
-  """results.json (every field) and results.csv (the scalar fields, one row per run)."""
+  """results.json (every field) and results.csv (the scalar fields, one row per run), each
+  written whole or not at all: results.json is what a later command adopts runs from, so a
+  kill mid-write must leave the previous one."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "results.json").write_text(json.dumps(records, indent=1))
+  _replace(out_dir / "results.json", json.dumps(records, indent=1))
   columns = list(COLUMNS_FIRST)
   for r in records:
     columns += [k for k, v in r.items() if k not in columns and not isinstance(v, (dict, list))]
-  with open(out_dir / "results.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(records)
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, columns, extrasaction="ignore")
+  writer.writeheader()
+  writer.writerows(records)
+  _replace(out_dir / "results.csv", text.getvalue())
   return [out_dir / "results.json", out_dir / "results.csv"]
+
+
+def _replace(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w", newline="") as f:
+    f.write(text)
+  tmp.replace(path)

@@ -2,6 +2,7 @@
 and resumed without rerunning what finished."""
 import csv
 import json
+import pathlib
 import signal
 import subprocess
 import sys
@@ -244,3 +245,19 @@ def test_a_field_added_to_the_schema_since_a_run_was_recorded_reads_as_its_defau
   assert harness.check_settings(run, base, []) == tree
   with pytest.raises(harness.SettingsChanged, match=r"optim\.learning_rate"):
     harness.check_settings(run, base, ["optim.learning_rate=0.5"])
+
+
+def test_results_are_replaced_whole_a_failed_write_leaves_the_previous_ones(tmp_path,
+                                                                          monkeypatch):
+  from experiments import records
+  old = [{"point": "E1", "seed": 0, "eval_loss": 1.5}]
+  records.write_results(old, tmp_path)
+  before = {n: (tmp_path / n).read_text() for n in ("results.json", "results.csv")}
+  with open(tmp_path / "results.csv", newline="") as f:
+    assert list(csv.DictReader(f)) == [{"point": "E1", "seed": "0", "eval_loss": "1.5"}]
+  def killed(self, target):             # the process dies before the new file is complete
+    raise KeyboardInterrupt
+  monkeypatch.setattr(pathlib.Path, "replace", killed)
+  with pytest.raises(KeyboardInterrupt):
+    records.write_results(old + [{"point": "E2", "seed": 0, "eval_loss": 1.4}], tmp_path)
+  assert {n: (tmp_path / n).read_text() for n in before} == before
