@@ -67,6 +67,9 @@ def test_the_multi_token_prediction_layers_of_a_hub_checkpoint_are_left_out(tmp_
     (dict(rope_parameters={"rope_theta": 1e4, "partial_rotary_factor": 0.3}),
      r"rope_fraction=0.3 of head size 12 rotates 3 dims"),
     (dict(attention_dropout=0.1), r"attention_dropout=0.1 is not supported"),
+    (dict(rope_parameters=[["rope_theta", 1e4]]), r"rope_parameters=\[\['rope_theta', "
+                                                  r"10000.0\]\] must be a dict"),
+    (dict(rope_parameters=5), r"rope_parameters=5 must be a dict"),
     (dict(some_new_field=1), r"field 'some_new_field'=1 is not understood"),
     (dict(attention_bias=False), r"tensor 'model.layers.0.self_attn.k_proj.bias' is not "
                                  r"understood"),

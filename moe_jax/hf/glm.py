@@ -35,7 +35,7 @@ def rope(hf_config: dict) -> tuple[float, float]:
   """(the RoPE base, the rotated fraction of each head) from `rope_parameters` (transformers
   5, which keeps partial_rotary_factor there) or `rope_theta` + `partial_rotary_factor` (the
   Hub's configs); transformers' default fraction for this family is 0.5."""
-  params = dict(hf_config.get("rope_parameters") or {"rope_theta": hf_config.get("rope_theta")})
+  params = hf_config.get("rope_parameters") or {"rope_theta": hf_config.get("rope_theta")}
   if not isinstance(params, dict):
     raise ValueError(f"config.json: rope_parameters={params!r} must be a dict")
   kind = params.get("rope_type", "default")
