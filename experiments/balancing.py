@@ -97,6 +97,7 @@ def get_sweep(quick: bool) -> Sweep:
                      "aux_loss_weights.load_balancing": 0.0,
                      "aux_loss_weights.z_loss": 0.0}, name="bias_balanced"))
   if not quick:
+    assert set(CLOSE_CALLS) <= {p.name for p in grid}, "a renamed close call would lose seeds"
     grid = [p._replace(seeds=CLOSE_CALL_SEEDS) if p.name in CLOSE_CALLS else p for p in grid]
   return Sweep(name="balancing", base=lambda: bases.lm_protocol(quick=quick), points=grid,
                seeds=2 if quick else 3, analyze=analyze, description=__doc__.split("\n\n")[2])

@@ -165,9 +165,14 @@ def _describe(record: dict, metric: str) -> str:
 def seeds_of(sweep: Sweep, p: Point, seeds: int | None = None) -> int:
   """How many seeds point `p` runs: the command's --seeds if given, else the point's own count
   if it has one, else the sweep's."""
-  n = seeds if seeds is not None else (p.seeds if p.seeds is not None else sweep.seeds)
+  if seeds is not None:
+    n, where = seeds, "--seeds"
+  elif p.seeds is not None:
+    n, where = p.seeds, f"sweep {sweep.name}: point {p.name}'s seeds"
+  else:
+    n, where = sweep.seeds, f"sweep {sweep.name}: seeds"
   if n < 1:
-    raise ValueError(f"--seeds must be at least 1, got {n}")
+    raise ValueError(f"{where} must be at least 1, got {n}")
   return n
 
 

@@ -53,6 +53,30 @@ def test_what_is_not_understood_is_an_error_naming_it(tmp_path, changes, message
   assert_load_refused(tmp_path, NAME, changes, message)
 
 
+@pytest.mark.parametrize("changes,message", [
+    (dict(experts_per_token=3), r"num_experts_per_tok=2 contradicts experts_per_token=3"),
+    (dict(quantization_config=None), r"quantization_config is absent, but the checkpoint "
+                                     r"holds MXFP4 expert blocks and scales"),
+    (dict(intermediate_size=48), r"intermediate_size=48 is not a multiple of 32, the MXFP4 "
+                                 r"block"),
+])
+def test_what_an_mxfp4_checkpoint_cannot_be_is_an_error_naming_it(tmp_path, changes, message):
+  assert_load_refused(tmp_path, "gpt_oss_mxfp4", changes, message)
+
+
+def test_mxfp4_blocks_must_be_bytes(tmp_path):
+  directory = copy_with_config(tmp_path, "gpt_oss_mxfp4")
+  ckpt = safetensors_io.open_checkpoint(directory)
+  tensors = {n: np.asarray(ckpt[n]) for n in ckpt.names()}
+  name = next(n for n in tensors if n.endswith("down_proj_blocks"))
+  tensors[name] = tensors[name].astype(np.int8)
+  (directory / "model.safetensors").unlink()
+  safetensors_io.write_checkpoint(directory, tensors)
+  with pytest.raises(ValueError, match=rf"tensor '{name}' has dtype int8, MXFP4 blocks and "
+                                       r"scales are uint8"):
+    hf.load(directory)
+
+
 # gpt-oss-20b's config.json on the Hub (transformers 4.55 era). Written from memory (no
 # network here); its sizes are transformers' GptOssConfig defaults but for 24 layers and 32
 # experts. Its experts are MXFP4 (read as such).

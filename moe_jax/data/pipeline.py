@@ -218,8 +218,9 @@ def eval_batches(tokens, *, seq_len: int, batch_size: int, shard_index: int | No
   window is scored exactly once (so every token but the first and the < L trailing ones is a
   target once). The last batch is padded with all-zero rows whose ``mask`` is 0, so all batches
   have the same shape; average a loss as ``sum(loss * mask) / sum(mask)``. With several shards,
-  shard i takes every shard_count-th window of that order from the i-th, and every shard yields the same number of batches
-  (`num_eval_batches`), padding as needed, so no process waits on another.
+  shard i takes every shard_count-th window of that order from the i-th, and every shard
+  yields the same number of batches (`num_eval_batches`), padding as needed, so no process
+  waits on another.
   """
   owner = "eval_batches"
   seq_len = check_int("seq_len", seq_len, low=1, owner=owner)

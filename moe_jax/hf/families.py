@@ -71,7 +71,7 @@ FAMILIES = {f.architecture: f for f in (
            ("num_local_experts", "num_experts"), "intermediate_size", "none", None, {}),
     # Its fields are read by moe_jax.hf.glm.
     Family("Glm4MoeForCausalLM", "glm4_moe", "mlp", ("gate_proj", "up_proj", "down_proj"),
-           ("n_routed_experts", "num_local_experts"), "moe_intermediate_size", "none", None,
+           ("n_routed_experts",), "moe_intermediate_size", "none", None,
            {}, shared_name="shared_experts", router_bias=True),
 )}
 

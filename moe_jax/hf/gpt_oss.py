@@ -18,6 +18,7 @@ export writes them as float tensors, a dequantised checkpoint without quantizati
 """
 from __future__ import annotations
 
+from moe_jax import experts
 from moe_jax.hf import deepseek, fields, mxfp4
 
 ARCHITECTURE = "GptOssForCausalLM"
@@ -29,7 +30,8 @@ _FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"
            "sliding_window", "layer_types", "swiglu_alpha", "swiglu_limit",
            # the Hub's: the context its YaRN extends (also in rope_scaling), and MXFP4
            "initial_context_length", "quantization_config"}
-_REQUIRED = {"attention_dropout": 0.0, "swiglu_alpha": 1.702, "swiglu_limit": 7.0}
+_REQUIRED = {"attention_dropout": 0.0, "swiglu_alpha": experts.SWIGLU_ALPHA,
+             "swiglu_limit": experts.SWIGLU_LIMIT}     # the clamped SwiGLU's constants
 
 
 def check_fields(family, hf_config: dict) -> None:

@@ -57,6 +57,9 @@ def test_a_point_may_run_more_seeds_than_its_sweep_and_a_command_sets_them_all()
   assert len(harness.runs_of(sweep, only="dense")) == 3
   with pytest.raises(ValueError, match="--seeds must be at least 1, got 0"):
     harness.runs_of(sweep, seeds=0)
+  sweep.points[1] = crossed[0]._replace(seeds=0)           # the sweep file's mistake, named
+  with pytest.raises(ValueError, match="sweep s: point E4-k2's seeds must be at least 1, got 0"):
+    harness.runs_of(sweep)
 
 
 def _sweep_cmd(name, out, workdir, *extra):

@@ -14,6 +14,10 @@ from moe_jax.models.attention import Attention, window_of
 from moe_jax.models.transformer import make_config
 
 
+# Latent attention's sizes (DeepSeek-V2's options, at a toy size)
+MLA = dict(attention="mla", kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=4)
+
+
 def _config(**fields):
   base = dict(vocab_size=64, d_model=16, num_layers=2, num_heads=2, max_len=32)
   return make_config(**{**base, **fields})
@@ -103,6 +107,11 @@ def test_the_clamped_swiglu_is_gpt_oss_formula():
     (dict(activation="clamped_swiglu"), True, r"'clamped_swiglu' is a GLU form: it needs "
                                               r"glu=True"),
     (dict(rope_scaling={"factor": 2.0}), True, r"rope_scaling.original_max_position_embeddings"),
+    # The mha-only options, on latent attention (which has none of them)
+    *[(dict(MLA, **{name: value}), True, rf"{name}={value!r} does not apply to attention='mla' "
+       rf"\(leave it {off!r}\)")
+      for name, value, off in (("rope_fraction", 0.5, 1.0), ("out_bias", True, False),
+                               ("attention_sinks", True, False), ("sliding_window", 4, None))],
 ])
 def test_bad_options_are_errors_naming_them(fields, causal, message):
   from moe_jax.models.transformer import validate
