@@ -175,19 +175,14 @@ def iter_mappings(family: Family, section: dict, layout: str):
     if family.attention == "mla":
       from moe_jax.hf import deepseek
       yield from deepseek.attention_mappings(s, p, b, copy, linear)
-    elif family.architecture == gpt_oss.ARCHITECTURE:
-      yield from [
-          Mapping((b + ("attn", "qkv", "kernel"),),
-                  (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
-                  ((heads * k, d), (kv * k, d), (kv * k, d)), "qkv"),
-          linear(b + ("attn", "out", "kernel"), a + "o_proj.weight", (d, heads * k)),
-          *gpt_oss.attention_mappings(s, p, b, copy)]
     else:
       yield from [
           Mapping((b + ("attn", "qkv", "kernel"),),
                   (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
                   ((heads * k, d), (kv * k, d), (kv * k, d)), "qkv"),
           linear(b + ("attn", "out", "kernel"), a + "o_proj.weight", (d, heads * k))]
+      if family.architecture == gpt_oss.ARCHITECTURE:      # sinks and the output bias
+        yield from gpt_oss.attention_mappings(s, p, b, copy)
     if s.get("qkv_bias"):
       yield Mapping((b + ("attn", "qkv_bias"),),
                     (a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"),
