@@ -16,10 +16,12 @@ z-loss penalises) and mean |router logit|. Papers: the z-loss keeps the router l
 without a balancing loss load collapses (high MaxVio); aux-loss-free balancing reaches similar
 balance at equal or lower loss than the aux loss.
 
-Measured so far (2026-12-06, runs at commits 4a37a44 and 8277551, each point a single-core
-queue beside another, jax 0.10.2): lb 1e-2 (5 seeds) and lb 0 (3), 8 runs, 86 min summed:
-without a balancing loss MaxVio 3.04 against 0.98 and the loss higher by 0.014 (reproduced).
-The other four points are queued (experiments/results/balancing/summary.md).
+Measured so far (2026-12-06, runs at commits 4a37a44, 8277551 and e603e82, each point a
+single-core queue beside another, jax 0.10.2): lb 1e-2 (5 seeds), lb 0 (3) and bias_balanced
+(5), 13 runs, 127 min summed: without a balancing loss MaxVio 3.04 against 0.98 and the loss
+higher by 0.014 (reproduced); aux-loss-free bias_balanced against lb 1e-2, Δ +0.0017 [-0.0068,
++0.0102] at MaxVio 1.21 vs 0.98 (inconclusive: the interval just leaves the ±0.01 bound).
+The other three points are queued (experiments/results/balancing/summary.md).
 """
 from __future__ import annotations
 
@@ -52,8 +54,9 @@ def analyze(records, out) -> list[str]:
   lines = ["## Reading", ""]
   for name in g:
     loss = report.fmt(*report.mean_std(report.values(g[name], "eval_loss")))
+    z = mean(name, "router_z_loss")     # none for a router without softmax logits (sigmoid)
     lines.append(f"- {name}: loss {loss}, MaxVio {mean(name, 'max_vio'):.3f}, router z "
-                 f"{mean(name, 'router_z_loss'):.3f}, mean |logit| "
+                 f"{'-' if np.isnan(z) else f'{z:.3f}'}, mean |logit| "
                  f"{mean(name, 'router_logit_abs'):.3f}")
   lb_ref = [n for n in ("lb0.01-z0.001", "lb0.01-z0.0") if n in g]
   no_lb = next((n for n in ("lb0.0-z0.001", "lb0.0-z0.0") if n in g), None)
