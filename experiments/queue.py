@@ -100,8 +100,10 @@ def run_queue(path, cores: list[int], *, niceness: int = 0, poll_s: float = 2.0,
   running: dict[int, tuple[str, subprocess.Popen]] = {}
   failed: list[str] = []
   # A session's end (SIGHUP) or a kill (SIGTERM) stops the queue as a Ctrl-C does: its
-  # commands are stopped, not left running unseen.
-  previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+  # commands are stopped, not left running unseen. SIGINT too, even where the queue was
+  # started with it ignored (a parent's inherited SIG_IGN would make Python leave it so).
+  previous = {sig: signal.signal(sig, _interrupt)
+              for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
   try:
     while True:
       for core, (line, proc) in list(running.items()):

@@ -80,11 +80,18 @@ def test_ctrl_c_stops_each_command_once_and_it_saves_its_checkpoint(tmp_path):
                           env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, start_new_session=True)
   metrics = out / "runs" / "E1" / "seed0" / "metrics.jsonl"
-  deadline = time.monotonic() + 120
-  while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
-    time.sleep(0.2)
-  os.killpg(proc.pid, signal.SIGINT)                  # as the terminal does
-  said, _ = proc.communicate(timeout=120)
+  try:
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+      time.sleep(0.2)
+    # As the terminal does (pytest-xdist's workers ignore SIGINT, and their children inherit
+    # that: the queue must handle it itself)
+    os.killpg(proc.pid, signal.SIGINT)
+    said, _ = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:       # never leave a 100,000-step run behind
+      proc.terminate()
+      proc.wait(timeout=60)
   log = (tmp_path / "q.txt.logs" / "num_experts.log").read_text()
   assert proc.returncode == 130 and "1 commands left. Run the same command" in said, said
   assert "SIGTERM: finishing this step and saving a checkpoint" in log, log[-2000:]
