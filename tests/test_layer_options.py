@@ -35,6 +35,16 @@ def _assert_trees_close(a, b, **tol):
   jax.tree.map(lambda u, w: np.testing.assert_allclose(u, w, **tol), a, b)
 
 
+def _assert_same_outputs_and_gradients(fn, reference, variables, x, *, forward=(2e-4, 2e-5),
+                                       gradient=(2e-4, 2e-5)):
+  """fn's outputs and gradients (`_grads`) equal reference's, each side compiled once for
+  both (separate compiles for the forward and the gradient doubled these tests' time)."""
+  both = lambda f: jax.jit(lambda v, x: (f(v, x), _grads(f, v, x)))
+  (y, g), (y_ref, g_ref) = both(fn)(variables, x), both(reference)(variables, x)
+  np.testing.assert_allclose(y, y_ref, rtol=forward[0], atol=forward[1])
+  _assert_trees_close(g, g_ref, rtol=gradient[0], atol=gradient[1])
+
+
 def _per_group(config, reference):
   """Applies `reference(variables, x_SD)` to each routing group of x_BLD."""
   def fn(variables, x_BLD):
@@ -80,12 +90,8 @@ def test_null_experts_equal_their_formula_forward_and_gradients(dispatcher):
   x = _x((2, 4, D))
   layer = lambda v, x: moe_layer(v, x, config)[0]
   reference = _per_group(config, _null_reference(config))
-  np.testing.assert_allclose(jax.jit(layer)(variables, x), jax.jit(reference)(variables, x),
-                             rtol=2e-4, atol=2e-5)
-  _assert_trees_close(jax.jit(lambda v, x: _grads(layer, v, x))(variables, x),
-                      jax.jit(lambda v, x: _grads(reference, v, x))(variables, x),
-                      rtol=2e-4, atol=2e-5)
-  r = moe_layer(variables, x, config)[1]
+  _assert_same_outputs_and_gradients(layer, reference, variables, x)
+  r = jax.jit(lambda v, x: moe_layer(v, x, config)[1])(variables, x)
   routed = np.asarray(r.expert)[np.asarray(r.valid)]
   null = float(np.mean(routed >= 4))
   assert 0 < null < 1, "the test must route some tokens to null experts and some not"
@@ -129,11 +135,7 @@ def test_gated_shared_expert_is_sigmoid_gate_times_shared_ffn():
   x = _x((2, 4, D))
   layer = lambda v, x: moe_layer(v, x, config)[0]
   reference = _per_group(config, reference)
-  np.testing.assert_allclose(jax.jit(layer)(variables, x), jax.jit(reference)(variables, x),
-                             rtol=2e-4, atol=2e-5)
-  _assert_trees_close(jax.jit(lambda v, x: _grads(layer, v, x))(variables, x),
-                      jax.jit(lambda v, x: _grads(reference, v, x))(variables, x),
-                      rtol=2e-4, atol=2e-5)
+  _assert_same_outputs_and_gradients(layer, reference, variables, x)
 
 
 # --- global-batch load balancing ---------------------------------------------------------
@@ -299,11 +301,7 @@ def test_expert_biases_equal_their_formula_forward_and_gradients(dispatcher, glu
   x = _x((2, 4, D))
   layer = lambda v, x: moe_layer(v, x, config)[0]
   reference = _per_group(config, _biased_reference(config))
-  np.testing.assert_allclose(jax.jit(layer)(variables, x), jax.jit(reference)(variables, x),
-                             rtol=2e-4, atol=2e-5)
-  _assert_trees_close(jax.jit(lambda v, x: _grads(layer, v, x))(variables, x),
-                      jax.jit(lambda v, x: _grads(reference, v, x))(variables, x),
-                      rtol=2e-4, atol=2e-5)
+  _assert_same_outputs_and_gradients(layer, reference, variables, x)
 
 
 @pytest.mark.parametrize("dispatcher", dispatchers.parallel())
@@ -313,12 +311,9 @@ def test_expert_biases_sharded_with_tensor_parallelism_equal_unsharded(dispatche
   variables = _with_random_biases(init_moe_layer(jax.random.PRNGKey(0), D, config))
   x = _x((4, 4, D))
   mesh = make_mesh(data=2, expert=2, model=2)
-  layer = lambda mesh: jax.jit(lambda v, x: moe_layer(v, x, config, mesh=mesh)[0])
-  np.testing.assert_allclose(layer(mesh)(variables, x), layer(None)(variables, x),
-                             rtol=2e-5, atol=2e-6)
-  _assert_trees_close(jax.jit(lambda v, x: _grads(layer(mesh), v, x))(variables, x),
-                      jax.jit(lambda v, x: _grads(layer(None), v, x))(variables, x),
-                      rtol=2e-4, atol=2e-6)
+  layer = lambda mesh: lambda v, x: moe_layer(v, x, config, mesh=mesh)[0]
+  _assert_same_outputs_and_gradients(layer(mesh), layer(None), variables, x,
+                                     forward=(2e-5, 2e-6), gradient=(2e-4, 2e-6))
 
 
 BAD = [
