@@ -40,7 +40,7 @@ def test_router_state_is_merged_over_groups():
                      router_options={"k": 1, "renormalize": False, "bias_update_rate": 0.1})
   variables = init_moe_layer(jax.random.PRNGKey(0), 8, config)
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8))
-  _, r = moe_layer(variables, x, config, train=True)
+  _, r = jax.jit(lambda v, x: moe_layer(v, x, config, train=True))(variables, x)
   assert r.new_state["bias"].shape == (4,)
   assert np.abs(np.asarray(r.new_state["bias"])).sum() > 0
 
