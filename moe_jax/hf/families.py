@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from moe_jax.hf import deepseek, glm, gpt_oss
+from moe_jax.hf import deepseek, fields, glm, gpt_oss
 from moe_jax.hf.fields import IGNORED, get as _get, num_experts as _num_experts  # noqa: F401
 
 DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -196,19 +196,14 @@ def model_section(family: Family, hf_config: dict, dtype: str) -> dict:
     return gpt_oss.model_section(family, hf_config, dtype)
   check_fields(family, hf_config)
   g = lambda key, kind=int, default=None: _get(hf_config, key, default, kind=kind)
-  d_model, heads = g("hidden_size"), g("num_attention_heads")
   layers, num_experts = g("num_hidden_layers"), _num_experts(family, hf_config)
-  kv = hf_config.get("num_key_value_heads") or heads
-  head_dim = hf_config.get("head_dim")
-  if head_dim is not None and (heads * head_dim == d_model):
-    head_dim = None                   # the default split: keep the section minimal
-  if family.qk_norm == "full" and head_dim is not None:
+  sizes = fields.attention_sizes(hf_config)
+  if family.qk_norm == "full" and sizes["head_dim"] is not None:
     raise ValueError(f"config.json: head_dim={hf_config['head_dim']} with hidden_size="
-                     f"{d_model} / num_attention_heads={heads}: OLMoE's q_norm spans hidden_size,"
-                     " so head_dim must be hidden_size / num_attention_heads")
-  k = g("num_experts_per_tok")
-  if not 1 <= k <= num_experts:
-    raise ValueError(f"config.json: num_experts_per_tok={k} must be in 1..{num_experts}")
+                     f"{sizes['d_model']} / num_attention_heads={sizes['num_heads']}: OLMoE's "
+                     "q_norm spans hidden_size, so head_dim must be hidden_size / "
+                     "num_attention_heads")
+  k = fields.experts_per_token(hf_config.get("num_experts_per_tok"), num_experts)
   renormalize = (True if family.renormalize_field is None
                  else bool(g(family.renormalize_field, bool, False)))
   options = {"k": k, "order": "softmax_topk", "renormalize": renormalize}
@@ -223,8 +218,7 @@ def model_section(family: Family, hf_config: dict, dtype: str) -> dict:
   if family.qkv_bias_field is not None and g(family.qkv_bias_field, bool, True):
     extra["qkv_bias"] = True
   return {
-      "vocab_size": g("vocab_size"), "d_model": d_model, "num_layers": layers,
-      "num_heads": heads, "num_kv_heads": None if kv == heads else kv, "head_dim": head_dim,
+      "vocab_size": g("vocab_size"), **sizes, "num_layers": layers,
       "max_len": g("max_position_embeddings"), "d_ff": g("intermediate_size"),
       "activation": "silu", "glu": True, "num_experts": num_experts, "router": "topk",
       "router_options": options, "expert_d_ff": g(family.expert_d_ff_field),

@@ -1,5 +1,6 @@
-"""config.json field readers the family modules share (families.py, deepseek.py, glm.py):
-the fields no family maps, typed reads, the number of routed experts."""
+"""config.json field readers the family modules share (families.py, deepseek.py, glm.py,
+gpt_oss.py): the fields no family maps, typed reads, the attention's sizes, the number of
+routed experts and the experts per token."""
 from __future__ import annotations
 
 # Fields with no effect on the weights' meaning or the forward pass. `router_aux_loss_coef` and
@@ -47,3 +48,23 @@ def check_known(family, hf_config: dict, known, required: dict, who: str) -> Non
   if get(hf_config, "hidden_act", "silu") != "silu":
     raise ValueError(f"config.json: hidden_act={hf_config['hidden_act']!r} is not supported "
                      f"({who}'s experts are SwiGLU: 'silu')")
+
+
+def attention_sizes(hf_config: dict) -> dict:
+  """The section's d_model, num_heads, num_kv_heads (None: as many as heads) and head_dim
+  (None: hidden_size / num_attention_heads), so a section states only what differs."""
+  d_model = get(hf_config, "hidden_size", kind=int)
+  heads = get(hf_config, "num_attention_heads", kind=int)
+  kv = hf_config.get("num_key_value_heads") or heads
+  head_dim = hf_config.get("head_dim")
+  return {"d_model": d_model, "num_heads": heads, "num_kv_heads": None if kv == heads else kv,
+          "head_dim": None if head_dim is not None and heads * head_dim == d_model
+          else head_dim}
+
+
+def experts_per_token(k, num_experts: int) -> int:
+  """num_experts_per_tok (already read), checked against the routed experts."""
+  k = get({"num_experts_per_tok": k}, "num_experts_per_tok", kind=int)
+  if not 1 <= k <= num_experts:
+    raise ValueError(f"config.json: num_experts_per_tok={k} must be in 1..{num_experts}")
+  return k

@@ -62,22 +62,14 @@ def model_section(family, hf_config: dict, dtype: str) -> dict:
   check_fields(family, hf_config)
   hf_config = {**DEFAULTS, **hf_config}
   g = lambda key, kind=int, default=None: fields.get(hf_config, key, default, kind=kind)
-  d_model, heads = g("hidden_size"), g("num_attention_heads")
   layers, num_experts = g("num_hidden_layers"), fields.num_experts(family, hf_config)
-  k = g("num_experts_per_tok")
-  if not 1 <= k <= num_experts:
-    raise ValueError(f"config.json: num_experts_per_tok={k} must be in 1..{num_experts}")
-  kv = hf_config.get("num_key_value_heads") or heads
-  head_dim = hf_config.get("head_dim")
-  if head_dim is not None and heads * head_dim == d_model:
-    head_dim = None                   # the default split: keep the section minimal
+  k = fields.experts_per_token(hf_config.get("num_experts_per_tok"), num_experts)
   theta, fraction = rope(hf_config)
   shared = g("n_shared_experts")
   expert_d_ff = g("moe_intermediate_size")
   options = deepseek.v3_router_options(hf_config, k)
   return {
-      "vocab_size": g("vocab_size"), "d_model": d_model, "num_layers": layers,
-      "num_heads": heads, "num_kv_heads": None if kv == heads else kv, "head_dim": head_dim,
+      "vocab_size": g("vocab_size"), **fields.attention_sizes(hf_config), "num_layers": layers,
       "max_len": g("max_position_embeddings"), "d_ff": g("intermediate_size"),
       "activation": "silu", "glu": True, "num_experts": num_experts, "router": "deepseek",
       "router_options": options, "expert_d_ff": expert_d_ff, "moe_every": 1,

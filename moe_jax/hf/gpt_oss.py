@@ -73,22 +73,14 @@ def _windows(hf_config: dict, layers: int) -> tuple[int | None, int]:
 def model_section(family, hf_config: dict, dtype: str) -> dict:
   check_fields(family, hf_config)
   g = lambda key, kind=int, default=None: fields.get(hf_config, key, default, kind=kind)
-  d_model, heads = g("hidden_size"), g("num_attention_heads")
   layers, num_experts = g("num_hidden_layers"), fields.num_experts(family, hf_config)
-  k = hf_config.get("num_experts_per_tok", hf_config.get("experts_per_token"))
-  k = fields.get({"num_experts_per_tok": k}, "num_experts_per_tok", kind=int)
-  if not 1 <= k <= num_experts:
-    raise ValueError(f"config.json: num_experts_per_tok={k} must be in 1..{num_experts}")
-  kv = hf_config.get("num_key_value_heads") or heads
-  head_dim = hf_config.get("head_dim")
-  if head_dim is not None and heads * head_dim == d_model:
-    head_dim = None
+  k = fields.experts_per_token(
+      hf_config.get("num_experts_per_tok", hf_config.get("experts_per_token")), num_experts)
   theta, scaling = deepseek.rope(hf_config)
   window, every = _windows(hf_config, layers)
   bias = bool(g("attention_bias", bool, True))
   return {
-      "vocab_size": g("vocab_size"), "d_model": d_model, "num_layers": layers,
-      "num_heads": heads, "num_kv_heads": None if kv == heads else kv, "head_dim": head_dim,
+      "vocab_size": g("vocab_size"), **fields.attention_sizes(hf_config), "num_layers": layers,
       "max_len": g("max_position_embeddings"), "d_ff": g("intermediate_size"),
       "activation": "clamped_swiglu", "glu": True, "num_experts": num_experts,
       "router": "topk", "router_options": {"k": k, "order": "topk_softmax", "bias": True},
