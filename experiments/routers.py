@@ -23,12 +23,13 @@ an aux loss at no loss cost (DeepSeek-V3); ReMoE matches or beats top-k at the s
 count (Wang et al. 2024); hash routing is a strong baseline with no learned router (Roller
 2021).
 
-Measured so far (2026-12-06, runs at commit e47ee1b, 2 CPU cores shared with other work, jax
-0.10.2): topk-k1, topk-k2, bias_balanced and relu at 3 seeds, 12 runs, 132 min summed (one
---only command each; relu's dispatch computes all 8 experts, zero gates included, so its step
-is slower than top-2's by this implementation): k=2 below k=1 (reproduced); bias_balanced and relu against topk-k2
-inconclusive. Seeds 3-4 of the close calls and the other five points are queued
-(experiments/results/routers/summary.md).
+Measured so far (2026-12-06, runs at commits e47ee1b to e603e82, 2 CPU cores shared with other
+work, one --only command each, jax 0.10.2): topk-k1 and relu at 3 seeds, topk-k2,
+bias_balanced and deepseek at 5, 21 runs, 262 min summed (relu's dispatch computes all 8
+experts, zero gates included, so its step is slower than top-2's by this implementation): k=2
+below k=1 (reproduced); bias_balanced, deepseek and relu against topk-k2 inconclusive (each
+Δ about -0.005, intervals reaching +0.002 to +0.005). Seeds 3-4 of topk-k1 and relu and the
+other four points are queued (experiments/results/routers/summary.md).
 """
 from __future__ import annotations
 
