@@ -66,7 +66,9 @@ def analyze(records, out) -> list[str]:
     c = stats.compare(stats.by_seed(moe, "bits_per_byte"), stats.by_seed(dense,
                                                                        "bits_per_byte"))
     rows.append((f"{arm}: E8 - dense (bits/byte)", c))
-    ratios[arm] = -c.delta / c.sd if c.sd > 0 else float("inf") * -np.sign(c.delta)
+    # Every seed's difference the same: the ratio is unbounded in Δ's direction (0 if Δ is 0)
+    ratios[arm] = (-c.delta / c.sd if c.sd > 0
+                   else 0.0 if c.delta == 0 else float("inf") * -np.sign(c.delta))
   lines = ["## Reading", "",
            "E8 against dense at each setting, in validation bits per byte (the whole split), "
            "paired over seeds; Switch's direction is negative (the MoE is better):", "",
