@@ -118,7 +118,7 @@ def plot_lines(records: list[dict], x: str, y: str, path, *, series: str | None 
   ax.set_xlabel(xlabel or x)
   ax.set_ylabel(ylabel or y)
   ax.set_title(title, fontsize=10)
-  if series:
+  if series and by_series:      # nothing drawn (no record has the fields yet): no legend
     ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   fig.tight_layout()
