@@ -117,3 +117,13 @@ def test_a_queue_runs_its_commands_and_keeps_the_failed_one(tmp_path):
     assert [r["point"] for r in csv.DictReader(f)] == ["E1", "E2"]
   log = (tmp_path / "q.txt.logs" / "num_experts.log").read_text()
   assert log.count("=== ") == 2 and "E2 seed 0: 6 steps" in log
+
+
+def test_the_committed_queue_of_remaining_points_names_real_points():
+  """experiments/remaining.queue (what the next session runs): every line an experiments.run
+  command whose --only selects points of its sweep."""
+  from experiments import harness, run as run_cli, sweep as sweep_lib
+  for line in queue.read_lines(REPO / "experiments" / "remaining.queue"):
+    args = run_cli.parse(line.split())
+    sweep = sweep_lib.load(str(REPO / args.sweep), args.quick, None)[0]
+    assert harness.selected(sweep, args.only), line
