@@ -17,11 +17,13 @@ without a balancing loss load collapses (high MaxVio); aux-loss-free balancing r
 balance at equal or lower loss than the aux loss.
 
 Measured so far (2026-12-06, runs at commits 4a37a44, 8277551 and e603e82, each point a
-single-core queue beside another, jax 0.10.2): lb 1e-2 (5 seeds), lb 0 (3) and bias_balanced
-(5), 13 runs, 127 min summed: without a balancing loss MaxVio 3.04 against 0.98 and the loss
-higher by 0.014 (reproduced); aux-loss-free bias_balanced against lb 1e-2, Δ +0.0017 [-0.0068,
-+0.0102] at MaxVio 1.21 vs 0.98 (inconclusive: the interval just leaves the ±0.01 bound).
-The other three points are queued (experiments/results/balancing/summary.md).
+single-core queue beside another, jax 0.10.2): lb 1e-2 with and without the z-loss (5 seeds
+each), lb 0 (3) and bias_balanced (5), 18 runs, 180 min summed: without a balancing loss
+MaxVio 3.04 against 0.98 and the loss higher by 0.014 (reproduced); aux-loss-free
+bias_balanced against lb 1e-2, Δ +0.0017 [-0.0068, +0.0102] at MaxVio 1.21 vs 0.98
+(inconclusive: the interval just leaves the ±0.01 bound); the z-loss costs 0.0055 [0.0019,
+0.0092] (reversed) while it shrinks logsumexp² 17.1 -> 1.2. lb 1e-3 and 1e-1 are queued
+(experiments/results/balancing/summary.md).
 """
 from __future__ import annotations
 

@@ -25,11 +25,12 @@ count (Wang et al. 2024); hash routing is a strong baseline with no learned rout
 
 Measured so far (2026-12-06, runs at commits e47ee1b to e603e82, 2 CPU cores shared with other
 work, one --only command each, jax 0.10.2): topk-k1 and relu at 3 seeds, topk-k2,
-bias_balanced and deepseek at 5, 21 runs, 262 min summed (relu's dispatch computes all 8
+bias_balanced, deepseek and hash at 5, 26 runs, 291 min summed (relu's dispatch computes all 8
 experts, zero gates included, so its step is slower than top-2's by this implementation): k=2
 below k=1 (reproduced); bias_balanced, deepseek and relu against topk-k2 inconclusive (each
-Δ about -0.005, intervals reaching +0.002 to +0.005). Seeds 3-4 of topk-k1 and relu and the
-other four points are queued (experiments/results/routers/summary.md).
+Δ about -0.005, intervals reaching +0.002 to +0.005); hash (k=1) below topk-k1 by 0.036
+(reproduced). Seeds 3-4 of topk-k1 and relu and the other three points are queued
+(experiments/results/routers/summary.md).
 """
 from __future__ import annotations
 
