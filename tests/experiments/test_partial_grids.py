@@ -77,3 +77,18 @@ def test_routed_scaling_compares_each_size_with_its_dense_model_before_a_fit_is_
   per_size = [l for l in lines if l.startswith("- N = 48k")]
   assert [l.split(",")[0] for l in per_size] == ["- N = 48k: E = 4", "- N = 48k: E = 16"]
   assert all("against dense: Δ -0." in l and "**reproduced**" in l for l in per_size), per_size
+
+
+def test_balancing_compares_each_balancing_weight_with_1e_2(tmp_path):
+  from experiments import balancing
+  rng = random.Random(0)
+  rows = [{"point": name, "seed": s, "lb": lb, "z": 1e-3, "lb_x": lb,
+           "eval_loss": loss + 0.002 * rng.random(), "max_vio": vio, "router_z_loss": 1.0,
+           "router_logit_abs": 2.0}
+          for s in range(3) for name, lb, loss, vio in (("lb0.01-z0.001", 1e-2, 1.215, 1.0),
+                                                         ("lb0.1-z0.001", 1e-1, 1.219, 0.57))]
+  lines = balancing.analyze(rows, tmp_path)
+  weight = [l for l in lines if l.startswith("Balancing weight 0.1 against 1e-2")]
+  assert len(weight) == 1 and "MaxVio 0.570 vs 1.000" in weight[0], lines
+  # 0.004 (± 0.002 of noise) higher, as a heavier weight is expected to cost
+  assert "Δ +0.00" in weight[0] and "**reproduced**" in weight[0], weight
