@@ -16,15 +16,16 @@ z-loss penalises) and mean |router logit|. Papers: the z-loss keeps the router l
 without a balancing loss load collapses (high MaxVio); aux-loss-free balancing reaches similar
 balance at equal or lower loss than the aux loss.
 
-Measured so far (2026-12-06, runs at commits 4a37a44, 8277551 and e603e82, each point a
+Measured (2026-12-06, runs at commits 4a37a44, 8277551 and e603e82, each point a
 single-core queue beside another, jax 0.10.2): lb 1e-2 with and without the z-loss (5 seeds
-each), lb 0 and lb 1e-1 (3 each) and bias_balanced (5), 21 runs, 209 min summed: without a
+each), lb 0, 1e-3 and 1e-1 (3 each) and bias_balanced (5), 24 runs, 237 min summed: without a
 balancing loss MaxVio 3.04 against 0.98 and the loss higher by 0.014 (reproduced); aux-loss-free
 bias_balanced against lb 1e-2, Δ +0.0017 [-0.0068, +0.0102] at MaxVio 1.21 vs 0.98
 (inconclusive: the interval just leaves the ±0.01 bound); the z-loss costs 0.0055 [0.0019,
 0.0092] (reversed) while it shrinks logsumexp² 17.1 -> 1.2; lb 1e-1 against 1e-2 balances
 better (MaxVio 0.57 vs 0.98) at a loss difference that 3 seeds do not resolve, Δ +0.0028
-[-0.0200, +0.0256] (inconclusive). lb 1e-3 is queued (experiments/results/balancing/summary.md).
+[-0.0200, +0.0256] (inconclusive); lb 1e-3 balances worse (MaxVio 2.00) at Δ +0.0053 [-0.0008,
++0.0114] (inconclusive). The whole grid (experiments/results/balancing/summary.md).
 """
 from __future__ import annotations
 
