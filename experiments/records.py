@@ -89,9 +89,7 @@ def make_record(workdir: pathlib.Path, p: Point, seed: int, wall_s: float) -> di
 
 
 def write_record(workdir: pathlib.Path, record: dict) -> dict:
-  tmp = workdir / (RECORD + ".tmp")
-  tmp.write_text(json.dumps(record, indent=1))
-  tmp.replace(workdir / RECORD)          # a record exists only for a finished run
+  _replace(workdir / RECORD, json.dumps(record, indent=1))   # exists only for a finished run
   return record
 
 

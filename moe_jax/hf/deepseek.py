@@ -85,9 +85,9 @@ def _router_options(family, hf_config: dict, k: int, num_experts: int) -> dict:
   g = lambda key, default=None: hf_config.get(key, default)
   groups, top = g("n_group") or 1, g("topk_group") or 1
   options = {"k": k, "num_groups": groups, "top_groups": top,
-             "routed_scaling_factor": float(g("routed_scaling_factor", 1.0))}
+             "routed_scaling_factor": float(g("routed_scaling_factor"))}
   if family.architecture == "DeepseekV2ForCausalLM":
-    method = g("topk_method", "greedy")
+    method = g("topk_method")
     if method not in ("greedy", "group_limited_greedy"):
       raise ValueError(f"config.json: topk_method={method!r} is not supported for "
                        "DeepseekV2ForCausalLM (transformers reads 'greedy' and "
@@ -95,7 +95,7 @@ def _router_options(family, hf_config: dict, k: int, num_experts: int) -> dict:
     if g("scoring_func", "softmax") != "softmax":
       raise ValueError(f"config.json: scoring_func={g('scoring_func')!r}: DeepSeek-V2 routes "
                        "by softmax")
-    if g("norm_topk_prob", False):
+    if g("norm_topk_prob"):
       raise ValueError("config.json: norm_topk_prob=True is not supported for "
                        "DeepseekV2ForCausalLM (transformers' DeepseekV2 router never "
                        "renormalises, DeepSeek's own code does: the two disagree)")
@@ -114,11 +114,12 @@ def _router_options(family, hf_config: dict, k: int, num_experts: int) -> dict:
 
 def v3_router_options(hf_config: dict, k: int) -> dict:
   """DeepSeek-V3's router (also GLM-4.5's): sigmoid scores plus the selection bias, groups
-  scored by their best two, renormalised when norm_topk_prob, times routed_scaling_factor."""
+  scored by their best two, renormalised when norm_topk_prob, times routed_scaling_factor.
+  `hf_config` has the family's DEFAULTS filled in (a null group count reads as 1)."""
   g = lambda key, default=None: hf_config.get(key, default)
   return {"k": k, "num_groups": g("n_group") or 1, "top_groups": g("topk_group") or 1,
-          "routed_scaling_factor": float(g("routed_scaling_factor", 1.0)), "score": "sigmoid",
-          "group_score": "top2_sum", "renormalize": bool(g("norm_topk_prob", True))}
+          "routed_scaling_factor": float(g("routed_scaling_factor")), "score": "sigmoid",
+          "group_score": "top2_sum", "renormalize": bool(g("norm_topk_prob"))}
 
 
 # What transformers 5.25's DeepseekV2Config / DeepseekV3Config assume for a field config.json
